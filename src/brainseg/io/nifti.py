@@ -1,0 +1,197 @@
+"""NIfTI (.nii, .nii.gz) and MGZ input/output with nibabel, in canonical RAS+ order.
+
+Axis convention: after :func:`load_volume` the array axes ``(D, H, W)`` run
+left->Right, posterior->Anterior, inferior->Superior (RAS+), and ``spacing`` is
+given in mm in that order. Every output is written back on the input's own
+grid (shape, orientation, affine) with :func:`save_volume`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+from brainseg.errors import InputError
+
+__all__ = ["Grid", "Volume", "load_volume", "save_volume", "is_volume_path", "output_stem"]
+
+SUFFIXES = (".nii.gz", ".nii", ".mgz")
+_RAS = axcodes2ornt("RAS")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The voxel grid of a file on disk: shape and affine (voxel ijk -> RAS+ mm)."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    def to_canonical(self, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Reorient ``data`` (this grid's shape) to RAS+; returns (array, affine)."""
+        transform = ornt_transform(io_orientation(self.affine), _RAS)
+        canonical = apply_orientation(data, transform)
+        return canonical, self.affine @ inv_ornt_aff(transform, self.shape)
+
+    def from_canonical(self, data: np.ndarray) -> np.ndarray:
+        """Bring a RAS+ array (last three axes spatial) back onto this grid's orientation."""
+        transform = ornt_transform(_RAS, io_orientation(self.affine))
+        if data.ndim == 3:
+            return apply_orientation(data, transform)
+        flat = data.reshape((-1,) + data.shape[-3:])
+        out = np.stack([apply_orientation(v, transform) for v in flat])
+        return out.reshape(data.shape[:-3] + out.shape[-3:])
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3-D array in canonical RAS+ order with its affine.
+
+    Attributes
+    ----------
+    data : ndarray, shape (D, H, W)
+        Voxel values (float32 for images, integer for label maps).
+    affine : ndarray of float64, shape (4, 4)
+        Voxel index -> RAS+ world coordinates in mm.
+    grid : Grid
+        The grid of the file it came from, for writing results back.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    grid: Grid
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along ``(D, H, W)``."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+
+def is_volume_path(path: str | Path) -> bool:
+    """Whether the name ends in a supported suffix (.nii, .nii.gz, .mgz)."""
+    return str(path).lower().endswith(SUFFIXES)
+
+
+def output_stem(path: str | Path) -> str:
+    """File name without the volume suffix: ``sub-01_T1w.nii.gz`` -> ``sub-01_T1w``."""
+    name = Path(path).name
+    for suffix in SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def load_volume(path: str | Path, *, kind: str = "image") -> Volume:
+    """Load a NIfTI or MGZ file and reorient it to RAS+.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.nii``, ``.nii.gz`` or ``.mgz`` file holding one 3-D volume (a 4-D
+        file with a single volume is accepted).
+    kind : {'image', 'label_map', 'mask'}
+        ``'image'`` returns float32 and rejects NaN/Inf and all-zero images;
+        ``'label_map'`` and ``'mask'`` return int32 and reject non-integer values.
+
+    Returns
+    -------
+    Volume
+
+    Raises
+    ------
+    InputError
+        If the file is missing, not a NIfTI/MGZ image, truncated or corrupt,
+        not 3-D, holds NaN/Inf, is all zero (images), or holds non-integer
+        labels. The message names the file and what to do.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file; give the path of a .nii, .nii.gz or .mgz image")
+    try:
+        img = nib.load(str(path))
+        raw = np.asarray(img.dataobj)
+    except (ImageFileError, EOFError, zlib.error, OSError, ValueError) as err:
+        raise InputError(
+            f"{path}: cannot read it as NIfTI or MGZ ({type(err).__name__}); "
+            "check that the file is complete and is a .nii, .nii.gz or .mgz image"
+        ) from None
+    if raw.ndim == 4 and raw.shape[3] == 1:
+        raw = raw[..., 0]
+    if raw.ndim != 3:
+        raise InputError(
+            f"{path}: expected one 3-D volume, got shape {raw.shape}; "
+            "extract a single 3-D volume first (e.g. fslroi or nibabel)"
+        )
+    if min(raw.shape) < 2:
+        raise InputError(f"{path}: a 3-D volume needs >= 2 voxels along each axis, got shape {raw.shape}")
+    if kind == "image":
+        data = raw.astype(np.float32)
+        if not np.isfinite(data).all():
+            raise InputError(f"{path}: image holds NaN or Inf voxels; replace them (e.g. with 0) and retry")
+        if not data.any():
+            raise InputError(f"{path}: image is all zero; check that it is the right file")
+    elif kind in ("label_map", "mask"):
+        if not np.issubdtype(raw.dtype, np.integer):
+            if not np.isfinite(raw).all() or not np.array_equal(raw, np.round(raw)):
+                raise InputError(f"{path}: a {kind} must hold integer values")
+        data = raw.astype(np.int32)
+    else:
+        raise ValueError(f"kind must be 'image', 'label_map' or 'mask', got {kind!r}")
+    grid = Grid(tuple(int(n) for n in raw.shape), np.asarray(img.affine, dtype=np.float64))  # type: ignore[arg-type]
+    canonical, affine = grid.to_canonical(data)
+    return Volume(np.ascontiguousarray(canonical), affine, grid)
+
+
+def save_volume(path: str | Path, data: np.ndarray, grid: Grid, *, dtype: type | None = None) -> Path:
+    """Write a RAS+ array back on ``grid`` as NIfTI, atomically.
+
+    The file is written to a temporary name beside ``path`` and renamed, so a
+    reader never sees a partial file.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file (``.nii.gz``, ``.nii`` or ``.mgz``).
+    data : ndarray, shape (D, H, W) or (C, D, H, W)
+        Values in canonical RAS+ order on the same voxels as ``grid``.
+    grid : Grid
+        Target grid, usually :attr:`Volume.grid` of the input.
+    dtype : numpy dtype, optional
+        Stored data type (default: ``data.dtype``).
+
+    Returns
+    -------
+    Path
+        The written path.
+    """
+    path = Path(path)
+    out = grid.from_canonical(np.asarray(data))
+    if out.shape[-3:] != grid.shape:
+        raise ValueError(f"data shape {data.shape} does not fit grid shape {grid.shape}")
+    if out.ndim == 4:  # channels last for NIfTI
+        out = np.moveaxis(out, 0, -1)
+    out = out.astype(dtype or out.dtype)
+    if path.name.lower().endswith(".mgz"):
+        img: nib.spatialimages.SpatialImage = nib.MGHImage(out, grid.affine)
+    else:
+        img = nib.Nifti1Image(out, grid.affine)
+        img.header.set_xyzt_units("mm")
+        img.header.set_qform(grid.affine, code=1)
+        img.header.set_sform(grid.affine, code=1)
+    suffix = next((s for s in SUFFIXES if path.name.lower().endswith(s)), ".nii.gz")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,143 @@
+"""Per-structure evaluation of a predicted label map against a reference."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from brainseg.labels import LabelTable
+from brainseg.metrics.distance import surface_distances
+from brainseg.metrics.overlap import dice_per_class
+
+__all__ = ["StructureScore", "evaluate_label_maps", "summarize", "write_scores_csv", "write_scores_json"]
+
+METRICS = ("dice", "hausdorff", "hd95", "msd", "volumetric_similarity")
+
+
+@dataclass(frozen=True)
+class StructureScore:
+    """Scores of one structure of one case. Distances in mm; see :mod:`brainseg.metrics.distance`."""
+
+    case_id: str
+    label: int
+    name: str
+    dice: float
+    hausdorff: float
+    hd95: float
+    msd: float
+    volumetric_similarity: float
+    prediction_voxels: int
+    reference_voxels: int
+
+
+def evaluate_label_maps(
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    labels: LabelTable,
+    spacing: tuple[float, ...],
+    *,
+    case_id: str = "",
+    distances: bool = True,
+) -> list[StructureScore]:
+    """Score every structure (background excluded) of a prediction.
+
+    Parameters
+    ----------
+    prediction, reference : ndarray of int, shape (D, H, W)
+        Protocol label numbers on the same grid; numbers not in ``labels``
+        count as background.
+    labels : LabelTable
+        The structures to score.
+    spacing : tuple of 3 float
+        Voxel size in mm.
+    case_id : str
+        Written into each row.
+    distances : bool
+        Compute the surface distances (set False for Dice only).
+
+    Returns
+    -------
+    list of StructureScore
+        One per structure, in class order.
+    """
+    if prediction.shape != reference.shape:
+        raise ValueError(f"prediction shape {prediction.shape} != reference shape {reference.shape}")
+    p, r = labels.to_classes(prediction), labels.to_classes(reference)
+    n = labels.num_classes
+    dices = dice_per_class(p, r, n)
+    p_counts = np.bincount(p.ravel(), minlength=n)
+    r_counts = np.bincount(r.ravel(), minlength=n)
+    nan = float("nan")
+    scores = []
+    for c in range(1, n):
+        vs = nan
+        if p_counts[c] + r_counts[c]:
+            vs = 1.0 - abs(int(p_counts[c]) - int(r_counts[c])) / int(p_counts[c] + r_counts[c])
+        d = surface_distances(p == c, r == c, spacing) if distances else None
+        scores.append(
+            StructureScore(
+                case_id, labels.labels[c], labels.names[c], float(dices[c]),
+                d.hausdorff if d else nan, d.hd95 if d else nan, d.mean if d else nan, vs,
+                int(p_counts[c]), int(r_counts[c]),
+            )
+        )
+    return scores
+
+
+def summarize(scores: list[StructureScore]) -> dict[str, float]:
+    """Means over structures (and cases) of every metric.
+
+    Structures absent from both maps (NaN) and, for distances, structures
+    absent from one map (inf) are left out of the means; ``missing`` counts
+    the latter.
+    """
+    out: dict[str, float] = {}
+    for metric in METRICS:
+        values = [getattr(s, metric) for s in scores]
+        finite = [v for v in values if math.isfinite(v)]
+        out[metric] = float(np.mean(finite)) if finite else float("nan")
+    out["missing"] = sum(1 for s in scores if math.isinf(s.hausdorff))
+    out["structures"] = len(scores)
+    return out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_scores_csv(path: str | Path, scores: list[StructureScore]) -> None:
+    """Write one row per structure and a final ``mean`` row."""
+    import io
+
+    buf = io.StringIO()
+    fields = list(StructureScore.__dataclass_fields__)
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(fields)
+    for s in scores:
+        writer.writerow([getattr(s, f) for f in fields])
+    mean = summarize(scores)
+    writer.writerow(["mean", "", "all"] + [mean[m] for m in METRICS] + ["", ""])
+    _atomic_write(Path(path), buf.getvalue())
+
+
+def write_scores_json(path: str | Path, scores: list[StructureScore]) -> None:
+    """Write ``{"structures": [...], "mean": {...}}`` (NaN and inf as null)."""
+
+    def clean(v: object) -> object:
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    data = {
+        "structures": [{k: clean(v) for k, v in asdict(s).items()} for s in scores],
+        "mean": {k: clean(v) for k, v in summarize(scores).items()},
+    }
+    _atomic_write(Path(path), json.dumps(data, indent=2) + "\n")

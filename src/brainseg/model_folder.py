@@ -1,0 +1,94 @@
+"""Model folders: everything inference needs, in one directory.
+
+Layout::
+
+    config.yaml          model and training settings
+    labels.tsv           class index <-> protocol label number <-> name
+    normalization.json   intensity normalisation applied before the network
+    weights.safetensors  network weights (no pickle)
+    model_card.md        data, split, training budget, validation figures
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from brainseg.config import Config, load_config, save_config
+from brainseg.errors import InputError
+from brainseg.labels import LabelTable
+from brainseg.models import build_model
+from brainseg.preprocessing.intensity import IntensityNormalization
+
+__all__ = ["LoadedModel", "default_model_dir", "load_model_folder", "save_model_folder"]
+
+FILES = ("config.yaml", "labels.tsv", "normalization.json", "weights.safetensors")
+
+
+@dataclass
+class LoadedModel:
+    """A model folder read into memory; the network is in eval mode on CPU."""
+
+    config: Config
+    labels: LabelTable
+    normalization: IntensityNormalization
+    network: torch.nn.Module
+    path: Path
+
+
+def default_model_dir() -> Path:
+    """The model folder shipped inside the package (``brainseg/data/default_model``)."""
+    return Path(str(resources.files("brainseg.data").joinpath("default_model")))
+
+
+def save_model_folder(
+    path: str | Path,
+    config: Config,
+    labels: LabelTable,
+    normalization: IntensityNormalization,
+    network: torch.nn.Module,
+) -> Path:
+    """Write a model folder (weights written to a temp file, then renamed)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_config(config, path / "config.yaml")
+    labels.to_tsv(path / "labels.tsv")
+    normalization.save(path / "normalization.json")
+    state = {k: v.detach().contiguous() for k, v in network.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(prefix=".weights.", dir=path)
+    os.close(fd)
+    save_file(state, tmp, metadata={"format": "pt", "model": config.model.name})
+    os.replace(tmp, path / "weights.safetensors")
+    return path
+
+
+def load_model_folder(path: str | Path | None = None) -> LoadedModel:
+    """Read a model folder (default: the shipped model).
+
+    Raises
+    ------
+    InputError
+        If the folder or one of its files is missing, or the weights do not fit
+        the configured network.
+    """
+    path = Path(path) if path is not None else default_model_dir()
+    missing = [f for f in FILES if not (path / f).is_file()]
+    if missing:
+        raise InputError(f"{path}: not a model folder (missing {', '.join(missing)}); pass --model DIR of a trained model")
+    config = load_config(path / "config.yaml")
+    labels = LabelTable.from_tsv(path / "labels.tsv")
+    if labels.num_classes != config.model.num_classes:
+        raise InputError(f"{path}: labels.tsv has {labels.num_classes} classes, config.yaml {config.model.num_classes}")
+    network = build_model(config.model)
+    try:
+        network.load_state_dict(load_file(str(path / "weights.safetensors")))
+    except (RuntimeError, OSError) as err:
+        raise InputError(f"{path}/weights.safetensors: does not fit the configured network ({err})") from None
+    network.eval()
+    return LoadedModel(config, labels, IntensityNormalization.load(path / "normalization.json"), network, path)

@@ -1,0 +1,79 @@
+"""Resampling between an input grid and the 1 mm isotropic grid the networks work on."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["needs_resampling", "isotropic_shape", "resample_image", "resample_label_map"]
+
+TOLERANCE_MM = 1e-3
+
+
+def needs_resampling(spacing: tuple[float, ...], target_mm: float = 1.0) -> bool:
+    """Whether any voxel size differs from ``target_mm`` by more than 1 um."""
+    return any(abs(s - target_mm) > TOLERANCE_MM for s in spacing)
+
+
+def isotropic_shape(shape: tuple[int, ...], spacing: tuple[float, ...], target_mm: float = 1.0) -> tuple[int, ...]:
+    """Shape of the ``target_mm`` grid covering the same field of view."""
+    return tuple(max(int(round(n * s / target_mm)), 1) for n, s in zip(shape, spacing))
+
+
+def _zoom_matrix(src_shape, src_spacing, dst_shape, dst_spacing):
+    # Maps a destination index to a source index so that the two grids' field-of-view
+    # corners coincide (voxel centres at (i + 0.5) * spacing from the corner).
+    scale = np.array(dst_spacing, float) / np.array(src_spacing, float)
+    offset = 0.5 * scale - 0.5
+    return scale, offset
+
+
+def resample_image(
+    image: np.ndarray, spacing: tuple[float, ...], target_mm: float = 1.0, *, order: int = 1
+) -> np.ndarray:
+    """Resample an image to isotropic ``target_mm`` voxels (linear by default).
+
+    Parameters
+    ----------
+    image : ndarray of float, shape (D, H, W)
+        Image on a grid of voxel size ``spacing`` (mm, array-axis order).
+    spacing : tuple of 3 float
+        Voxel size in mm.
+    target_mm : float
+        Output voxel size in mm.
+    order : int
+        Spline order (0 nearest, 1 linear).
+
+    Returns
+    -------
+    ndarray of float32, shape ``isotropic_shape(image.shape, spacing)``
+    """
+    dst_shape = isotropic_shape(image.shape, spacing, target_mm)
+    scale, offset = _zoom_matrix(image.shape, spacing, dst_shape, (target_mm,) * 3)
+    return ndimage.affine_transform(
+        image.astype(np.float32), scale, offset, output_shape=dst_shape, order=order, mode="nearest"
+    )
+
+
+def resample_label_map(
+    label_map: np.ndarray, spacing: tuple[float, ...], shape: tuple[int, ...], target_mm: float = 1.0
+) -> np.ndarray:
+    """Bring a label map from the ``target_mm`` grid back to a grid of ``spacing`` and ``shape``.
+
+    Nearest-neighbour interpolation; labels stay integer.
+
+    Parameters
+    ----------
+    label_map : ndarray of int, shape (D', H', W')
+        Labels on the isotropic grid made by :func:`resample_image`.
+    spacing : tuple of 3 float
+        Voxel size of the target grid, mm.
+    shape : tuple of 3 int
+        Shape of the target grid.
+
+    Returns
+    -------
+    ndarray, same dtype as ``label_map``, shape ``shape``
+    """
+    scale, offset = _zoom_matrix(label_map.shape, (target_mm,) * 3, shape, spacing)
+    return ndimage.affine_transform(label_map, scale, offset, output_shape=tuple(shape), order=0, mode="nearest")

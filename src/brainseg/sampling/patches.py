@@ -1,0 +1,146 @@
+"""Multi-scale 2-D patch extraction for slice-based patch networks.
+
+Every array here is a volume in the canonical RAS+ axis order ``(D, H, W)``
+(see :mod:`brainseg.io.nifti`). A *plane* names the slices the 2-D patches lie
+in; the slice axis is moved first, giving ``(S, A, B)`` stacks.
+
+The scale-``s`` patch of voxel ``(i, a, b)`` has 25 x 25 samples; sample
+``(k, l)`` is the mean of the ``s x s`` in-plane voxels starting at
+``(a + s (k - 12) - c, b + s (l - 12) - c)`` with ``c = (s - 1) // 2``.
+Patch-by-patch extraction and dense inference read the same precomputed
+box-averaged stacks, which is what makes both agree exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["Plane", "PLANE_AXIS", "MultiScaleStack", "build_stack", "extract_patches"]
+
+Plane = Literal["sagittal", "coronal", "axial"]
+#: Array axis (RAS+ order) that is constant within a slice of each plane.
+PLANE_AXIS: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+HALF = 12  # patch half-width in samples (25 = 2 * 12 + 1)
+
+
+@dataclass(frozen=True)
+class MultiScaleStack:
+    """Box-averaged, padded slice stacks of one image, one per scale.
+
+    Attributes
+    ----------
+    stacks : tuple of ndarray of float32, each shape (S, A + 2M - s + 1, B + 2M - s + 1)
+        ``stacks[j][i, y, x]`` is the mean of the padded slice ``i`` over
+        ``[y, y + s) x [x, x + s)`` for scale ``s = scales[j]``.
+    scales : tuple of int
+        Scale factors.
+    margin : int
+        Padding ``M`` added on both sides of both in-plane axes, in voxels.
+    plane : str
+        Plane of the slices.
+    shape : tuple of 3 int
+        Shape ``(S, A, B)`` of the unpadded stack.
+    """
+
+    stacks: tuple[np.ndarray, ...]
+    scales: tuple[int, ...]
+    margin: int
+    plane: str
+    shape: tuple[int, int, int]
+
+
+def to_plane(volume: np.ndarray, plane: str) -> np.ndarray:
+    """Move the slice axis of ``plane`` first: ``(D, H, W)`` -> ``(S, A, B)`` (a view)."""
+    if plane not in PLANE_AXIS:
+        raise ValueError(f"plane must be one of {sorted(PLANE_AXIS)}, got {plane!r}")
+    return np.moveaxis(volume, PLANE_AXIS[plane], 0)
+
+
+def from_plane(stack: np.ndarray, plane: str) -> np.ndarray:
+    """Inverse of :func:`to_plane` for arrays whose last three axes are ``(S, A, B)``."""
+    return np.moveaxis(stack, -3, -3 + PLANE_AXIS[plane])
+
+
+def build_stack(
+    image: np.ndarray, plane: str, scales: Sequence[int], background: float
+) -> MultiScaleStack:
+    """Precompute the box-averaged padded stacks of a normalised image.
+
+    Parameters
+    ----------
+    image : ndarray of float32, shape (D, H, W)
+        Normalised intensities in RAS+ order.
+    plane : {'sagittal', 'coronal', 'axial'}
+        Plane of the 2-D patches.
+    scales : sequence of int
+        Scale factors (>= 1).
+    background : float
+        Value used for padding (the normalised intensity of an empty voxel).
+
+    Returns
+    -------
+    MultiScaleStack
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not 3-D or a scale is < 1.
+    """
+    if image.ndim != 3:
+        raise ValueError(f"image must be 3-D, got shape {image.shape}")
+    scales = tuple(int(s) for s in scales)
+    if min(scales) < 1:
+        raise ValueError(f"scales must be >= 1, got {scales}")
+    margin = (HALF + 1) * max(scales)
+    slices = np.ascontiguousarray(to_plane(image, plane), dtype=np.float32)
+    padded = np.pad(slices, ((0, 0), (margin, margin), (margin, margin)), constant_values=background)
+    tensor = torch.from_numpy(padded)[:, None]
+    stacks = []
+    for s in scales:
+        boxed = tensor if s == 1 else F.avg_pool2d(tensor, s, stride=1)
+        stacks.append(np.ascontiguousarray(boxed[:, 0].numpy()))
+    return MultiScaleStack(tuple(stacks), scales, margin, plane, tuple(slices.shape))  # type: ignore[arg-type]
+
+
+def patch_origin(scale: int) -> int:
+    """Offset from a voxel to its scale-``scale`` patch's first sample, in voxels."""
+    return -scale * HALF - (scale - 1) // 2
+
+
+def extract_patches(stack: MultiScaleStack, indices: np.ndarray) -> np.ndarray:
+    """Gather the multi-scale patches centred on voxels.
+
+    Parameters
+    ----------
+    stack : MultiScaleStack
+        From :func:`build_stack`.
+    indices : ndarray of int, shape (N, 3)
+        Voxel indices ``(i, a, b)`` in the plane's ``(S, A, B)`` order.
+
+    Returns
+    -------
+    ndarray of float32, shape (N, len(scales), 25, 25)
+
+    Raises
+    ------
+    ValueError
+        If an index lies outside the volume.
+    """
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1, 3)
+    if indices.size and ((indices < 0).any() or (indices >= np.array(stack.shape)).any()):
+        raise ValueError(f"voxel indices outside the volume of shape {stack.shape}")
+    steps = np.arange(2 * HALF + 1)
+    out = np.empty((len(indices), len(stack.scales), 2 * HALF + 1, 2 * HALF + 1), np.float32)
+    for j, (s, boxed) in enumerate(zip(stack.scales, stack.stacks)):
+        start = stack.margin + patch_origin(s)
+        rows = indices[:, 1, None] + start + s * steps  # (N, 25)
+        cols = indices[:, 2, None] + start + s * steps
+        out[:, j] = boxed[indices[:, 0, None, None], rows[:, :, None], cols[:, None, :]]
+    return out

@@ -1,0 +1,201 @@
+"""The training loop: patches from a manifest, SGD with momentum, poly policy, per-epoch validation.
+
+Follows Ganaye et al. (2018, section 3.2): SGD with momentum 0.9, initial
+learning rate 1e-3 decayed by the poly policy (power 0.9) each epoch, batches
+of 256 patches, L2 weight decay and cross-entropy. An epoch is a fixed number
+of patches (``samples_per_epoch``) drawn afresh from a seeded generator, so a
+resumed run draws the same patches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from brainseg.config import Config, save_config
+from brainseg.errors import InputError
+from brainseg.inference.dense import predict_dense
+from brainseg.io.manifest import read_manifest
+from brainseg.labels import LabelTable
+from brainseg.metrics.overlap import dice_per_class
+from brainseg.model_folder import save_model_folder
+from brainseg.models import build_model, count_parameters
+from brainseg.preprocessing.intensity import IntensityNormalization
+from brainseg.sampling.patches import extract_patches
+from brainseg.training.checkpoint import load_checkpoint, save_checkpoint
+from brainseg.training.data import TrainingCase, load_training_case
+from brainseg.training.schedulers import poly_learning_rate
+
+__all__ = ["train", "validate"]
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+
+
+def _draw_batch(cases: list[TrainingCase], n: int, rng: np.random.Generator, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    which = rng.integers(len(cases), size=n)
+    patches, targets = [], []
+    for k in np.unique(which):
+        case = cases[k]
+        idx = case.sampler.sample(int((which == k).sum()), rng, mode)
+        patches.append(extract_patches(case.stack, idx))
+        plane_classes = np.moveaxis(case.classes, {"sagittal": 0, "coronal": 1, "axial": 2}[case.stack.plane], 0)
+        targets.append(plane_classes[idx[:, 0], idx[:, 1], idx[:, 2]])
+    return np.concatenate(patches), np.concatenate(targets).astype(np.int64)
+
+
+def validate(network: torch.nn.Module, cases: list[TrainingCase], num_classes: int, progress: bool = False) -> dict:
+    """Mean Dice over structures on whole validation volumes (dense inference).
+
+    Returns
+    -------
+    dict
+        ``{"mean_dice": float, "per_case": {case_id: float}, "per_class": list}``;
+        per-class values are means over cases, NaN where never present.
+    """
+    network.eval()
+    per_case, per_class = {}, []
+    for case in cases:
+        predicted, _ = predict_dense(network, case.stack, case.prepared.mask, progress=progress)  # type: ignore[arg-type]
+        dices = dice_per_class(predicted, case.classes, num_classes)[1:]
+        per_case[case.case_id] = float(np.nanmean(dices))
+        per_class.append(dices)
+    classes = np.nanmean(np.array(per_class), axis=0) if per_class else np.array([])
+    return {
+        "mean_dice": float(np.mean(list(per_case.values()))) if per_case else float("nan"),
+        "per_case": per_case,
+        "per_class": [None if np.isnan(v) else float(v) for v in classes],
+    }
+
+
+def train(config: Config, output: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train a model and write its model folder.
+
+    Parameters
+    ----------
+    config : Config
+        Model and training settings; ``training.manifest`` and the case ids name the data.
+    output : str or Path
+        Model folder to create; ``checkpoint.pt`` and ``history.json`` are kept there.
+    resume : bool
+        Continue from ``output/checkpoint.pt``.
+    progress : bool
+        Show tqdm progress bars.
+
+    Returns
+    -------
+    Path
+        The model folder.
+
+    Raises
+    ------
+    InputError
+        If the output folder already holds a run and ``resume`` is False, if
+        there is no checkpoint to resume, or if the data are unusable.
+    """
+    output = Path(output)
+    tc = config.training
+    checkpoint_path = output / CHECKPOINT
+    if checkpoint_path.exists() and not resume:
+        raise InputError(f"{output}: already holds a training run; pass --resume to continue it or choose another folder")
+    if resume and not checkpoint_path.exists():
+        raise InputError(f"{output}: no {CHECKPOINT} to resume from")
+    if not tc.train_cases:
+        raise InputError("training.train_cases is empty; list the case ids to train on")
+    output.mkdir(parents=True, exist_ok=True)
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+
+    labels = LabelTable.miccai2012() if config.model.num_classes == 135 else None
+    if labels is None or labels.num_classes != config.model.num_classes:
+        raise InputError(f"no label table for {config.model.num_classes} classes (only the MICCAI 2012 protocol ships)")
+    normalization = IntensityNormalization()
+    by_id = {c.case_id: c for c in read_manifest(tc.manifest)}
+    unknown = [i for i in tc.train_cases + tc.validation_cases if i not in by_id]
+    if unknown:
+        raise InputError(f"{tc.manifest}: no case(s) {unknown}")
+    load = lambda ids: [load_training_case(by_id[i], labels, config.model, normalization) for i in ids]  # noqa: E731
+    log.info("loading %d training and %d validation cases", len(tc.train_cases), len(tc.validation_cases))
+    train_cases, val_cases = load(tc.train_cases), load(tc.validation_cases)
+
+    torch.manual_seed(tc.seed)
+    network = build_model(config.model)
+    optimizer = torch.optim.SGD(
+        network.parameters(), lr=tc.learning_rate, momentum=tc.momentum, weight_decay=tc.weight_decay
+    )
+    history: list[dict] = []
+    start_epoch, elapsed = 0, 0.0
+    if resume:
+        state = load_checkpoint(checkpoint_path)
+        network.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, elapsed = int(state["epoch"]), float(state["elapsed_s"])
+        history = json.loads((output / "history.json").read_text()) if (output / "history.json").exists() else []
+        log.info("resuming after epoch %d", start_epoch)
+    save_config(config, output / "config.yaml")
+    log.info("%s: %d parameters", config.model.name, count_parameters(network))
+
+    steps = max(tc.samples_per_epoch // tc.batch_size, 1)
+    for epoch in range(start_epoch, tc.epochs):
+        t0 = time.time()
+        lr = poly_learning_rate(tc.learning_rate, epoch, tc.epochs, tc.poly_power)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        rng = np.random.default_rng([tc.seed, epoch])
+        torch.manual_seed(tc.seed * 100_003 + epoch)
+        network.train()
+        losses = []
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress, unit="batch")
+        for _ in bar:
+            patches, targets = _draw_batch(train_cases, tc.batch_size, rng, tc.sampling)
+            loss = F.cross_entropy(network(torch.from_numpy(patches)), torch.from_numpy(targets))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss))
+            if len(losses) % 20 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.2e}")
+        record = {"epoch": epoch + 1, "lr": lr, "loss": float(np.mean(losses)), "train_s": time.time() - t0}
+        last = epoch + 1 == tc.epochs
+        if val_cases and ((epoch + 1) % tc.validate_every == 0 or last):
+            t1 = time.time()
+            scores = validate(network, val_cases, config.model.num_classes, progress=progress)
+            record.update(val_mean_dice=scores["mean_dice"], val_per_case=scores["per_case"], val_s=time.time() - t1)
+        elapsed += time.time() - t0
+        record["elapsed_s"] = elapsed
+        history.append(record)
+        log.info("epoch %d: loss %.4f, validation mean Dice %s", epoch + 1, record["loss"], record.get("val_mean_dice"))
+        save_checkpoint(
+            checkpoint_path,
+            {"network": network.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "elapsed_s": elapsed},
+        )
+        (output / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+        network.eval()
+        save_model_folder(output, config, labels, normalization, network)
+    (output / "training.json").write_text(
+        json.dumps(
+            {
+                "epochs": tc.epochs,
+                "elapsed_s": elapsed,
+                "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+                "parameters": count_parameters(network),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return output
+
+
+def with_overrides(config: Config, **training: object) -> Config:
+    """A copy of ``config`` with some training settings replaced."""
+    return replace(config, training=replace(config.training, **training))
