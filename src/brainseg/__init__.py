@@ -1,3 +1,20 @@
-"""brainseg: brain MRI segmentation with spatially aware convolutional networks."""
+"""brainseg: brain MRI segmentation with spatially aware convolutional networks.
+
+The main entry points are :func:`segment` (files in, label maps, volumes and
+QC figures out) and :class:`brainseg.inference.predictor.Predictor` (arrays in
+and out). Torch is imported only when they are used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["segment", "__version__"]
+
+
+def segment(*args: Any, **kwargs: Any) -> Any:
+    """Segment image files; see :func:`brainseg.inference.segment.segment`."""
+    from brainseg.inference.segment import segment as _segment
+
+    return _segment(*args, **kwargs)

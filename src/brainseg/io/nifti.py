@@ -149,7 +149,9 @@ def load_volume(path: str | Path, *, kind: str = "image") -> Volume:
     return Volume(np.ascontiguousarray(canonical), affine, grid)
 
 
-def save_volume(path: str | Path, data: np.ndarray, grid: Grid, *, dtype: type | None = None) -> Path:
+def save_volume(
+    path: str | Path, data: np.ndarray, grid: Grid, *, dtype: type | None = None, slope: float | None = None
+) -> Path:
     """Write a RAS+ array back on ``grid`` as NIfTI, atomically.
 
     The file is written to a temporary name beside ``path`` and renamed, so a
@@ -165,6 +167,9 @@ def save_volume(path: str | Path, data: np.ndarray, grid: Grid, *, dtype: type |
         Target grid, usually :attr:`Volume.grid` of the input.
     dtype : numpy dtype, optional
         Stored data type (default: ``data.dtype``).
+    slope : float, optional
+        NIfTI ``scl_slope``: readers see ``stored * slope`` (e.g. 1/255 for
+        probabilities stored as uint8).
 
     Returns
     -------
@@ -185,6 +190,8 @@ def save_volume(path: str | Path, data: np.ndarray, grid: Grid, *, dtype: type |
         img.header.set_xyzt_units("mm")
         img.header.set_qform(grid.affine, code=1)
         img.header.set_sform(grid.affine, code=1)
+        if slope is not None:
+            img.header.set_slope_inter(slope, 0.0)
     suffix = next((s for s in SUFFIXES if path.name.lower().endswith(s)), ".nii.gz")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)

@@ -1,0 +1,84 @@
+"""``brainseg evaluate PREDICTION REFERENCE`` or ``brainseg evaluate --manifest M --predictions DIR``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the subcommand."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="score label maps against references",
+        description="Per-structure Dice, Hausdorff distance, HD95, mean surface distance (mm) and volumetric "
+        "similarity. Either one PREDICTION and REFERENCE, or --manifest with --predictions DIR holding "
+        "CASE_ID_seg.nii.gz or IMAGE-NAME_seg.nii.gz files.",
+    )
+    p.add_argument("prediction", type=Path, nargs="?", help="predicted label map")
+    p.add_argument("reference", type=Path, nargs="?", help="reference label map on the same grid")
+    p.add_argument("--manifest", type=Path, help="manifest CSV: evaluate every case with a label_map")
+    p.add_argument("--predictions", type=Path, help="folder of predicted label maps (with --manifest)")
+    p.add_argument("--labels", type=Path, help="label table TSV (default: MICCAI 2012)")
+    p.add_argument("-o", "--output", type=Path, help="CSV to write (one row per structure and case, then a mean row)")
+    p.add_argument("--json", type=Path, help="JSON to write")
+    p.add_argument("--no-distances", action="store_true", help="Dice and volume similarity only")
+    p.set_defaults(run=run)
+
+
+def _pairs(args: argparse.Namespace) -> list[tuple[str, Path, Path]]:
+    from brainseg.errors import InputError
+    from brainseg.io.manifest import read_manifest
+    from brainseg.io.nifti import output_stem
+
+    if args.manifest:
+        if args.prediction or args.reference or not args.predictions:
+            raise InputError("with --manifest give --predictions DIR and no positional label maps")
+        pairs = []
+        for case in read_manifest(args.manifest):
+            if case.label_map is None:
+                continue
+            candidates = [args.predictions / f"{case.case_id}_seg.nii.gz", args.predictions / f"{output_stem(case.image)}_seg.nii.gz"]
+            found = next((c for c in candidates if c.is_file()), None)
+            if found is None:
+                raise InputError(f"{args.predictions}: no prediction for case {case.case_id} (looked for {candidates[0].name}, {candidates[1].name})")
+            pairs.append((case.case_id, found, case.label_map))
+        return pairs
+    if not (args.prediction and args.reference):
+        raise InputError("give PREDICTION and REFERENCE, or --manifest and --predictions")
+    return [(output_stem(args.prediction), args.prediction, args.reference)]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate, print the means and write the tables."""
+    import numpy as np
+
+    from brainseg.errors import InputError
+    from brainseg.io.nifti import load_volume
+    from brainseg.labels import LabelTable
+    from brainseg.metrics.report import evaluate_label_maps, summarize, write_scores_csv, write_scores_json
+
+    for out in (args.output, args.json):
+        if out is not None and out.is_dir():
+            raise InputError(f"{out}: is a folder; give a file name")
+    labels = LabelTable.from_tsv(args.labels) if args.labels else LabelTable.miccai2012()
+    scores = []
+    for case_id, pred_path, ref_path in _pairs(args):
+        prediction = load_volume(pred_path, kind="label_map")
+        reference = load_volume(ref_path, kind="label_map")
+        if prediction.data.shape != reference.data.shape or not np.allclose(prediction.affine, reference.affine, atol=1e-3):
+            raise InputError(f"{pred_path}: not on the grid of {ref_path}; resample it onto the reference grid first")
+        scores += evaluate_label_maps(
+            prediction.data, reference.data, labels, reference.spacing, case_id=case_id, distances=not args.no_distances
+        )
+    mean = summarize(scores)
+    print(
+        f"mean over {mean['structures']} structure scores: Dice {mean['dice']:.4f}, HD {mean['hausdorff']:.2f} mm, "
+        f"HD95 {mean['hd95']:.2f} mm, MSD {mean['msd']:.3f} mm, VS {mean['volumetric_similarity']:.4f}"
+        f" ({mean['missing']} missing from one side)"
+    )
+    if args.output:
+        write_scores_csv(args.output, scores)
+    if args.json:
+        write_scores_json(args.json, scores)
+    return 0

@@ -1,0 +1,29 @@
+"""``brainseg info [--model DIR]``: describe a model folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the subcommand."""
+    p = subparsers.add_parser("info", help="describe a model folder", description="Print a model folder's settings.")
+    p.add_argument("--model", type=Path, default=None, metavar="DIR", help="model folder (default: the shipped model)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print architecture, parameter count and classes."""
+    from brainseg.model_folder import load_model_folder
+    from brainseg.models import count_parameters
+    from brainseg.models.ganaye2018 import PAPER_PARAMETER_COUNT
+
+    model = load_model_folder(args.model)
+    cfg = model.config.model
+    print(f"model folder: {model.path}")
+    print(f"network: {cfg.name}, plane {cfg.plane}, scales {list(cfg.scales)}")
+    print(f"parameters: {count_parameters(model.network):,} (paper's BaseNet: {PAPER_PARAMETER_COUNT:,})")
+    print(f"classes: {model.labels.num_classes} (background + {model.labels.num_classes - 1} structures)")
+    print(f"normalisation: {model.normalization.method}")
+    return 0

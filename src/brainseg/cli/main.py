@@ -1,0 +1,52 @@
+"""The ``brainseg`` command: one subcommand per task.
+
+Each subcommand module has ``add_parser(subparsers)`` and ``run(args) -> int``.
+Bad input is reported in one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from brainseg import __version__
+from brainseg.cli import evaluate, info, manifest, segment, train
+from brainseg.errors import InputError
+
+__all__ = ["main"]
+
+COMMANDS = (segment, evaluate, train, manifest, info)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="brainseg", description="Segment T1-weighted brain MRI into anatomical structures."
+    )
+    parser.add_argument("--version", action="version", version=f"brainseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 bad input)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.run(args) or 0)
+    except InputError as err:
+        print(f"brainseg {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("brainseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

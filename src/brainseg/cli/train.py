@@ -1,0 +1,38 @@
+"""``brainseg train CONFIG.yaml -o MODEL_DIR [--resume]``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the subcommand."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a model from a YAML config",
+        description="Train a model on the cases of a manifest and write a model folder "
+        "(config.yaml, labels.tsv, normalization.json, weights.safetensors, model_card.md).",
+    )
+    p.add_argument("config", type=Path, help="YAML config with model: and training: sections")
+    p.add_argument("-o", "--output", type=Path, required=True, help="model folder to write")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+    p.add_argument("--epochs", type=int, help="override training.epochs")
+    p.add_argument("--no-card", action="store_true", help="skip the final evaluation and model card")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, then evaluate on the validation cases and write the model card."""
+    from brainseg.config import load_config
+    from brainseg.training.model_card import write_model_card
+    from brainseg.training.trainer import train
+
+    overrides = {"training": {"epochs": args.epochs}} if args.epochs else None
+    config = load_config(args.config, overrides)
+    folder = train(config, args.output, resume=args.resume, progress=not args.no_progress)
+    if not args.no_card:
+        write_model_card(folder, progress=not args.no_progress)
+    print(folder)
+    return 0

@@ -1,0 +1,105 @@
+"""Quality-control figure: label map over the image in three orthogonal planes."""
+
+from __future__ import annotations
+
+import colorsys
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["label_colors", "qc_figure", "save_qc_png"]
+
+
+def label_colors(max_label: int) -> np.ndarray:
+    """A fixed, well-spread RGB colour per label number (golden-angle hues); label 0 black.
+
+    Returns
+    -------
+    ndarray of uint8, shape (max_label + 1, 3)
+    """
+    colors = np.zeros((max_label + 1, 3), np.uint8)
+    for label in range(1, max_label + 1):
+        hue = (label * 0.618033988749895) % 1.0
+        value = 0.75 + 0.25 * ((label * 7) % 3) / 2
+        colors[label] = np.round(np.array(colorsys.hsv_to_rgb(hue, 0.8, value)) * 255)
+    return colors
+
+
+def _panel(image2d: np.ndarray, labels2d: np.ndarray, colors: np.ndarray, alpha: float) -> np.ndarray:
+    # In-plane axes (first: left->right, second: bottom->top) -> display rows top->bottom.
+    img = np.flipud(image2d.T)
+    lab = np.flipud(labels2d.T)
+    rgb = np.repeat(img[..., None], 3, axis=2).astype(np.float32)
+    overlay = colors[lab].astype(np.float32)
+    on = (lab > 0)[..., None]
+    return np.where(on, (1 - alpha) * rgb + alpha * overlay, rgb).astype(np.uint8)
+
+
+def qc_figure(
+    image: np.ndarray,
+    label_map: np.ndarray,
+    spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
+    *,
+    alpha: float = 0.45,
+    pixel_mm: float = 0.5,
+) -> np.ndarray:
+    """Axial, coronal and sagittal overlays through the centre of the labelled brain.
+
+    Parameters
+    ----------
+    image : ndarray of float, shape (D, H, W)
+        Intensities in RAS+ order.
+    label_map : ndarray of int, shape (D, H, W)
+        Protocol label numbers in RAS+ order.
+    spacing : tuple of 3 float
+        Voxel size in mm; panels are drawn at ``pixel_mm`` per pixel so that
+        anisotropic voxels keep their true proportions.
+    alpha : float
+        Opacity of the label colours.
+    pixel_mm : float
+        Display pixel size in mm.
+
+    Returns
+    -------
+    ndarray of uint8, shape (rows, cols, 3)
+        Panels side by side, neurological convention (left on the left),
+        anterior/superior up.
+    """
+    if image.shape != label_map.shape:
+        raise ValueError(f"image shape {image.shape} != label map shape {label_map.shape}")
+    fg = label_map > 0
+    centre = np.round(np.argwhere(fg).mean(axis=0)).astype(int) if fg.any() else np.array(image.shape) // 2
+    lo, hi = np.percentile(image[image != 0], [1, 99.5]) if (image != 0).any() else (0.0, 1.0)
+    scaled = np.clip((image - lo) / max(hi - lo, 1e-6) * 255, 0, 255)
+    colors = label_colors(int(label_map.max(initial=0)))
+    x, y, z = centre
+    views = [  # (2-D image, 2-D labels, in-plane spacing)
+        (scaled[:, :, z], label_map[:, :, z], (spacing[0], spacing[1])),  # axial
+        (scaled[:, y, :], label_map[:, y, :], (spacing[0], spacing[2])),  # coronal
+        (scaled[x, :, :], label_map[x, :, :], (spacing[1], spacing[2])),  # sagittal
+    ]
+    panels = []
+    for img2d, lab2d, (sa, sb) in views:
+        panel = _panel(img2d, np.clip(lab2d, 0, None), colors, alpha)
+        size = (max(int(round(panel.shape[1] * sa / pixel_mm)), 1), max(int(round(panel.shape[0] * sb / pixel_mm)), 1))
+        panels.append(np.asarray(Image.fromarray(panel).resize(size, Image.NEAREST)))
+    height = max(p.shape[0] for p in panels)
+    padded = [np.pad(p, ((0, height - p.shape[0]), (0, 4), (0, 0))) for p in panels]
+    return np.concatenate(padded, axis=1)
+
+
+def save_qc_png(path: str | Path, figure: np.ndarray) -> Path:
+    """Write an RGB figure as PNG atomically."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        Image.fromarray(figure).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

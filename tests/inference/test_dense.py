@@ -1,0 +1,108 @@
+"""Dense (fully convolutional) inference must equal patch-by-patch classification."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from brainseg.inference.dense import predict_dense, predict_patches
+from brainseg.models.ganaye2018 import BaseNet
+from brainseg.sampling.patches import PLANE_AXIS, build_stack, to_plane
+
+PLANES = ("axial", "coronal", "sagittal")
+SMALL = dict(branch_widths=(4, 8), mix_channels=8, fc_widths=(16, 16))  # fast on CPU, same layer layout
+
+
+def _model(batch_norm: bool = False, gain: float = 2.0, **widths) -> BaseNet:
+    torch.manual_seed(0)
+    model = BaseNet(num_classes=7, batch_norm=batch_norm, **widths)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                m.weight.mul_(gain)  # keep the narrow test widths' activations from shrinking
+        model.classifier[-1].weight.mul_(30.0)  # spread the logits so probabilities vary
+        if batch_norm:
+            g = torch.Generator().manual_seed(1)
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    n = m.num_features
+                    m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
+                    m.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.2)
+                    m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                    m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+    return model.eval()
+
+
+@pytest.fixture
+def image(rng) -> np.ndarray:
+    return rng.standard_normal((10, 20, 30)).astype(np.float32)
+
+
+def _compare(model, image, mask, plane, scales=(1, 2, 3)):
+    stack = build_stack(image, plane, scales, background=-0.7)
+    classes, probs = predict_dense(model, stack, mask, probabilities=True, probability_dtype=np.float32)
+    assert classes.shape == mask.shape and classes.dtype == np.uint8
+    assert probs.shape == (7,) + mask.shape and probs.dtype == np.float32
+    idx = np.argwhere(to_plane(mask, plane))  # (N, 3) in plane order
+    reference = predict_patches(model, stack, idx, batch_size=300)
+    probs_p = np.moveaxis(probs, 1 + PLANE_AXIS[plane], 1)
+    dense = probs_p[:, idx[:, 0], idx[:, 1], idx[:, 2]].T
+    return stack, classes, probs, idx, reference, dense
+
+
+@pytest.mark.parametrize("plane", PLANES)
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_dense_equals_patches(image, mask, plane, batch_norm):
+    model = _model(batch_norm, **SMALL)
+    stack, classes, probs, idx, reference, dense = _compare(model, image, mask, plane)
+    assert np.abs(dense - reference).max() <= 1e-5
+    assert reference.max() > 0.5 and reference.min() < 0.01  # the check is not vacuous
+    assert len(np.unique(reference.argmax(1))) > 1
+    # Class map = arg-max; outside the mask: background with probability 1.
+    classes_p = np.moveaxis(classes, PLANE_AXIS[plane], 0)
+    np.testing.assert_array_equal(classes_p[tuple(idx.T)], dense.argmax(1))
+    assert not classes[~mask].any()
+    assert (probs[0][~mask] == 1).all() and not probs[1:, ~mask].any()
+
+
+def test_dense_equals_patches_default_widths(image):
+    # The real layer widths, on a small irregular mask touching the volume's edges.
+    mask = np.zeros((10, 20, 30), bool)
+    mask[0, 0, 0] = mask[9, 19, 29] = mask[4, 7, 12] = mask[4, 8, 12] = mask[5, 15, 2] = True
+    model = _model(False, gain=1.3)
+    for plane in PLANES:
+        *_, reference, dense = _compare(model, image, mask, plane)
+        assert np.abs(dense - reference).max() <= 1e-5
+        assert (reference.max(0) - reference.min(0)).max() > 0.05  # outputs differ between voxels
+
+
+def test_shifted_index_differs(image, mask):
+    model = _model(False, **SMALL)
+    stack, _, _, idx, reference, dense = _compare(model, image, mask, "axial")
+    shifted = predict_patches(model, stack, idx + np.array([0, 0, 1]))
+    assert np.abs(dense - shifted).max() > 1e-2
+
+
+def test_scales_subset(image, mask):
+    model = _model(False, scales=(1, 2), **SMALL)
+    *_, reference, dense = _compare(model, image, mask, "coronal", scales=(1, 2))
+    assert np.abs(dense - reference).max() <= 1e-5
+
+
+def test_errors(image, mask):
+    model = _model(False, **SMALL)
+    stack = build_stack(image, "axial", (1, 2, 3), 0.0)
+    with pytest.raises(ValueError, match="mask shape"):
+        predict_dense(model, stack, mask[:, :, :-1])
+    model.train()
+    with pytest.raises(ValueError, match="eval"):
+        predict_dense(model, stack, mask)
+
+
+def test_empty_inputs(image):
+    model = _model(False, **SMALL)
+    stack = build_stack(image, "sagittal", (1, 2, 3), 0.0)
+    assert predict_patches(model, stack, np.zeros((0, 3), int)).shape == (0, 7)
+    classes, probs = predict_dense(model, stack, np.zeros((10, 20, 30), bool))
+    assert not classes.any() and probs is None

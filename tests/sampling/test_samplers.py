@@ -1,0 +1,68 @@
+"""Tests of brainseg.sampling.samplers.VoxelSampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from brainseg.sampling.samplers import VoxelSampler
+
+
+@pytest.fixture
+def classes(mask) -> np.ndarray:
+    # Very unequal classes inside the mask: 1 is large, 2 medium, 3 a single voxel; one labelled voxel outside.
+    c = np.zeros(mask.shape, np.uint8)
+    c[2:8, 3:15, 5:20] = 1
+    c[2:4, 3:5, 20:24] = 2
+    c[5, 10, 22] = 3
+    c[0, 0, 0] = 2  # labelled voxel outside the mask: still drawable
+    return c
+
+
+def test_len_and_region(classes, mask):
+    sampler = VoxelSampler(classes, mask)
+    assert len(sampler) == mask.sum() + 1
+    np.testing.assert_array_equal(sampler.present, [0, 1, 2, 3])
+
+
+def test_uniform_in_mask(classes, mask, rng):
+    sampler = VoxelSampler(classes, mask)
+    idx = sampler.sample(5000, rng, "uniform")
+    assert idx.shape == (5000, 3) and idx.dtype == np.int32
+    region = mask | (classes > 0)
+    assert region[tuple(idx.T)].all()
+    # Uniform: class frequencies follow the class sizes.
+    share = np.mean(classes[tuple(idx.T)] == 1)
+    assert share == pytest.approx((classes[region] == 1).mean(), abs=0.03)
+
+
+def test_balanced_frequencies(classes, mask, rng):
+    sampler = VoxelSampler(classes, mask)
+    idx = sampler.sample(8000, rng, "balanced")
+    drawn = classes[tuple(idx.T)]
+    freq = np.bincount(drawn, minlength=4) / len(drawn)
+    np.testing.assert_allclose(freq, 0.25, atol=0.03)
+    assert (mask | (classes > 0))[tuple(idx.T)].all()
+    # The single class-3 voxel is the only one drawn for class 3.
+    assert {tuple(v) for v in idx[drawn == 3]} == {(5, 10, 22)}
+
+
+def test_mixed_half_each(classes, mask, rng):
+    sampler = VoxelSampler(classes, mask)
+    idx = sampler.sample(7, rng, "mixed")
+    assert idx.shape == (7, 3)
+
+
+def test_seeded_draws_repeat(classes, mask):
+    sampler = VoxelSampler(classes, mask)
+    a = sampler.sample(50, np.random.default_rng(3), "balanced")
+    b = sampler.sample(50, np.random.default_rng(3), "balanced")
+    np.testing.assert_array_equal(a, b)
+
+
+def test_errors(classes, mask, rng):
+    sampler = VoxelSampler(classes, mask)
+    with pytest.raises(ValueError, match="sampling mode"):
+        sampler.sample(10, rng, "stratified")
+    with pytest.raises(ValueError, match="shape"):
+        VoxelSampler(classes, mask[:, :, :-1])
