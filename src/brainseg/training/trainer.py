@@ -13,6 +13,7 @@ import json
 import logging
 import platform
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -69,7 +70,9 @@ def validate(network: torch.nn.Module, cases: list[TrainingCase], num_classes: i
         dices = dice_per_class(predicted, case.classes, num_classes)[1:]
         per_case[case.case_id] = float(np.nanmean(dices))
         per_class.append(dices)
-    classes = np.nanmean(np.array(per_class), axis=0) if per_class else np.array([])
+    with warnings.catch_warnings():  # classes absent from every case stay NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        classes = np.nanmean(np.array(per_class), axis=0) if per_class else np.array([])
     return {
         "mean_dice": float(np.mean(list(per_case.values()))) if per_case else float("nan"),
         "per_case": per_case,
@@ -161,7 +164,7 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if len(losses) % 20 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.2e}")
         record = {"epoch": epoch + 1, "lr": lr, "loss": float(np.mean(losses)), "train_s": time.time() - t0}

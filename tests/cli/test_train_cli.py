@@ -1,0 +1,90 @@
+"""``brainseg train`` and ``brainseg manifest`` on a tiny synthetic data set: model folder, resume."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from brainseg.cli.main import main
+from brainseg.training.checkpoint import load_checkpoint
+
+
+def _case(folder, case_id, rng):
+    shape = (18, 20, 16)
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    brain = zz**2 + yy**2 + xx**2 < 0.7
+    labels = np.where(brain, np.where(zz < 0, 4, 11), 0).astype(np.int16)  # two structures split along x
+    image = np.where(brain, np.where(zz < 0, 80, 140) + 5 * rng.standard_normal(shape), 0).astype(np.float32)
+    affine = np.diag([-1.0, 1.0, 1.0, 1.0])
+    for suffix, data in (("SS", image), ("glm", labels), ("mask", brain.astype(np.uint8))):
+        nib.save(nib.Nifti1Image(data, affine), folder / f"{case_id}_{suffix}.nii.gz")
+
+
+@pytest.fixture
+def tiny_setup(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    for case_id in ("a", "b", "c"):
+        _case(data, case_id, rng)
+    manifest = tmp_path / "cases.csv"
+    assert main(["manifest", str(data), "-o", str(manifest)]) == 0
+    config = {
+        "model": {"num_classes": 135, "branch_widths": [4, 8], "mix_channels": 8, "fc_widths": [32], "dropout": 0.0},
+        "training": {
+            "manifest": "cases.csv", "train_cases": ["a", "b"], "validation_cases": ["c"], "epochs": 2,
+            "samples_per_epoch": 512, "batch_size": 64, "learning_rate": 0.05, "sampling": "mixed", "num_threads": 1,
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_manifest_lists_cases(tiny_setup):
+    text = (tiny_setup.parent / "cases.csv").read_text().splitlines()
+    assert text[0] == "case_id,image,label_map,mask" and len(text) == 4
+
+
+def test_train_writes_model_folder_and_resumes(tiny_setup, capsys):
+    out = tiny_setup.parent / "model"
+    assert main(["train", str(tiny_setup), "-o", str(out), "--epochs", "1", "--no-progress"]) == 0
+    for name in ("config.yaml", "labels.tsv", "normalization.json", "weights.safetensors", "model_card.md", "checkpoint.pt"):
+        assert (out / name).is_file(), name
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    first = load_file(str(out / "weights.safetensors"))
+    # a second run into the same folder without --resume is refused
+    assert main(["train", str(tiny_setup), "-o", str(out), "--no-progress"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    # resume to 2 epochs
+    assert main(["train", str(tiny_setup), "-o", str(out), "--resume", "--no-progress", "--no-card"]) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert "val_mean_dice" in history[-1]
+    second = load_file(str(out / "weights.safetensors"))
+    assert any(not np.array_equal(first[k].numpy(), second[k].numpy()) for k in first)
+    card = (out / "model_card.md").read_text()
+    assert "Validation cases (1): c" in card and "Neuromorphometrics" in card
+
+
+def test_resume_equals_uninterrupted(tiny_setup):
+    """Two epochs in one go give the same weights as one epoch + resume."""
+    a, b = tiny_setup.parent / "a", tiny_setup.parent / "b"
+    assert main(["train", str(tiny_setup), "-o", str(a), "--no-progress", "--no-card"]) == 0
+    assert main(["train", str(tiny_setup), "-o", str(b), "--epochs", "1", "--no-progress", "--no-card"]) == 0
+    assert main(["train", str(tiny_setup), "-o", str(b), "--resume", "--no-progress", "--no-card"]) == 0
+    wa, wb = load_file(str(a / "weights.safetensors")), load_file(str(b / "weights.safetensors"))
+    for key in wa:
+        np.testing.assert_allclose(wa[key].numpy(), wb[key].numpy(), atol=1e-5, err_msg=key)
+
+
+def test_unknown_setting_is_an_input_error(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  widht: 3\n")
+    assert main(["train", str(path), "-o", str(tmp_path / "m")]) == 2
+    assert "unknown setting" in capsys.readouterr().err
