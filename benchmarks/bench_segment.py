@@ -87,7 +87,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--slices", type=int, default=8)
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    )
     print(f"image: {args.image}")
     wall, rss = bench_cli(args.image, args.model)
     print(f"brainseg segment: {wall:.1f} s wall, peak RSS {rss:.2f} GB")

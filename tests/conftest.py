@@ -58,3 +58,15 @@ def mask(shape: tuple[int, int, int]) -> np.ndarray:
     m = np.zeros(shape, bool)
     m[2:8, 3:15, 5:24] = True
     return m
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+MICCAI = REPO.parent / "shared" / "data" / "miccai2012"
+
+
+@pytest.fixture(scope="session")
+def miccai_dir():
+    """The MICCAI 2012 training subjects in ../shared/data (skips the test where absent)."""
+    if not (MICCAI / "1008_SS.nii.gz").is_file():
+        pytest.skip(f"real MICCAI 2012 data not found at {MICCAI} (present in CI; see ../shared/data/README.md)")
+    return MICCAI

@@ -135,7 +135,9 @@ def load_config(path: str | Path, overrides: dict[str, dict[str, Any]] | None = 
         raise InputError(f"{path}: expected the sections 'model' and 'training'")
     overrides = overrides or {}
     model = _build(ModelConfig, {**(raw.get("model") or {}), **overrides.get("model", {})}, f"{path}: model")
-    training = _build(TrainingConfig, {**(raw.get("training") or {}), **overrides.get("training", {})}, f"{path}: training")
+    training = _build(
+        TrainingConfig, {**(raw.get("training") or {}), **overrides.get("training", {})}, f"{path}: training"
+    )
     if training.manifest and not Path(training.manifest).is_absolute():
         training = dataclasses.replace(training, manifest=str((path.parent / training.manifest).resolve()))
     return Config(model, training)

@@ -80,7 +80,9 @@ def load_model_folder(path: str | Path | None = None) -> LoadedModel:
     path = Path(path) if path is not None else default_model_dir()
     missing = [f for f in FILES if not (path / f).is_file()]
     if missing:
-        raise InputError(f"{path}: not a model folder (missing {', '.join(missing)}); pass --model DIR of a trained model")
+        raise InputError(
+            f"{path}: not a model folder (missing {', '.join(missing)}); pass --model DIR of a trained model"
+        )
     config = load_config(path / "config.yaml")
     labels = LabelTable.from_tsv(path / "labels.tsv")
     if labels.num_classes != config.model.num_classes:

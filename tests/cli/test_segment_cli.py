@@ -143,7 +143,7 @@ def test_bad_second_input_writes_nothing_for_the_first(tmp_path, tiny_model, cap
 
 def test_never_overwrites_an_input(tmp_path, tiny_model, capsys):
     image = _write(tmp_path / "scan_seg.nii.gz", _brain())  # would collide with scan_seg's own output? no:
-    other = _write(tmp_path / "scan.nii.gz", _brain())       # scan.nii.gz -> scan_seg.nii.gz == first input
+    other = _write(tmp_path / "scan.nii.gz", _brain())  # scan.nii.gz -> scan_seg.nii.gz == first input
     before = image.read_bytes()
     code, err = _run(["segment", other, image, "-o", tmp_path, "--model", tiny_model], capsys)
     assert code == 2 and "overwrite an input" in err

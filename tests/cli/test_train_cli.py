@@ -37,8 +37,15 @@ def tiny_setup(tmp_path, monkeypatch):
     config = {
         "model": {"num_classes": 135, "branch_widths": [4, 8], "mix_channels": 8, "fc_widths": [32], "dropout": 0.0},
         "training": {
-            "manifest": "cases.csv", "train_cases": ["a", "b"], "validation_cases": ["c"], "epochs": 2,
-            "samples_per_epoch": 512, "batch_size": 64, "learning_rate": 0.05, "sampling": "mixed", "num_threads": 1,
+            "manifest": "cases.csv",
+            "train_cases": ["a", "b"],
+            "validation_cases": ["c"],
+            "epochs": 2,
+            "samples_per_epoch": 512,
+            "batch_size": 64,
+            "learning_rate": 0.05,
+            "sampling": "mixed",
+            "num_threads": 1,
         },
     }
     path = tmp_path / "config.yaml"
@@ -54,7 +61,14 @@ def test_manifest_lists_cases(tiny_setup):
 def test_train_writes_model_folder_and_resumes(tiny_setup, capsys):
     out = tiny_setup.parent / "model"
     assert main(["train", str(tiny_setup), "-o", str(out), "--epochs", "1", "--no-progress"]) == 0
-    for name in ("config.yaml", "labels.tsv", "normalization.json", "weights.safetensors", "model_card.md", "checkpoint.pt"):
+    for name in (
+        "config.yaml",
+        "labels.tsv",
+        "normalization.json",
+        "weights.safetensors",
+        "model_card.md",
+        "checkpoint.pt",
+    ):
         assert (out / name).is_file(), name
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
     first = load_file(str(out / "weights.safetensors"))

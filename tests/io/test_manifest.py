@@ -21,11 +21,15 @@ def data_folder(tmp_path: Path) -> Path:
     folder.mkdir()
     _touch(
         folder,
-        "1000_3_SS.nii.gz", "1000_3_glm.nii.gz", "1000_3_mask.nii.gz",  # full case
-        "1001_3_SS.nii.gz", "1001_3_glm.nii.gz",  # no mask
+        "1000_3_SS.nii.gz",
+        "1000_3_glm.nii.gz",
+        "1000_3_mask.nii.gz",  # full case
+        "1001_3_SS.nii.gz",
+        "1001_3_glm.nii.gz",  # no mask
         "1002_3_SS.nii",  # no label map, uncompressed
         "1002_3_glm.nii.gz",  # other extension: not matched to the .nii image
-        "README.txt", "1003_3_glm.nii.gz",  # no image
+        "README.txt",
+        "1003_3_glm.nii.gz",  # no image
     )
     return folder
 

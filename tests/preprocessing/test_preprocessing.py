@@ -20,7 +20,6 @@ from brainseg.preprocessing import (
 from brainseg.preprocessing.pipeline import prepare_image
 from brainseg.preprocessing.resampling import isotropic_shape
 
-
 # --- intensity -----------------------------------------------------------------------------------
 
 

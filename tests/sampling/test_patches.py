@@ -18,10 +18,10 @@ def _hand_patch(slice_2d: np.ndarray, a: int, b: int, s: int) -> np.ndarray:
     c = (s - 1) // 2
     out = np.empty((25, 25))
     for k in range(25):
-        for l in range(25):
+        for col in range(25):
             y = PAD + a + s * (k - 12) - c
-            x = PAD + b + s * (l - 12) - c
-            out[k, l] = padded[y : y + s, x : x + s].mean()
+            x = PAD + b + s * (col - 12) - c
+            out[k, col] = padded[y : y + s, x : x + s].mean()
     return out
 
 

@@ -38,10 +38,15 @@ def _pairs(args: argparse.Namespace) -> list[tuple[str, Path, Path]]:
         for case in read_manifest(args.manifest):
             if case.label_map is None:
                 continue
-            candidates = [args.predictions / f"{case.case_id}_seg.nii.gz", args.predictions / f"{output_stem(case.image)}_seg.nii.gz"]
+            candidates = [
+                args.predictions / f"{case.case_id}_seg.nii.gz",
+                args.predictions / f"{output_stem(case.image)}_seg.nii.gz",
+            ]
             found = next((c for c in candidates if c.is_file()), None)
             if found is None:
-                raise InputError(f"{args.predictions}: no prediction for case {case.case_id} (looked for {candidates[0].name}, {candidates[1].name})")
+                raise InputError(
+                    f"{args.predictions}: no prediction for case {case.case_id} (looked for {candidates[0].name}, {candidates[1].name})"
+                )
             pairs.append((case.case_id, found, case.label_map))
         return pairs
     if not (args.prediction and args.reference):
@@ -66,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
     for case_id, pred_path, ref_path in _pairs(args):
         prediction = load_volume(pred_path, kind="label_map")
         reference = load_volume(ref_path, kind="label_map")
-        if prediction.data.shape != reference.data.shape or not np.allclose(prediction.affine, reference.affine, atol=1e-3):
+        if prediction.data.shape != reference.data.shape or not np.allclose(
+            prediction.affine, reference.affine, atol=1e-3
+        ):
             raise InputError(f"{pred_path}: not on the grid of {ref_path}; resample it onto the reference grid first")
         scores += evaluate_label_maps(
             prediction.data, reference.data, labels, reference.spacing, case_id=case_id, distances=not args.no_distances

@@ -16,7 +16,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("folder", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True, help="manifest CSV to write")
-    p.add_argument("--pattern", default=r"(?P<case_id>.+)_SS\.nii(\.gz)?$", help="regex of image names with a case_id group")
+    p.add_argument(
+        "--pattern", default=r"(?P<case_id>.+)_SS\.nii(\.gz)?$", help="regex of image names with a case_id group"
+    )
     p.add_argument("--label-suffix", default="_glm", help="label map name: CASE_ID + suffix + extension")
     p.add_argument("--mask-suffix", default="_mask", help="mask name: CASE_ID + suffix + extension")
     p.set_defaults(run=run)

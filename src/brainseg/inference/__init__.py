@@ -1,0 +1,1 @@
+"""Dense (whole-volume) inference, the Predictor API and ``brainseg.segment``."""

@@ -52,7 +52,9 @@ def predict_patches(
 
 
 @torch.no_grad()
-def _slice_probabilities(model: BaseNet, stack: MultiScaleStack, i: int, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
+def _slice_probabilities(
+    model: BaseNet, stack: MultiScaleStack, i: int, rows: np.ndarray, cols: np.ndarray
+) -> torch.Tensor:
     y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     cells = ConvBranch.CELL_STRIDE * np.arange(3)
     features = []

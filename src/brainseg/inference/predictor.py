@@ -95,15 +95,19 @@ class Predictor:
         prepared = prepare_image(image, mask, self.model.normalization)
         stack = build_stack(prepared.image, cfg.plane, cfg.scales, prepared.background)
         classes, probs = predict_dense(
-            self.model.network, stack, prepared.mask, probabilities=probabilities, progress=progress  # type: ignore[arg-type]
+            self.model.network,
+            stack,
+            prepared.mask,
+            probabilities=probabilities,
+            progress=progress,  # type: ignore[arg-type]
         )
         classes = prepared.to_source_grid(classes)
         if prepared.resampled:  # nearest-neighbour resampling may spill labels past the brain
             classes[~brain_mask(image.data, mask)] = 0
         if probs is not None and prepared.resampled:
-            probs = np.stack([
-                _resample_to(p.astype(np.float32), prepared.source_spacing, prepared.source_shape) for p in probs
-            ]).astype(np.float16)
+            probs = np.stack(
+                [_resample_to(p.astype(np.float32), prepared.source_spacing, prepared.source_shape) for p in probs]
+            ).astype(np.float16)
         label_map = self.model.labels.to_labels(classes)
         return Segmentation(label_map, probs, image.grid, image.spacing, self.model.labels)
 
@@ -119,4 +123,3 @@ def _resample_to(volume: np.ndarray, spacing: tuple[float, ...], shape: tuple[in
     scale = np.array((1.0, 1.0, 1.0)) / np.array(spacing)
     offset = 0.5 * scale - 0.5
     return ndimage.affine_transform(volume, scale, offset, output_shape=tuple(shape), order=1, mode="nearest")
-

@@ -66,7 +66,9 @@ def check_inputs(images: list[Path], output_dir: Path, probabilities: bool = Fal
         planned.append(outputs)
     names = [p.label_map.name for p in planned]
     if len(set(names)) != len(names):
-        raise InputError("two inputs share a file name and would write the same outputs; segment them into separate folders")
+        raise InputError(
+            "two inputs share a file name and would write the same outputs; segment them into separate folders"
+        )
     return planned
 
 

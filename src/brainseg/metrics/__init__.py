@@ -1,0 +1,1 @@
+"""Segmentation metrics: overlap (Dice, volumetric similarity) and surface distances in mm."""

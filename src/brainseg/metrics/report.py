@@ -83,9 +83,16 @@ def evaluate_label_maps(
         d = surface_distances(p == c, r == c, spacing) if distances else None
         scores.append(
             StructureScore(
-                case_id, labels.labels[c], labels.names[c], float(dices[c]),
-                d.hausdorff if d else nan, d.hd95 if d else nan, d.mean if d else nan, vs,
-                int(p_counts[c]), int(r_counts[c]),
+                case_id,
+                labels.labels[c],
+                labels.names[c],
+                float(dices[c]),
+                d.hausdorff if d else nan,
+                d.hd95 if d else nan,
+                d.mean if d else nan,
+                vs,
+                int(p_counts[c]),
+                int(r_counts[c]),
             )
         )
     return scores

@@ -179,9 +179,7 @@ class BaseNet(nn.Module):
     def branch_features(self, patches: torch.Tensor) -> torch.Tensor:
         """Run every branch on its patch and concatenate, ``(B, sum c2, 3, 3)``."""
         if patches.ndim != 4 or patches.shape[1] != len(self.scales):
-            raise ValueError(
-                f"expected patches of shape (B, {len(self.scales)}, 25, 25), got {tuple(patches.shape)}"
-            )
+            raise ValueError(f"expected patches of shape (B, {len(self.scales)}, 25, 25), got {tuple(patches.shape)}")
         return torch.cat([b(patches[:, i : i + 1]) for i, b in enumerate(self.branches)], dim=1)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:

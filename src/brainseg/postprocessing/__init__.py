@@ -1,0 +1,1 @@
+"""Post-processing of label maps and probabilities (the fully connected CRF of DeepNAT lands here)."""

@@ -15,7 +15,9 @@ from brainseg.labels import LabelTable
 __all__ = ["structure_volumes", "write_volumes_csv"]
 
 
-def structure_volumes(label_map: np.ndarray, labels: LabelTable, spacing: tuple[float, ...]) -> list[tuple[int, str, int, float]]:
+def structure_volumes(
+    label_map: np.ndarray, labels: LabelTable, spacing: tuple[float, ...]
+) -> list[tuple[int, str, int, float]]:
     """Voxel count and volume of every structure of a protocol.
 
     Parameters

@@ -68,9 +68,7 @@ def from_plane(stack: np.ndarray, plane: str) -> np.ndarray:
     return np.moveaxis(stack, -3, -3 + PLANE_AXIS[plane])
 
 
-def build_stack(
-    image: np.ndarray, plane: str, scales: Sequence[int], background: float
-) -> MultiScaleStack:
+def build_stack(image: np.ndarray, plane: str, scales: Sequence[int], background: float) -> MultiScaleStack:
     """Precompute the box-averaged padded stacks of a normalised image.
 
     Parameters

@@ -1,0 +1,1 @@
+"""Training loop, checkpoints, learning-rate policies and model cards."""

@@ -7,7 +7,6 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-
 from brainseg.inference.dense import predict_dense
 from brainseg.io.manifest import read_manifest
 from brainseg.metrics.report import StructureScore, evaluate_label_maps, summarize, write_scores_csv, write_scores_json
@@ -38,7 +37,11 @@ def evaluate_validation(model_dir: str | Path, progress: bool = False) -> list[S
         case = load_training_case(by_id[case_id], model.labels, model.config.model, model.normalization)
         predicted, _ = predict_dense(model.network, case.stack, case.prepared.mask, progress=progress)  # type: ignore[arg-type]
         scores += evaluate_label_maps(
-            model.labels.to_labels(predicted), model.labels.to_labels(case.classes), model.labels, (1.0, 1.0, 1.0), case_id=case_id
+            model.labels.to_labels(predicted),
+            model.labels.to_labels(case.classes),
+            model.labels,
+            (1.0, 1.0, 1.0),
+            case_id=case_id,
         )
     return scores
 
@@ -87,7 +90,9 @@ def write_model_card(model_dir: str | Path, progress: bool = False) -> Path:
         "|---:|---:|---:|---:|",
     ]
     for h in history:
-        lines.append(f"| {h['epoch']} | {h['loss']:.4f} | {h['lr']:.2e} | {_fmt(h.get('val_mean_dice', float('nan')))} |")
+        lines.append(
+            f"| {h['epoch']} | {h['loss']:.4f} | {h['lr']:.2e} | {_fmt(h.get('val_mean_dice', float('nan')))} |"
+        )
     lines += [
         "",
         "## Validation (whole volumes, dense inference, 1 mm grid)",
@@ -108,12 +113,18 @@ def write_model_card(model_dir: str | Path, progress: bool = False) -> Path:
     for case_id, rows in per_case.items():
         m = summarize(rows)
         lines.append(f"| {case_id} | {_fmt(m['dice'], 4)} | {_fmt(m['hausdorff'], 2)} | {_fmt(m['msd'], 3)} |")
-    lines += ["", "### Per structure (mean over validation cases)", "", "| label | structure | Dice | HD (mm) | HD95 (mm) | MSD (mm) |", "|---:|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "### Per structure (mean over validation cases)",
+        "",
+        "| label | structure | Dice | HD (mm) | HD95 (mm) | MSD (mm) |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
     for (label, name), rows in by_structure.items():
         m = summarize(rows)
-        lines.append(f"| {label} | {name} | {_fmt(m['dice'])} | {_fmt(m['hausdorff'], 2)} | {_fmt(m['hd95'], 2)} | {_fmt(m['msd'])} |")
+        lines.append(
+            f"| {label} | {name} | {_fmt(m['dice'])} | {_fmt(m['hausdorff'], 2)} | {_fmt(m['hd95'], 2)} | {_fmt(m['msd'])} |"
+        )
     path = model_dir / "model_card.md"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-

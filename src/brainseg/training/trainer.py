@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 
 
-def _draw_batch(cases: list[TrainingCase], n: int, rng: np.random.Generator, mode: str) -> tuple[np.ndarray, np.ndarray]:
+def _draw_batch(
+    cases: list[TrainingCase], n: int, rng: np.random.Generator, mode: str
+) -> tuple[np.ndarray, np.ndarray]:
     which = rng.integers(len(cases), size=n)
     patches, targets = [], []
     for k in np.unique(which):
@@ -109,7 +111,9 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
     tc = config.training
     checkpoint_path = output / CHECKPOINT
     if checkpoint_path.exists() and not resume:
-        raise InputError(f"{output}: already holds a training run; pass --resume to continue it or choose another folder")
+        raise InputError(
+            f"{output}: already holds a training run; pass --resume to continue it or choose another folder"
+        )
     if resume and not checkpoint_path.exists():
         raise InputError(f"{output}: no {CHECKPOINT} to resume from")
     if not tc.train_cases:
@@ -179,7 +183,12 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
         log.info("epoch %d: loss %.4f, validation mean Dice %s", epoch + 1, record["loss"], record.get("val_mean_dice"))
         save_checkpoint(
             checkpoint_path,
-            {"network": network.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "elapsed_s": elapsed},
+            {
+                "network": network.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "elapsed_s": elapsed,
+            },
         )
         (output / "history.json").write_text(json.dumps(history, indent=2) + "\n")
         network.eval()

@@ -1,0 +1,95 @@
+"""End to end with the shipped default model on real MICCAI 2012 subjects.
+
+The demo test runs everywhere (the demo subject ships with the package); the
+others need ../shared/data and are marked slow. Thresholds sit below the model
+card's validation figures so that they catch a broken pipeline, not noise.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from brainseg.cli.main import main
+from brainseg.inference.dense import predict_dense, predict_patches
+from brainseg.io import load_volume
+from brainseg.labels import LabelTable
+from brainseg.metrics.overlap import dice_per_class
+from brainseg.model_folder import default_model_dir, load_model_folder
+from brainseg.preprocessing.pipeline import prepare_image
+from brainseg.sampling.patches import PLANE_AXIS, build_stack, to_plane
+
+DEMO = default_model_dir().parent / "demo"
+
+
+def _mean_dice(prediction: np.ndarray, reference: np.ndarray) -> float:
+    table = LabelTable.miccai2012()
+    dices = dice_per_class(table.to_classes(prediction), table.to_classes(reference), table.num_classes)[1:]
+    return float(np.nanmean(dices))
+
+
+def test_demo_subject_end_to_end(tmp_path, capsys):
+    """`brainseg segment` on the shipped demo scan (a validation subject) gives a real segmentation."""
+    out = tmp_path / "out"
+    assert main(["segment", str(DEMO / "1000_SS.nii.gz"), "-o", str(out), "--no-progress"]) == 0
+    seg = nib.load(out / "1000_SS_seg.nii.gz")
+    source = nib.load(DEMO / "1000_SS.nii.gz")
+    assert seg.shape == source.shape
+    np.testing.assert_allclose(seg.affine, source.affine)
+    reference = np.asarray(nib.load(DEMO / "1000_glm.nii.gz").dataobj)
+    assert _mean_dice(np.asarray(seg.dataobj), reference) > 0.6
+    with open(out / "1000_SS_volumes.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 134
+    total_ml = sum(float(r["volume_mm3"]) for r in rows) / 1000
+    assert 900 < total_ml < 1800  # an adult brain
+    assert main(["evaluate", str(out / "1000_SS_seg.nii.gz"), str(DEMO / "1000_glm.nii.gz"), "--no-distances"]) == 0
+
+
+@pytest.mark.slow
+def test_dense_equals_patches_on_real_subject(miccai_dir):
+    """The shipped model's dense inference agrees with patch-by-patch at sampled brain voxels."""
+    model = load_model_folder()
+    cfg = model.config.model
+    prepared = prepare_image(load_volume(miccai_dir / "1008_SS.nii.gz"), None, model.normalization)
+    stack = build_stack(prepared.image, cfg.plane, cfg.scales, prepared.background)
+    mask_p = to_plane(prepared.mask, cfg.plane)
+    rng = np.random.default_rng(0)
+    centre = int(np.argwhere(mask_p).mean(axis=0)[0])
+    sub = np.zeros_like(mask_p)
+    sub[centre - 1 : centre + 2] = mask_p[centre - 1 : centre + 2]
+    indices = np.argwhere(sub)
+    indices = indices[rng.choice(len(indices), 500, replace=False)]
+    _, probs = predict_dense(
+        model.network,
+        stack,
+        np.moveaxis(sub, 0, PLANE_AXIS[cfg.plane]),
+        probabilities=True,
+        probability_dtype=np.float32,
+    )
+    dense = np.moveaxis(probs, 1 + PLANE_AXIS[cfg.plane], 1)[:, indices[:, 0], indices[:, 1], indices[:, 2]].T
+    reference = predict_patches(model.network, stack, indices)
+    assert np.abs(dense - reference).max() <= 1e-5
+
+
+@pytest.mark.slow
+def test_anisotropic_input_is_resampled_and_returned_on_its_grid(miccai_dir, tmp_path):
+    """A 1 x 1 x 1.5 mm version of a subject is segmented and written back on its own grid."""
+    from scipy import ndimage
+
+    image = nib.load(miccai_dir / "1013_SS.nii.gz")
+    labels = nib.load(miccai_dir / "1013_glm.nii.gz")
+    zoom = (1.0, 1.0, 1 / 1.5)
+    affine = image.affine @ np.diag([1.0, 1.0, 1.5, 1.0])
+    data = ndimage.zoom(np.asarray(image.dataobj, np.float32), zoom, order=1)
+    ref = ndimage.zoom(np.asarray(labels.dataobj), zoom, order=0)
+    path = tmp_path / "aniso.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), path)
+    assert main(["segment", str(path), "-o", str(tmp_path / "out"), "--no-progress"]) == 0
+    seg = nib.load(tmp_path / "out" / "aniso_seg.nii.gz")
+    assert seg.shape == data.shape
+    np.testing.assert_allclose(seg.affine, affine)
+    assert _mean_dice(np.asarray(seg.dataobj), ref) > 0.5
