@@ -1,0 +1,5 @@
+"""Spatial features fed to networks beside the image: landmark distances (and, later, atlases, centroids)."""
+
+from brainseg.features.landmarks import landmark_distances, landmark_grid, rbf, voxel_centres_mm
+
+__all__ = ["landmark_distances", "landmark_grid", "rbf", "voxel_centres_mm"]
