@@ -11,8 +11,6 @@ Layout::
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from brainseg.config import Config, load_config, save_config
 from brainseg.errors import InputError
+from brainseg.io.atomic import atomic_path
 from brainseg.labels import LabelTable
 from brainseg.models import build_model
 from brainseg.preprocessing.intensity import IntensityNormalization
@@ -61,10 +60,8 @@ def save_model_folder(
     labels.to_tsv(path / "labels.tsv")
     normalization.save(path / "normalization.json")
     state = {k: v.detach().contiguous() for k, v in network.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=".weights.", dir=path)
-    os.close(fd)
-    save_file(state, tmp, metadata={"format": "pt", "model": config.model.name})
-    os.replace(tmp, path / "weights.safetensors")
+    with atomic_path(path / "weights.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "model": config.model.name})
     return path
 
 

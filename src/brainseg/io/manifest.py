@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import os
+import io
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from brainseg.errors import InputError
+from brainseg.io.atomic import atomic_write_text
 
 __all__ = ["Case", "read_manifest", "write_manifest", "scan_folder"]
 
@@ -62,15 +62,12 @@ def read_manifest(path: str | Path) -> list[Case]:
 
 def write_manifest(path: str | Path, cases: list[Case]) -> Path:
     """Write cases to a manifest CSV atomically (absolute paths)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    with os.fdopen(fd, "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        for c in cases:
-            writer.writerow([c.case_id] + [str(Path(p).resolve()) if p else "" for p in (c.image, c.label_map, c.mask)])
-    os.replace(tmp, path)
-    return path
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for c in cases:
+        writer.writerow([c.case_id] + [str(Path(p).resolve()) if p else "" for p in (c.image, c.label_map, c.mask)])
+    return atomic_write_text(path, buf.getvalue())
 
 
 def scan_folder(

@@ -8,8 +8,6 @@ grid (shape, orientation, affine) with :func:`save_volume`.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
 from brainseg.errors import InputError
+from brainseg.io.atomic import atomic_path
 
 __all__ = ["Grid", "Volume", "load_volume", "save_volume", "is_volume_path", "output_stem"]
 
@@ -193,12 +192,6 @@ def save_volume(
         if slope is not None:
             img.header.set_slope_inter(slope, 0.0)
     suffix = next((s for s in SUFFIXES if path.name.lower().endswith(s)), ".nii.gz")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=suffix) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

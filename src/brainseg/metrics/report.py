@@ -5,13 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from brainseg.io.atomic import atomic_write_text
 from brainseg.labels import LabelTable
 from brainseg.metrics.distance import surface_distances
 from brainseg.metrics.overlap import dice_per_class
@@ -115,13 +114,6 @@ def summarize(scores: list[StructureScore]) -> dict[str, float]:
     return out
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_scores_csv(path: str | Path, scores: list[StructureScore]) -> None:
     """Write one row per structure and a final ``mean`` row."""
     import io
@@ -134,7 +126,7 @@ def write_scores_csv(path: str | Path, scores: list[StructureScore]) -> None:
         writer.writerow([getattr(s, f) for f in fields])
     mean = summarize(scores)
     writer.writerow(["mean", "", "all"] + [mean[m] for m in METRICS] + ["", ""])
-    _atomic_write(Path(path), buf.getvalue())
+    atomic_write_text(Path(path), buf.getvalue())
 
 
 def write_scores_json(path: str | Path, scores: list[StructureScore]) -> None:
@@ -147,4 +139,4 @@ def write_scores_json(path: str | Path, scores: list[StructureScore]) -> None:
         "structures": [{k: clean(v) for k, v in asdict(s).items()} for s in scores],
         "mean": {k: clean(v) for k, v in summarize(scores).items()},
     }
-    _atomic_write(Path(path), json.dumps(data, indent=2) + "\n")
+    atomic_write_text(Path(path), json.dumps(data, indent=2) + "\n")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import colorsys
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from brainseg.io.atomic import atomic_path
 
 __all__ = ["label_colors", "qc_figure", "save_qc_png"]
 
@@ -93,13 +93,6 @@ def qc_figure(
 
 def save_qc_png(path: str | Path, figure: np.ndarray) -> Path:
     """Write an RGB figure as PNG atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(figure).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from brainseg.io.atomic import atomic_write_text
 from brainseg.labels import LabelTable
 
 __all__ = ["structure_volumes", "write_volumes_csv"]
@@ -58,8 +57,4 @@ def write_volumes_csv(path: str | Path, rows: list[tuple[int, str, int, float]])
     writer.writerow(["label", "name", "voxels", "volume_mm3"])
     for label, name, voxels, volume in rows:
         writer.writerow([label, name, voxels, f"{volume:.3f}"])
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, buf.getvalue())

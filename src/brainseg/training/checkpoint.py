@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from brainseg.io.atomic import atomic_path
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
@@ -18,15 +18,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     ``state`` may hold tensors, state dicts and plain Python values only, so
     that :func:`load_checkpoint` never needs to unpickle arbitrary objects.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from brainseg.inference.dense import predict_dense
+from brainseg.io.atomic import atomic_write_text
 from brainseg.io.manifest import read_manifest
 from brainseg.metrics.report import StructureScore, evaluate_label_maps, summarize, write_scores_csv, write_scores_json
 from brainseg.model_folder import load_model_folder
@@ -126,5 +127,4 @@ def write_model_card(model_dir: str | Path, progress: bool = False) -> Path:
             f"| {label} | {name} | {_fmt(m['dice'])} | {_fmt(m['hausdorff'], 2)} | {_fmt(m['hd95'], 2)} | {_fmt(m['msd'])} |"
         )
     path = model_dir / "model_card.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return atomic_write_text(path, "\n".join(lines) + "\n")

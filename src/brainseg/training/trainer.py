@@ -25,6 +25,7 @@ from tqdm import tqdm
 from brainseg.config import Config, save_config
 from brainseg.errors import InputError
 from brainseg.inference.dense import predict_dense
+from brainseg.io.atomic import atomic_write_text
 from brainseg.io.manifest import read_manifest
 from brainseg.labels import LabelTable
 from brainseg.metrics.overlap import dice_per_class
@@ -190,10 +191,11 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
                 "elapsed_s": elapsed,
             },
         )
-        (output / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+        atomic_write_text(output / "history.json", json.dumps(history, indent=2) + "\n")
         network.eval()
         save_model_folder(output, config, labels, normalization, network)
-    (output / "training.json").write_text(
+    atomic_write_text(
+        output / "training.json",
         json.dumps(
             {
                 "epochs": tc.epochs,
@@ -203,7 +205,7 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
             },
             indent=2,
         )
-        + "\n"
+        + "\n",
     )
     return output
 
