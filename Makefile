@@ -9,8 +9,8 @@ install:
 	$(PYTHON) -m pip install -q -e .
 
 demo: install
-	brainseg segment $(DEMO_DIR)/1000_SS.nii.gz -o $(OUT)
-	brainseg evaluate $(OUT)/1000_SS_seg.nii.gz $(DEMO_DIR)/1000_glm.nii.gz -o $(OUT)/1000_scores.csv
+	$(PYTHON) -m brainseg segment $(DEMO_DIR)/1000_SS.nii.gz -o $(OUT)
+	$(PYTHON) -m brainseg evaluate $(OUT)/1000_SS_seg.nii.gz $(DEMO_DIR)/1000_glm.nii.gz -o $(OUT)/1000_scores.csv
 	@echo "Outputs in $(OUT)/: 1000_SS_seg.nii.gz, 1000_SS_volumes.csv, 1000_SS_qc.png, 1000_scores.csv"
 
 test:

@@ -40,7 +40,7 @@ DEMO = ROOT / "src" / "brainseg" / "data" / "demo" / "1000_SS.nii.gz"
 def bench_cli(image: Path, model: Path | None) -> tuple[float, float]:
     """Wall seconds and peak RSS (GB) of one ``brainseg segment`` process."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "brainseg.cli.main", "segment", str(image), "-o", out, "--no-progress"]
+        cmd = [sys.executable, "-m", "brainseg", "segment", str(image), "-o", out, "--no-progress"]
         if model:
             cmd += ["--model", str(model)]
         t0 = time.perf_counter()
