@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from brainseg.inference.dense import predict_dense, predict_patches
+from brainseg.inference.dense import predict_dense_at, predict_patches
 from brainseg.io import load_volume
 from brainseg.model_folder import load_model_folder
 from brainseg.preprocessing.pipeline import prepare_image
-from brainseg.sampling.patches import build_stack, from_plane, to_plane
+from brainseg.sampling.patches import build_stack, to_plane
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "miccai2012" / "1000_SS.nii.gz"
@@ -62,13 +62,9 @@ def bench_dense_vs_patches(image: Path, model_dir: Path | None, n_slices: int) -
     lo = centre - n_slices // 2
     chosen[lo : lo + n_slices] = mask_p[lo : lo + n_slices]
     indices = np.argwhere(chosen)
-    sub_mask = from_plane(chosen, cfg.plane)
-
     t0 = time.perf_counter()
-    _, probs = predict_dense(model.network, stack, sub_mask, probabilities=True, probability_dtype=np.float32)
+    dense = predict_dense_at(model.network, stack, indices)
     t_dense = time.perf_counter() - t0
-    dense = np.moveaxis(probs, 1 + {"sagittal": 0, "coronal": 1, "axial": 2}[cfg.plane], 1)
-    dense = dense[:, indices[:, 0], indices[:, 1], indices[:, 2]].T
 
     t0 = time.perf_counter()
     patches = predict_patches(model.network, stack, indices, batch_size=1024)

@@ -106,3 +106,17 @@ def test_empty_inputs(image):
     assert predict_patches(model, stack, np.zeros((0, 3), int)).shape == (0, 7)
     classes, probs = predict_dense(model, stack, np.zeros((10, 20, 30), bool))
     assert not classes.any() and probs is None
+
+
+@pytest.mark.parametrize("plane", PLANES)
+def test_dense_at_voxels_equals_patches_and_full_dense(image, mask, plane):
+    from brainseg.inference.dense import predict_dense_at
+
+    model = _model(True, **SMALL)
+    stack, _, _, idx, reference, dense = _compare(model, image, mask, plane)
+    rng = np.random.default_rng(3)
+    pick = idx[rng.choice(len(idx), 40, replace=False)]  # scattered voxels, unsorted
+    at = predict_dense_at(model, stack, pick)
+    np.testing.assert_allclose(at, predict_patches(model, stack, pick), atol=1e-5)
+    rows = [np.flatnonzero((idx == p).all(axis=1))[0] for p in pick]
+    np.testing.assert_allclose(at, dense[rows], atol=1e-6)

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from brainseg.cli.main import main
-from brainseg.inference.dense import predict_dense, predict_patches
+from brainseg.inference.dense import predict_dense_at, predict_patches
 from brainseg.io import load_volume
 from brainseg.labels import LabelTable
 from brainseg.metrics.overlap import dice_per_class
 from brainseg.model_folder import default_model_dir, load_model_folder
 from brainseg.preprocessing.pipeline import prepare_image
-from brainseg.sampling.patches import PLANE_AXIS, build_stack, to_plane
+from brainseg.sampling.patches import build_stack, to_plane
 
 DEMO = default_model_dir().parent / "demo"
 
@@ -63,14 +63,7 @@ def test_dense_equals_patches_on_real_subject(miccai_dir):
     sub[centre - 1 : centre + 2] = mask_p[centre - 1 : centre + 2]
     indices = np.argwhere(sub)
     indices = indices[rng.choice(len(indices), 500, replace=False)]
-    _, probs = predict_dense(
-        model.network,
-        stack,
-        np.moveaxis(sub, 0, PLANE_AXIS[cfg.plane]),
-        probabilities=True,
-        probability_dtype=np.float32,
-    )
-    dense = np.moveaxis(probs, 1 + PLANE_AXIS[cfg.plane], 1)[:, indices[:, 0], indices[:, 1], indices[:, 2]].T
+    dense = predict_dense_at(model.network, stack, indices)
     reference = predict_patches(model.network, stack, indices)
     assert np.abs(dense - reference).max() <= 1e-5
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from brainseg.models.ganaye2018 import BaseNet, ConvBranch
 from brainseg.sampling.patches import MultiScaleStack, extract_patches, from_plane, patch_origin, to_plane
 
-__all__ = ["predict_dense", "predict_patches"]
+__all__ = ["predict_dense", "predict_dense_at", "predict_patches"]
 
 
 @torch.no_grad()
@@ -192,3 +192,36 @@ def predict_dense(
         np.ascontiguousarray(from_plane(classes, stack.plane)),
         None if probs is None else np.ascontiguousarray(from_plane(probs, stack.plane)),
     )
+
+
+@torch.no_grad()
+def predict_dense_at(model: BaseNet, stack: MultiScaleStack, indices: np.ndarray) -> np.ndarray:
+    """Dense inference restricted to given voxels: the counterpart of :func:`predict_patches`.
+
+    The branch maps are computed once per slice over the bounding box of that
+    slice's requested voxels, and the head runs on those voxels only.
+
+    Parameters
+    ----------
+    model : BaseNet
+        In eval mode.
+    stack : MultiScaleStack
+        Precomputed patch source of the image.
+    indices : ndarray of int, shape (N, 3)
+        Voxels in the plane's ``(S, A, B)`` order.
+
+    Returns
+    -------
+    ndarray of float32, shape (N, num_classes)
+        Softmax probabilities, in the order of ``indices``.
+    """
+    if model.training:
+        raise ValueError("call model.eval() before dense inference")
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1, 3)
+    out = np.zeros((len(indices), model.num_classes), np.float32)
+    net = _DenseBaseNet(model)
+    for i in np.unique(indices[:, 0]):
+        which = np.flatnonzero(indices[:, 0] == i)
+        out[which] = _slice_probabilities(net, stack, int(i), indices[which, 1], indices[which, 2]).numpy()
+    return out
+
