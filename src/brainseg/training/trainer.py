@@ -32,7 +32,7 @@ from brainseg.metrics.overlap import dice_per_class
 from brainseg.model_folder import save_model_folder
 from brainseg.models import build_model, count_parameters
 from brainseg.preprocessing.intensity import IntensityNormalization
-from brainseg.sampling.patches import extract_patches
+from brainseg.sampling.patches import extract_patches, to_plane
 from brainseg.training.checkpoint import load_checkpoint, save_checkpoint
 from brainseg.training.data import TrainingCase, load_training_case
 from brainseg.training.schedulers import poly_learning_rate
@@ -52,7 +52,7 @@ def _draw_batch(
         case = cases[k]
         idx = case.sampler.sample(int((which == k).sum()), rng, mode)
         patches.append(extract_patches(case.stack, idx))
-        plane_classes = np.moveaxis(case.classes, {"sagittal": 0, "coronal": 1, "axial": 2}[case.stack.plane], 0)
+        plane_classes = to_plane(case.classes, case.stack.plane)
         targets.append(plane_classes[idx[:, 0], idx[:, 1], idx[:, 2]])
     return np.concatenate(patches), np.concatenate(targets).astype(np.int64)
 
