@@ -224,4 +224,3 @@ def predict_dense_at(model: BaseNet, stack: MultiScaleStack, indices: np.ndarray
         which = np.flatnonzero(indices[:, 0] == i)
         out[which] = _slice_probabilities(net, stack, int(i), indices[which, 1], indices[which, 2]).numpy()
     return out
-
