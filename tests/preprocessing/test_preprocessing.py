@@ -197,3 +197,21 @@ def test_prepare_image_anisotropic_resamples(volume, mask, spacing):
     iso = prepared.from_source_grid(labels)
     assert iso.shape == (10, 20, 60) and iso.dtype == np.uint8
     np.testing.assert_array_equal(prepared.to_source_grid(iso), labels)
+
+
+def test_to_source_grid_confines_labels_to_the_input_brain(volume, mask, spacing):
+    image = np.where(mask, volume, 0.0).astype(np.float32)
+    prepared = prepare_image(_volume(image, spacing), mask=mask)
+    everywhere = np.full(prepared.image.shape, 3, np.uint8)  # labels spilling past the brain
+    back = prepared.to_source_grid(everywhere)
+    assert back.shape == mask.shape
+    assert (back[mask] == 3).all() and not back[~mask].any()
+
+
+def test_probabilities_to_source_grid(volume, mask, spacing):
+    image = np.where(mask, volume, 0.0).astype(np.float32)
+    prepared = prepare_image(_volume(image, spacing), mask=mask)
+    probs = np.stack([np.full(prepared.image.shape, 0.25, np.float16), np.full(prepared.image.shape, 0.75, np.float16)])
+    back = prepared.probabilities_to_source_grid(probs)
+    assert back.shape == (2,) + mask.shape and back.dtype == np.float16
+    np.testing.assert_allclose(back.sum(axis=0), 1.0, atol=1e-3)

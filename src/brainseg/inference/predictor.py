@@ -12,7 +12,6 @@ from brainseg.inference.dense import predict_dense
 from brainseg.io.nifti import Grid, Volume, load_volume
 from brainseg.labels import LabelTable
 from brainseg.model_folder import LoadedModel, load_model_folder
-from brainseg.preprocessing.masking import brain_mask
 from brainseg.preprocessing.pipeline import prepare_image
 from brainseg.sampling.patches import build_stack
 
@@ -95,31 +94,18 @@ class Predictor:
         prepared = prepare_image(image, mask, self.model.normalization)
         stack = build_stack(prepared.image, cfg.plane, cfg.scales, prepared.background)
         classes, probs = predict_dense(
-            self.model.network,
+            self.model.network,  # type: ignore[arg-type]
             stack,
             prepared.mask,
             probabilities=probabilities,
-            progress=progress,  # type: ignore[arg-type]
+            progress=progress,
         )
         classes = prepared.to_source_grid(classes)
-        if prepared.resampled:  # nearest-neighbour resampling may spill labels past the brain
-            classes[~brain_mask(image.data, mask)] = 0
-        if probs is not None and prepared.resampled:
-            probs = np.stack(
-                [_resample_to(p.astype(np.float32), prepared.source_spacing, prepared.source_shape) for p in probs]
-            ).astype(np.float16)
+        if probs is not None:
+            probs = prepared.probabilities_to_source_grid(probs)
         label_map = self.model.labels.to_labels(classes)
         return Segmentation(label_map, probs, image.grid, image.spacing, self.model.labels)
 
     def predict_file(self, path: str | Path, **kwargs: object) -> Segmentation:
         """Load an image file and segment it; see :meth:`predict`."""
         return self.predict(load_volume(path), **kwargs)  # type: ignore[arg-type]
-
-
-def _resample_to(volume: np.ndarray, spacing: tuple[float, ...], shape: tuple[int, ...]) -> np.ndarray:
-    # Linear interpolation from the 1 mm grid onto the input grid (inverse of resample_image).
-    from scipy import ndimage
-
-    scale = np.array((1.0, 1.0, 1.0)) / np.array(spacing)
-    offset = 0.5 * scale - 0.5
-    return ndimage.affine_transform(volume, scale, offset, output_shape=tuple(shape), order=1, mode="nearest")

@@ -9,7 +9,12 @@ import numpy as np
 from brainseg.io.nifti import Volume
 from brainseg.preprocessing.intensity import IntensityNormalization
 from brainseg.preprocessing.masking import brain_mask
-from brainseg.preprocessing.resampling import needs_resampling, resample_image, resample_label_map
+from brainseg.preprocessing.resampling import (
+    needs_resampling,
+    resample_from_isotropic,
+    resample_image,
+    resample_label_map,
+)
 
 __all__ = ["PreparedImage", "prepare_image"]
 
@@ -28,15 +33,20 @@ class PreparedImage:
         Normalised value of an empty voxel (padding value).
     source_spacing : tuple of 3 float
         Voxel size of the canonical input in mm.
-    source_shape : tuple of 3 int
-        Shape of the canonical input.
+    source_mask : ndarray of bool, shape of the canonical input
+        Brain mask on the input grid.
     """
 
     image: np.ndarray
     mask: np.ndarray
     background: float
     source_spacing: tuple[float, float, float]
-    source_shape: tuple[int, int, int]
+    source_mask: np.ndarray
+
+    @property
+    def source_shape(self) -> tuple[int, int, int]:
+        """Shape of the canonical input."""
+        return self.source_mask.shape  # type: ignore[return-value]
 
     @property
     def resampled(self) -> bool:
@@ -44,10 +54,27 @@ class PreparedImage:
         return needs_resampling(self.source_spacing)
 
     def to_source_grid(self, label_map: np.ndarray) -> np.ndarray:
-        """Bring a label map on the 1 mm grid back onto the canonical input grid."""
+        """Bring a label map on the 1 mm grid back onto the canonical input grid.
+
+        Nearest-neighbour resampling can spill labels past the brain, so voxels
+        outside the input's brain mask are set to background.
+        """
         if not self.resampled:
             return label_map
-        return resample_label_map(label_map, self.source_spacing, self.source_shape)
+        out = resample_label_map(label_map, self.source_spacing, self.source_shape)
+        out[~self.source_mask] = 0
+        return out
+
+    def probabilities_to_source_grid(self, probabilities: np.ndarray) -> np.ndarray:
+        """Bring class probabilities ``(C, D', H', W')`` on the 1 mm grid onto the input grid (linear)."""
+        if not self.resampled:
+            return probabilities
+        return np.stack(
+            [
+                resample_from_isotropic(p.astype(np.float32), self.source_spacing, self.source_shape)
+                for p in probabilities
+            ]
+        ).astype(probabilities.dtype)
 
     def from_source_grid(self, label_map: np.ndarray) -> np.ndarray:
         """Bring a label map on the input grid onto the 1 mm grid (nearest neighbour)."""
@@ -76,10 +103,10 @@ def prepare_image(
     """
     normalization = normalization or IntensityNormalization()
     spacing = volume.spacing
-    mask = brain_mask(volume.data, mask)
-    image = volume.data
+    source_mask = brain_mask(volume.data, mask)
+    image, mask = volume.data, source_mask
     if needs_resampling(spacing):
         image = resample_image(image, spacing)
-        mask = resample_image(mask.astype(np.float32), spacing) >= 0.5
+        mask = resample_image(source_mask.astype(np.float32), spacing) >= 0.5
     normalised, background = normalization(image, mask)
-    return PreparedImage(normalised, mask, background, spacing, volume.data.shape)  # type: ignore[arg-type]
+    return PreparedImage(normalised, mask, background, spacing, source_mask)  # type: ignore[arg-type]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["needs_resampling", "isotropic_shape", "resample_image", "resample_label_map"]
+__all__ = ["needs_resampling", "isotropic_shape", "resample_from_isotropic", "resample_image", "resample_label_map"]
 
 TOLERANCE_MM = 1e-3
 
@@ -75,5 +75,32 @@ def resample_label_map(
     -------
     ndarray, same dtype as ``label_map``, shape ``shape``
     """
-    scale, offset = _zoom_matrix(label_map.shape, (target_mm,) * 3, shape, spacing)
-    return ndimage.affine_transform(label_map, scale, offset, output_shape=tuple(shape), order=0, mode="nearest")
+    return resample_from_isotropic(label_map, spacing, shape, target_mm, order=0)
+
+
+def resample_from_isotropic(
+    volume: np.ndarray, spacing: tuple[float, ...], shape: tuple[int, ...], target_mm: float = 1.0, *, order: int = 1
+) -> np.ndarray:
+    """Bring a volume from the ``target_mm`` grid back to a grid of ``spacing`` and ``shape``.
+
+    The inverse of :func:`resample_image`: both grids cover the same field of view.
+
+    Parameters
+    ----------
+    volume : ndarray, shape (D', H', W')
+        Values on the isotropic grid (an image, a probability map, or labels with ``order=0``).
+    spacing : tuple of 3 float
+        Voxel size of the target grid, mm.
+    shape : tuple of 3 int
+        Shape of the target grid.
+    target_mm : float
+        Voxel size of the isotropic grid, mm.
+    order : int
+        Spline order (0 nearest, 1 linear).
+
+    Returns
+    -------
+    ndarray, same dtype as ``volume``, shape ``shape``
+    """
+    scale, offset = _zoom_matrix(volume.shape, (target_mm,) * 3, shape, spacing)
+    return ndimage.affine_transform(volume, scale, offset, output_shape=tuple(shape), order=order, mode="nearest")

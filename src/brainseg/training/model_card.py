@@ -11,7 +11,7 @@ from brainseg.inference.dense import predict_dense
 from brainseg.io.atomic import atomic_write_text
 from brainseg.io.manifest import read_manifest
 from brainseg.metrics.report import StructureScore, evaluate_label_maps, summarize, write_scores_csv, write_scores_json
-from brainseg.model_folder import load_model_folder
+from brainseg.model_folder import LoadedModel, load_model_folder
 from brainseg.models import count_parameters
 from brainseg.models.ganaye2018 import PAPER_PARAMETER_COUNT
 from brainseg.training.data import load_training_case
@@ -25,12 +25,11 @@ CREDIT = (
 )
 
 
-def evaluate_validation(model_dir: str | Path, progress: bool = False) -> list[StructureScore]:
+def evaluate_validation(model: LoadedModel, progress: bool = False) -> list[StructureScore]:
     """Segment the validation cases of a model folder's config and score every structure.
 
     Scores are computed on the 1 mm grid of the cases, distances in mm.
     """
-    model = load_model_folder(model_dir)
     tc = model.config.training
     by_id = {c.case_id: c for c in read_manifest(tc.manifest)}
     scores: list[StructureScore] = []
@@ -55,7 +54,7 @@ def write_model_card(model_dir: str | Path, progress: bool = False) -> Path:
     """Evaluate on the validation cases and write ``model_card.md``, ``validation.csv`` and ``validation.json``."""
     model_dir = Path(model_dir)
     model = load_model_folder(model_dir)
-    scores = evaluate_validation(model_dir, progress)
+    scores = evaluate_validation(model, progress)
     write_scores_csv(model_dir / "validation.csv", scores)
     write_scores_json(model_dir / "validation.json", scores)
     mean = summarize(scores)
