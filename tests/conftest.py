@@ -70,3 +70,33 @@ def miccai_dir():
     if not (MICCAI / "1008_SS.nii.gz").is_file():
         pytest.skip(f"real MICCAI 2012 data not found at {MICCAI} (present in CI; see ../shared/data/README.md)")
     return MICCAI
+
+
+def write_tiny_case(folder, case_id, rng, shift=(0, 0, 0)):
+    """A synthetic 18 x 20 x 16 'brain' (two structures) as MICCAI-style files in ``folder``."""
+    import nibabel as nib
+
+    shape = (18, 20, 16)
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    brain = zz**2 + yy**2 + xx**2 < 0.7
+    labels = np.where(brain, np.where(zz < 0, 4, 11), 0).astype(np.int16)  # two structures split along x
+    image = np.where(brain, np.where(zz < 0, 80, 140) + 5 * rng.standard_normal(shape), 0).astype(np.float32)
+    affine = np.diag([-1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = shift
+    for suffix, data in (("SS", image), ("glm", labels), ("mask", brain.astype(np.uint8))):
+        nib.save(nib.Nifti1Image(data, affine), folder / f"{case_id}_{suffix}.nii.gz")
+
+
+@pytest.fixture
+def tiny_manifest(tmp_path):
+    """Three tiny labelled cases a, b, c and their manifest ``cases.csv`` in ``tmp_path``."""
+    from brainseg.cli.main import main
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    for case_id in ("a", "b", "c"):
+        write_tiny_case(data, case_id, rng)
+    manifest = tmp_path / "cases.csv"
+    assert main(["manifest", str(data), "-o", str(manifest)]) == 0
+    return manifest

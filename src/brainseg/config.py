@@ -34,6 +34,24 @@ class ModelConfig:
         Patch scale factors (1 = 25 mm, 2 = 50 mm, 3 = 75 mm wide).
     branch_widths, mix_channels, fc_widths, dropout, batch_norm
         Layer sizes and regularisation.
+    reference_space : bool
+        Register every scan affinely to the reference template and segment
+        there (needed by the spatial priors; Ganaye et al. 2018, section 3.1).
+    landmarks : int
+        DistBranch landmarks per axis ``n`` (``n**3`` in all); 0 = no DistBranch.
+    distance_representation : str
+        ``'vector'``, ``'images'`` or ``'volume'`` (paper section 3.3).
+    distance_conv, distance_rbf : bool
+        DistBranch convolutions; RBF normalisation ``exp(-0.01 d**2)``.
+    distance_filters, distance_width : int
+        Filters per DistBranch kernel size; its output features.
+    prob_branch : bool
+        ProbBranch: atlas probabilities added to the logits (section 2.3).
+    branch_3d_widths : tuple of int
+        3dBranch filter counts; empty = no 3dBranch.
+    auxiliary : bool
+        Build the auxiliary classifiers (section 3.3.1); their loss weights
+        are ``TrainingConfig.auxiliary_weights``.
     """
 
     name: str = "basenet"
@@ -45,6 +63,21 @@ class ModelConfig:
     fc_widths: tuple[int, ...] = (512, 256)
     dropout: float = 0.5
     batch_norm: bool = False
+    reference_space: bool = False
+    landmarks: int = 0
+    distance_representation: str = "images"
+    distance_conv: bool = True
+    distance_rbf: bool = True
+    distance_filters: int = 8
+    distance_width: int = 128
+    prob_branch: bool = False
+    branch_3d_widths: tuple[int, ...] = ()
+    auxiliary: bool = False
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the model works in the reference space (any spatial prior, or asked)."""
+        return self.reference_space or self.landmarks > 0 or self.prob_branch
 
 
 @dataclass(frozen=True)
@@ -76,6 +109,23 @@ class TrainingConfig:
         Torch intra-op threads (0 = torch's default).
     validate_every : int
         Validate on whole volumes every this many epochs (and after the last).
+    reference : str
+        Reference folder made by ``brainseg atlas build`` (template, atlas,
+        transforms of the manifest's cases); needed by reference-space models.
+    auxiliary_weights : tuple of 2 float
+        Weights of the BaseNet and DistBranch auxiliary losses in the global
+        loss (paper section 3.3.1); the main loss has weight 1.
+    augment : bool
+        Rescale and rotate the largest 2-D patch at random (section 3.3.2).
+    augment_scale : tuple of 2 float
+        Range of the scale factor (paper: 0.9-1.1).
+    augment_rotation_deg : float
+        Rotations are drawn in [-this, this] degrees (paper: 10).
+    init_from : str
+        Model folder whose weights initialise the network (fine-tuning):
+        layers of the same shape are copied; layers that gained inputs (a
+        prior merged into them) keep the old columns and start the new ones
+        at zero; new branches start from their random initialisation.
     """
 
     manifest: str = ""
@@ -92,6 +142,12 @@ class TrainingConfig:
     seed: int = 0
     num_threads: int = 0
     validate_every: int = 1
+    reference: str = ""
+    auxiliary_weights: tuple[float, ...] = (0.0, 0.0)
+    augment: bool = False
+    augment_scale: tuple[float, ...] = (0.9, 1.1)
+    augment_rotation_deg: float = 10.0
+    init_from: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,8 +172,37 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def _read_raw(path: Path, seen: set[Path]) -> dict[str, Any]:
+    # A config file's sections with its 'extends' chain resolved (base first, then this file).
+    if path.resolve() in seen:
+        raise InputError(f"{path}: 'extends' loops back to itself")
+    if not path.is_file():
+        raise InputError(f"{path}: no such config file (named by 'extends')")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
+    if not isinstance(raw, dict) or set(raw) - {"model", "training", "extends"}:
+        raise InputError(f"{path}: expected the sections 'model' and 'training' (and optionally 'extends')")
+    for key in ("manifest", "reference", "init_from"):  # paths are relative to the file that names them
+        value = (raw.get("training") or {}).get(key)
+        if value and not Path(value).is_absolute():
+            raw["training"][key] = str((path.parent / value).resolve())
+    if raw.get("extends"):
+        raw = _merge(_read_raw(path.parent / str(raw["extends"]), seen | {path.resolve()}), raw)
+    return raw
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    return {section: {**(base.get(section) or {}), **(top.get(section) or {})} for section in ("model", "training")}
+
+
 def load_config(path: str | Path, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
     """Read a YAML config with ``model:`` and ``training:`` sections.
+
+    A top-level ``extends: other.yaml`` (relative to the file) reads that
+    config first and lets this file's settings override it, section by
+    section.
 
     Raises
     ------
@@ -127,19 +212,12 @@ def load_config(path: str | Path, overrides: dict[str, dict[str, Any]] | None = 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such config file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
-    if not isinstance(raw, dict) or set(raw) - {"model", "training"}:
-        raise InputError(f"{path}: expected the sections 'model' and 'training'")
+    raw = _read_raw(path, set())
     overrides = overrides or {}
     model = _build(ModelConfig, {**(raw.get("model") or {}), **overrides.get("model", {})}, f"{path}: model")
     training = _build(
         TrainingConfig, {**(raw.get("training") or {}), **overrides.get("training", {})}, f"{path}: training"
     )
-    if training.manifest and not Path(training.manifest).is_absolute():
-        training = dataclasses.replace(training, manifest=str((path.parent / training.manifest).resolve()))
     return Config(model, training)
 
 

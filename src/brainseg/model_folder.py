@@ -7,6 +7,7 @@ Layout::
     normalization.json   intensity normalisation applied before the network
     weights.safetensors  network weights (no pickle)
     model_card.md        data, split, training budget, validation figures
+    reference/           template.nii.gz, atlas.npz, reference.json (reference-space models only)
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from brainseg.io.atomic import atomic_path
 from brainseg.labels import LabelTable
 from brainseg.models import build_model
 from brainseg.preprocessing.intensity import IntensityNormalization
+from brainseg.preprocessing.reference import TEMPLATE, Reference, copy_reference, load_reference
 
 __all__ = ["LoadedModel", "default_model_dir", "load_model_folder", "save_model_folder"]
 
 FILES = ("config.yaml", "labels.tsv", "normalization.json", "weights.safetensors")
+REFERENCE = "reference"
 
 
 @dataclass
@@ -39,6 +42,7 @@ class LoadedModel:
     normalization: IntensityNormalization
     network: torch.nn.Module
     path: Path
+    reference: Reference | None = None
 
 
 def default_model_dir() -> Path:
@@ -52,10 +56,24 @@ def save_model_folder(
     labels: LabelTable,
     normalization: IntensityNormalization,
     network: torch.nn.Module,
+    reference: str | Path | None = None,
 ) -> Path:
-    """Write a model folder (weights written to a temp file, then renamed)."""
+    """Write a model folder (weights written to a temp file, then renamed).
+
+    Parameters
+    ----------
+    path : str or Path
+        Folder to write.
+    config, labels, normalization, network
+        What the folder holds.
+    reference : str or Path, optional
+        Reference folder (``brainseg atlas build``) whose template, atlas and
+        build record are copied to ``path/reference`` (once).
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    if reference is not None and config.model.needs_reference and not (path / REFERENCE / TEMPLATE).is_file():
+        copy_reference(reference, path / REFERENCE)
     save_config(config, path / "config.yaml")
     labels.to_tsv(path / "labels.tsv")
     normalization.save(path / "normalization.json")
@@ -90,4 +108,10 @@ def load_model_folder(path: str | Path | None = None) -> LoadedModel:
     except (RuntimeError, OSError) as err:
         raise InputError(f"{path}/weights.safetensors: does not fit the configured network ({err})") from None
     network.eval()
-    return LoadedModel(config, labels, IntensityNormalization.load(path / "normalization.json"), network, path)
+    reference = None
+    if config.model.needs_reference:
+        reference = load_reference(path / REFERENCE)
+        if config.model.prob_branch and reference.atlas is None:
+            raise InputError(f"{path / REFERENCE}: has no atlas.npz, which this model's ProbBranch needs")
+    normalization = IntensityNormalization.load(path / "normalization.json")
+    return LoadedModel(config, labels, normalization, network, path, reference)

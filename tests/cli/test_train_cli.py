@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
 import yaml
@@ -14,26 +13,8 @@ from brainseg.cli.main import main
 from brainseg.training.checkpoint import load_checkpoint
 
 
-def _case(folder, case_id, rng):
-    shape = (18, 20, 16)
-    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    brain = zz**2 + yy**2 + xx**2 < 0.7
-    labels = np.where(brain, np.where(zz < 0, 4, 11), 0).astype(np.int16)  # two structures split along x
-    image = np.where(brain, np.where(zz < 0, 80, 140) + 5 * rng.standard_normal(shape), 0).astype(np.float32)
-    affine = np.diag([-1.0, 1.0, 1.0, 1.0])
-    for suffix, data in (("SS", image), ("glm", labels), ("mask", brain.astype(np.uint8))):
-        nib.save(nib.Nifti1Image(data, affine), folder / f"{case_id}_{suffix}.nii.gz")
-
-
 @pytest.fixture
-def tiny_setup(tmp_path, monkeypatch):
-    rng = np.random.default_rng(0)
-    data = tmp_path / "data"
-    data.mkdir()
-    for case_id in ("a", "b", "c"):
-        _case(data, case_id, rng)
-    manifest = tmp_path / "cases.csv"
-    assert main(["manifest", str(data), "-o", str(manifest)]) == 0
+def tiny_setup(tmp_path, tiny_manifest):
     config = {
         "model": {"num_classes": 135, "branch_widths": [4, 8], "mix_channels": 8, "fc_widths": [32], "dropout": 0.0},
         "training": {

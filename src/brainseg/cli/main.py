@@ -12,12 +12,12 @@ import sys
 from collections.abc import Sequence
 
 from brainseg import __version__
-from brainseg.cli import evaluate, info, manifest, segment, train
+from brainseg.cli import ablation, atlas, evaluate, info, manifest, segment, train
 from brainseg.errors import InputError
 
 __all__ = ["main"]
 
-COMMANDS = (segment, evaluate, train, manifest, info)
+COMMANDS = (segment, evaluate, train, atlas, ablation, manifest, info)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -10,6 +10,11 @@ computed once per slice over the brain's bounding box; the fully connected
 head then runs only on brain voxels, fed with the 3 x 3 branch cells gathered
 at each voxel. The result equals patch-by-patch classification up to float
 rounding (tested: max abs difference of probabilities <= 1e-5).
+
+The spatial priors are dense too: the 3dBranch runs fully convolutionally
+over the brain's bounding box (in chunks of slices), and the landmark
+distances and atlas probabilities of all of a slice's brain voxels are
+computed in one call (:class:`~brainseg.features.spatial.SpatialInputs`).
 """
 
 from __future__ import annotations
@@ -19,26 +24,53 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from brainseg.models.ganaye2018 import BaseNet, ConvBranch
-from brainseg.sampling.patches import MultiScaleStack, extract_patches, from_plane, patch_origin, to_plane
+from brainseg.features.spatial import SpatialInputs
+from brainseg.models.ganaye2018 import ConvBranch, ConvBranch3d, GanayeNet
+from brainseg.preprocessing.masking import brain_bounding_box
+from brainseg.sampling.patches import (
+    MultiScaleStack,
+    extract_patches,
+    from_plane,
+    patch_origin,
+    plane_to_volume_indices,
+    to_plane,
+)
 
 __all__ = ["predict_dense", "predict_dense_at", "predict_patches"]
 
 
+def _extras(spatial: SpatialInputs | None, voxels: np.ndarray, **kwargs: bool) -> dict[str, torch.Tensor]:
+    if spatial is None:
+        return {}
+    return {k: torch.from_numpy(v) for k, v in spatial.at(voxels, **kwargs).items()}
+
+
+def _check_spatial(model: GanayeNet, spatial: SpatialInputs | None) -> None:
+    if model.inputs and spatial is None:
+        raise ValueError(f"this network needs spatial inputs ({', '.join(model.inputs)}); pass spatial=")
+
+
 @torch.no_grad()
 def predict_patches(
-    model: BaseNet, stack: MultiScaleStack, indices: np.ndarray, *, batch_size: int = 512
+    model: GanayeNet,
+    stack: MultiScaleStack,
+    indices: np.ndarray,
+    *,
+    spatial: SpatialInputs | None = None,
+    batch_size: int = 512,
 ) -> np.ndarray:
     """Classify voxels one patch at a time (the slow reference).
 
     Parameters
     ----------
-    model : BaseNet
+    model : GanayeNet
         In eval mode.
     stack : MultiScaleStack
         Precomputed patch source of the image.
     indices : ndarray of int, shape (N, 3)
         Voxels in the plane's ``(S, A, B)`` order.
+    spatial : SpatialInputs, optional
+        Inputs of the spatial priors (required when the network has any).
     batch_size : int
         Patches per forward pass.
 
@@ -47,37 +79,33 @@ def predict_patches(
     ndarray of float32, shape (N, num_classes)
         Softmax probabilities.
     """
+    _check_spatial(model, spatial)
     out = []
     for start in range(0, len(indices), batch_size):
-        patches = torch.from_numpy(extract_patches(stack, indices[start : start + batch_size]))
-        out.append(torch.softmax(model(patches), dim=1).numpy())
+        batch = indices[start : start + batch_size]
+        patches = torch.from_numpy(extract_patches(stack, batch))
+        extras = _extras(spatial, plane_to_volume_indices(batch, stack.plane))
+        out.append(torch.softmax(model(patches, **extras), dim=1).numpy())
     return np.concatenate(out) if out else np.zeros((0, model.num_classes), np.float32)
 
 
 class _DenseBaseNet:
-    """A BaseNet's weights rearranged for dense inference (eval mode only).
+    """A network's 2-D branches rearranged for dense inference (eval mode only).
 
     Batch normalisation is folded into the convolutions; the 1 x 1 mixing
     convolution is split per branch and applied to the branch maps *before*
-    the per-voxel gather (it is linear, so this is exact and 9 times cheaper);
-    the first fully connected layer's columns are reordered to the gathered
-    ``(cell, channel)`` layout.
+    the per-voxel gather (it is linear, so this is exact and 9 times cheaper).
+    The fully connected part is the network's own :meth:`GanayeNet.classify`.
     """
 
-    def __init__(self, model: BaseNet) -> None:
+    def __init__(self, model: GanayeNet) -> None:
+        self.model = model
         self.scales = model.scales
         self.branches = [[self._fold(conv, norm) for conv, norm in _layers(b)] for b in model.branches]
         widths = [b.out_channels for b in model.branches]
         mix = model.mix.weight[:, :, 0, 0]  # (M, sum widths)
         self.mix = list(torch.split(mix, widths, dim=1))  # per branch (M, C_j)
         self.mix_bias = model.mix.bias
-        first = model.classifier[0]
-        m = mix.shape[0]
-        self.fc1_weight = (
-            first.weight.view(-1, m, 9).permute(0, 2, 1).reshape(first.weight.shape[0], 9 * m).contiguous()
-        )
-        self.fc1_bias = first.bias
-        self.rest = model.classifier[1:]
 
     @staticmethod
     def _fold(conv: torch.nn.Conv2d, norm: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,10 +127,10 @@ class _DenseBaseNet:
         x = _max_pool2(x, 2 * s)[0]  # (C, H', W')
         return torch.matmul(x.permute(1, 2, 0), self.mix[j].T)  # (H', W', M)
 
-    def head(self, mixed: torch.Tensor) -> torch.Tensor:
-        """Logits from the summed, gathered mixing outputs ``(N, 9, M)``."""
-        x = torch.relu_(mixed + self.mix_bias).reshape(mixed.shape[0], -1)
-        return self.rest(F.linear(x, self.fc1_weight, self.fc1_bias))
+    def head(self, mixed: torch.Tensor, extras: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits from the summed, gathered mixing outputs ``(N, 9, M)`` and the priors' inputs."""
+        x = torch.relu_(mixed + self.mix_bias).permute(0, 2, 1).reshape(mixed.shape[0], -1)  # channel-major
+        return self.model.classify(x, **extras)[0]
 
 
 def _layers(branch: ConvBranch) -> list[tuple[torch.nn.Conv2d, torch.nn.Module]]:
@@ -117,7 +145,13 @@ def _max_pool2(x: torch.Tensor, dilation: int) -> torch.Tensor:
 
 
 def _slice_probabilities(
-    net: _DenseBaseNet, stack: MultiScaleStack, i: int, rows: np.ndarray, cols: np.ndarray
+    net: _DenseBaseNet,
+    stack: MultiScaleStack,
+    i: int,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    spatial: SpatialInputs | None = None,
+    features_3d: _Dense3d | None = None,
 ) -> torch.Tensor:
     y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     cell = ConvBranch.CELL_STRIDE * np.arange(3)
@@ -133,15 +167,53 @@ def _slice_probabilities(
         flat = torch.from_numpy((r * width + c).reshape(-1))  # cells in row-major (i, j) order
         gathered = maps.reshape(height * width, m).index_select(0, flat).view(len(rows), 9, m)
         mixed = gathered if mixed is None else mixed.add_(gathered)
-    return torch.softmax(net.head(mixed), dim=1)
+    voxels = plane_to_volume_indices(np.stack([np.full_like(rows, i), rows, cols], axis=1), stack.plane)
+    extras = _extras(spatial, voxels, with_patches_3d=False)
+    if features_3d is not None:
+        extras["features_3d"] = features_3d.at(voxels)
+    return torch.softmax(net.head(mixed, extras), dim=1)
+
+
+class _Dense3d:
+    """3dBranch features of every brain voxel, computed fully convolutionally in chunks of slices."""
+
+    CHUNK = 8  # output slices per chunk along the first axis
+
+    def __init__(self, branch: ConvBranch3d, spatial: SpatialInputs, mask: np.ndarray) -> None:
+        if spatial.padded_image is None:
+            raise ValueError("the 3dBranch needs spatial inputs built with patches_3d=True")
+        box = brain_bounding_box(mask)
+        lo = np.array([b.start for b in box])
+        hi = np.array([b.stop for b in box])
+        self.index = np.full(mask.shape, -1, np.int64)
+        voxels = np.argwhere(mask)
+        self.index[tuple(voxels.T)] = np.arange(len(voxels))
+        self.features = torch.empty((len(voxels), branch.out_channels), dtype=torch.float32)
+        image = spatial.padded_image
+        extent = ConvBranch3d.SPAN + 1  # padded region = outputs + 14
+        for a in range(lo[0], hi[0], self.CHUNK):
+            b = min(a + self.CHUNK, hi[0])
+            region = image[a : b + extent, lo[1] : hi[1] + extent, lo[2] : hi[2] + extent]
+            maps = branch(torch.from_numpy(np.ascontiguousarray(region))[None, None], dense=True)[0]
+            maps = maps[:, : b - a, : hi[1] - lo[1], : hi[2] - lo[2]]  # (C, b - a, H', W')
+            inside = mask[a:b, lo[1] : hi[1], lo[2] : hi[2]]
+            rows = self.index[a:b, lo[1] : hi[1], lo[2] : hi[2]][inside]
+            self.features[torch.from_numpy(rows)] = maps.permute(1, 2, 3, 0)[torch.from_numpy(inside)]
+
+    def at(self, voxels: np.ndarray) -> torch.Tensor:
+        rows = self.index[voxels[:, 0], voxels[:, 1], voxels[:, 2]]
+        if (rows < 0).any():
+            raise ValueError("3dBranch features asked for voxels outside the brain mask")
+        return self.features[torch.from_numpy(rows)]
 
 
 @torch.no_grad()
 def predict_dense(
-    model: BaseNet,
+    model: GanayeNet,
     stack: MultiScaleStack,
     mask: np.ndarray,
     *,
+    spatial: SpatialInputs | None = None,
     probabilities: bool = False,
     probability_dtype: type = np.float16,
     progress: bool = False,
@@ -150,12 +222,15 @@ def predict_dense(
 
     Parameters
     ----------
-    model : BaseNet
+    model : GanayeNet
         In eval mode.
     stack : MultiScaleStack
         From :func:`brainseg.sampling.patches.build_stack` for the same plane.
     mask : ndarray of bool, shape (D, H, W)
         Brain mask, RAS+ order; voxels outside are background (class 0).
+    spatial : SpatialInputs, optional
+        Inputs of the spatial priors on the same grid (required when the
+        network has any).
     probabilities : bool
         Also return the class probabilities.
     probability_dtype : numpy dtype
@@ -172,6 +247,7 @@ def predict_dense(
     """
     if model.training:
         raise ValueError("call model.eval() before dense inference")
+    _check_spatial(model, spatial)
     mask_p = to_plane(mask, stack.plane)
     if mask_p.shape != stack.shape:
         raise ValueError(f"mask shape {mask.shape} does not match the stack {stack.shape} in plane {stack.plane}")
@@ -181,10 +257,11 @@ def predict_dense(
         probs = np.zeros((model.num_classes,) + stack.shape, probability_dtype)
         probs[0] = 1
     net = _DenseBaseNet(model)
+    dense_3d = _Dense3d(model.branch_3d, spatial, mask) if (model.branch_3d is not None and mask.any()) else None  # type: ignore[arg-type]
     slices = [i for i in range(stack.shape[0]) if mask_p[i].any()]
     for i in tqdm(slices, desc="slices", unit="slice", disable=not progress, leave=False):
         rows, cols = np.nonzero(mask_p[i])
-        p = _slice_probabilities(net, stack, i, rows, cols)
+        p = _slice_probabilities(net, stack, i, rows, cols, spatial, dense_3d)
         classes[i, rows, cols] = p.argmax(dim=1).numpy().astype(np.uint8)
         if probs is not None:
             probs[:, i, rows, cols] = p.numpy().T
@@ -195,7 +272,9 @@ def predict_dense(
 
 
 @torch.no_grad()
-def predict_dense_at(model: BaseNet, stack: MultiScaleStack, indices: np.ndarray) -> np.ndarray:
+def predict_dense_at(
+    model: GanayeNet, stack: MultiScaleStack, indices: np.ndarray, *, spatial: SpatialInputs | None = None
+) -> np.ndarray:
     """Dense inference restricted to given voxels: the counterpart of :func:`predict_patches`.
 
     The branch maps are computed once per slice over the bounding box of that
@@ -203,12 +282,14 @@ def predict_dense_at(model: BaseNet, stack: MultiScaleStack, indices: np.ndarray
 
     Parameters
     ----------
-    model : BaseNet
+    model : GanayeNet
         In eval mode.
     stack : MultiScaleStack
         Precomputed patch source of the image.
     indices : ndarray of int, shape (N, 3)
         Voxels in the plane's ``(S, A, B)`` order.
+    spatial : SpatialInputs, optional
+        Inputs of the spatial priors (required when the network has any).
 
     Returns
     -------
@@ -217,10 +298,17 @@ def predict_dense_at(model: BaseNet, stack: MultiScaleStack, indices: np.ndarray
     """
     if model.training:
         raise ValueError("call model.eval() before dense inference")
+    _check_spatial(model, spatial)
     indices = np.asarray(indices, dtype=np.int64).reshape(-1, 3)
     out = np.zeros((len(indices), model.num_classes), np.float32)
     net = _DenseBaseNet(model)
+    dense_3d = None
+    if model.branch_3d is not None and len(indices):
+        mask = np.zeros(stack.shape, bool)
+        mask[indices[:, 0], indices[:, 1], indices[:, 2]] = True
+        dense_3d = _Dense3d(model.branch_3d, spatial, np.ascontiguousarray(from_plane(mask, stack.plane)))  # type: ignore[arg-type]
     for i in np.unique(indices[:, 0]):
         which = np.flatnonzero(indices[:, 0] == i)
-        out[which] = _slice_probabilities(net, stack, int(i), indices[which, 1], indices[which, 2]).numpy()
+        rows, cols = indices[which, 1], indices[which, 2]
+        out[which] = _slice_probabilities(net, stack, int(i), rows, cols, spatial, dense_3d).numpy()
     return out

@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from brainseg.features.spatial import make_spatial_inputs
 from brainseg.inference.dense import predict_dense
 from brainseg.io.nifti import Grid, Volume, load_volume
 from brainseg.labels import LabelTable
 from brainseg.model_folder import LoadedModel, load_model_folder
-from brainseg.preprocessing.pipeline import prepare_image
+from brainseg.preprocessing.pipeline import PreparedImage, prepare_image
+from brainseg.preprocessing.reference import RegisteredImage, register_to_reference
 from brainseg.sampling.patches import build_stack
 
 __all__ = ["Predictor", "Segmentation"]
@@ -69,8 +71,79 @@ class Predictor:
         """Load a model folder (default: the model shipped with brainseg)."""
         return cls(load_model_folder(path), num_threads)
 
+    def segment_prepared(
+        self,
+        prepared: PreparedImage,
+        *,
+        matrix: np.ndarray | None = None,
+        probabilities: bool = False,
+        progress: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None, RegisteredImage | None]:
+        """Segment a prepared image; reference-space models register it (or use ``matrix``) first.
+
+        Parameters
+        ----------
+        prepared : PreparedImage
+            From :func:`brainseg.preprocessing.pipeline.prepare_image` with the
+            model's normalisation.
+        matrix : ndarray, shape (4, 4), optional
+            Known transform template mm -> the scan's 1 mm-grid mm (skips registration).
+        probabilities, progress : bool
+            As in :meth:`predict`.
+
+        Returns
+        -------
+        classes : ndarray of uint8, shape of ``prepared.mask``
+            Class indices on the scan's 1 mm grid.
+        probabilities : ndarray of float16, shape (C, D, H, W) on the working grid, or None
+            On the template grid for reference-space models (see ``registered``).
+        registered : RegisteredImage or None
+            The scan in the reference space (reference-space models).
+        """
+        cfg = self.model.config.model
+        reference = self.model.reference
+        if reference is None:
+            stack = build_stack(prepared.image, cfg.plane, cfg.scales, prepared.background)
+            spatial = None
+            if cfg.branch_3d_widths:
+                spatial = make_spatial_inputs(prepared.image, np.eye(4), prepared.background, patches_3d=True)
+            classes, probs = predict_dense(
+                self.model.network,  # type: ignore[arg-type]
+                stack,
+                prepared.mask,
+                spatial=spatial,
+                probabilities=probabilities,
+                progress=progress,
+            )
+            return classes, probs, None
+        registered = register_to_reference(prepared, reference, matrix)
+        stack = build_stack(registered.image, cfg.plane, cfg.scales, prepared.background)
+        spatial = make_spatial_inputs(
+            registered.image,
+            reference.affine,
+            prepared.background,
+            landmarks=cfg.landmarks,
+            atlas=reference.atlas if cfg.prob_branch else None,
+            patches_3d=bool(cfg.branch_3d_widths),
+        )
+        classes, probs = predict_dense(
+            self.model.network,  # type: ignore[arg-type]
+            stack,
+            registered.mask,
+            spatial=spatial,
+            probabilities=probabilities,
+            progress=progress,
+        )
+        return registered.to_native(classes), probs, registered
+
     def predict(
-        self, image: Volume, mask: np.ndarray | None = None, *, probabilities: bool = False, progress: bool = False
+        self,
+        image: Volume,
+        mask: np.ndarray | None = None,
+        *,
+        probabilities: bool = False,
+        progress: bool = False,
+        matrix: np.ndarray | None = None,
     ) -> Segmentation:
         """Segment one skull-stripped T1 image.
 
@@ -85,24 +158,22 @@ class Predictor:
             Also return class probabilities on the input voxels.
         progress : bool
             Show a progress bar.
+        matrix : ndarray, shape (4, 4), optional
+            Reference-space models: a known transform (template mm -> the
+            scan's 1 mm-grid mm) instead of registering the scan.
 
         Returns
         -------
         Segmentation
         """
-        cfg = self.model.config.model
         prepared = prepare_image(image, mask, self.model.normalization)
-        stack = build_stack(prepared.image, cfg.plane, cfg.scales, prepared.background)
-        classes, probs = predict_dense(
-            self.model.network,  # type: ignore[arg-type]
-            stack,
-            prepared.mask,
-            probabilities=probabilities,
-            progress=progress,
+        classes, probs, registered = self.segment_prepared(
+            prepared, matrix=matrix, probabilities=probabilities, progress=progress
         )
         classes = prepared.to_source_grid(classes)
         if probs is not None:
-            probs = prepared.probabilities_to_source_grid(probs)
+            owner = registered if registered is not None else prepared
+            probs = owner.probabilities_to_source_grid(probs)
         label_map = self.model.labels.to_labels(classes)
         return Segmentation(label_map, probs, image.grid, image.spacing, self.model.labels)
 

@@ -5,13 +5,23 @@ from __future__ import annotations
 from torch import nn
 
 from brainseg.config import ModelConfig
-from brainseg.models.ganaye2018 import BaseNet
+from brainseg.models.ganaye2018 import BaseNet, DistBranch, GanayeNet
 
-__all__ = ["BaseNet", "build_model", "count_parameters"]
+__all__ = ["BaseNet", "GanayeNet", "build_model", "count_parameters"]
 
 
-def _basenet(cfg: ModelConfig) -> nn.Module:
-    return BaseNet(
+def _ganaye2018(cfg: ModelConfig) -> nn.Module:
+    dist = None
+    if cfg.landmarks > 0:
+        dist = DistBranch(
+            cfg.landmarks,
+            cfg.distance_representation,
+            conv=cfg.distance_conv,
+            rbf=cfg.distance_rbf,
+            filters=cfg.distance_filters,
+            width=cfg.distance_width,
+        )
+    return GanayeNet(
         num_classes=cfg.num_classes,
         scales=cfg.scales,
         branch_widths=cfg.branch_widths,
@@ -19,10 +29,15 @@ def _basenet(cfg: ModelConfig) -> nn.Module:
         fc_widths=cfg.fc_widths,
         dropout=cfg.dropout,
         batch_norm=cfg.batch_norm,
+        dist_branch=dist,
+        prob_branch=cfg.prob_branch,
+        branch_3d_widths=cfg.branch_3d_widths or None,
+        auxiliary=cfg.auxiliary,
     )
 
 
-_MODELS = {"basenet": _basenet}
+# 'basenet' and 'ganaye2018' build the same network; the branches are switched on in the config.
+_MODELS = {"basenet": _ganaye2018, "ganaye2018": _ganaye2018}
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

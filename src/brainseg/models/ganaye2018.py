@@ -1,4 +1,4 @@
-"""BaseNet, the multi-scale 2-D patch network of Ganaye et al. (2018).
+"""The multi-scale 2-D patch network of Ganaye et al. (2018) and its spatial priors.
 
 Reference
 ---------
@@ -11,6 +11,16 @@ BaseNet (paper section 2.1) classifies the centre voxel of three co-centred
 convolutional branch; the branch outputs are concatenated, mixed by a 1 x 1
 convolution and classified by three fully connected layers with ReLU and
 dropout and a softmax over the 135 MICCAI 2012 classes.
+
+The spatial priors (sections 2.2-2.3) are optional branches of the same
+network, :class:`GanayeNet`: DistBranch (distances in mm from the voxel to
+``n**3`` landmarks of the registered volume, optionally through
+inception-like convolutions and an RBF; merged into the second fully
+connected layer), ProbBranch (the probabilistic atlas' class vector through
+three fully connected layers of size ``num_classes``, added to the logits),
+and 3dBranch (a 15 x 15 x 15 patch through 3-D convolutions, merged into the
+first fully connected layer). Auxiliary classifiers on the BaseNet and
+DistBranch features give the auxiliary losses of section 3.3.1.
 
 Deviations from the paper
 -------------------------
@@ -28,6 +38,17 @@ Deviations from the paper
   1,249,415 in the README.
 - Optional batch normalisation after each convolution (off by default, as in
   the paper).
+- The paper's text we could check gives no filter counts for DistBranch and
+  3dBranch. DistBranch here: inception-like convolutions with kernels 1, 3
+  and 5 (``distance_filters`` each) over the chosen representation, then one
+  fully connected layer of ``distance_width`` units. 3dBranch:
+  conv(1 -> 8)-pool-conv(8 -> 16)-conv(16 -> 16)-pool, kernel 3, giving 16
+  features per voxel (small so that it runs densely over a whole volume).
+- Without the RBF, distances are divided by 100 mm before the network (the
+  paper feeds raw distances; the fixed scale keeps SGD stable at our
+  learning rate).
+- 3dBranch features enter the first fully connected layer (the paper says the
+  branch is merged into the network without a place we could verify).
 """
 
 from __future__ import annotations
@@ -38,10 +59,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BaseNet", "ConvBranch", "PATCH_SIZE", "PAPER_PARAMETER_COUNT"]
+__all__ = [
+    "BaseNet",
+    "ConvBranch",
+    "ConvBranch3d",
+    "DistBranch",
+    "GanayeNet",
+    "ProbBranch",
+    "PATCH_SIZE",
+    "PATCH_SIZE_3D",
+    "PAPER_PARAMETER_COUNT",
+]
 
 #: Side of every 2-D patch in samples (paper section 2.1).
 PATCH_SIZE = 25
+#: Side of the 3dBranch patch in voxels (paper section 2.4).
+PATCH_SIZE_3D = 15
 #: Number of trainable parameters the paper reports for BaseNet.
 PAPER_PARAMETER_COUNT = 1_249_415
 
@@ -117,17 +150,188 @@ class ConvBranch(nn.Module):
         return F.max_pool2d(x, 2, stride=1, dilation=2 * s)
 
 
-class BaseNet(nn.Module):
-    """Multi-scale 2-D patch classifier of Ganaye et al. (2018), section 2.1.
+class ConvBranch3d(nn.Module):
+    """3dBranch: a 15 x 15 x 15 patch through 3-D convolutions (paper section 2.4).
+
+    Layers (kernel 3, no padding, ReLU after each convolution)::
+
+        conv(1 -> c1) 15 -> 13, maxpool 2 -> 6, conv(c1 -> c2) -> 4,
+        conv(c2 -> c2) -> 2, maxpool 2 -> 1
+
+    Parameters
+    ----------
+    widths : sequence of 2 int
+        Filters of the first convolution and of the two later ones.
+    batch_norm : bool
+        Batch normalisation after each convolution.
+
+    Notes
+    -----
+    Patch mode: ``(B, 1, 15, 15, 15)`` -> ``(B, c2)``. Dense mode
+    (``dense=True``): pooling with stride 1 and later layers dilated, so that
+    ``(B, 1, D, H, W)`` -> ``(B, c2, D - 13, H - 13, W - 13)`` and output
+    ``q`` equals the patch-mode output of the patch whose first voxel is ``q``.
+    """
+
+    #: Dense mode shrinks each axis by this many voxels.
+    SPAN = 13
+
+    def __init__(self, widths: Sequence[int] = (8, 16), batch_norm: bool = False) -> None:
+        super().__init__()
+        c1, c2 = int(widths[0]), int(widths[1])
+        self.out_channels = c2
+        self.conv1 = nn.Conv3d(1, c1, 3)
+        self.conv2 = nn.Conv3d(c1, c2, 3)
+        self.conv3 = nn.Conv3d(c2, c2, 3)
+        norm = nn.BatchNorm3d if batch_norm else (lambda c: nn.Identity())
+        self.norm1, self.norm2, self.norm3 = norm(c1), norm(c2), norm(c2)
+
+    def forward(self, x: torch.Tensor, dense: bool = False) -> torch.Tensor:
+        """Run on patches ``(B, 1, 15, 15, 15)`` -> ``(B, c2)``, or densely on a region."""
+        d = 2 if dense else 1
+        x = F.relu(self.norm1(self.conv1(x)))
+        x = F.max_pool3d(x, 2, stride=1) if dense else F.max_pool3d(x, 2)
+        x = F.relu(self.norm2(F.conv3d(x, self.conv2.weight, self.conv2.bias, dilation=d)))
+        x = F.relu(self.norm3(F.conv3d(x, self.conv3.weight, self.conv3.bias, dilation=d)))
+        if dense:
+            return F.max_pool3d(x, 2, stride=1, dilation=2)
+        return torch.flatten(F.max_pool3d(x, 2), 1)
+
+
+class _Inception(nn.Module):
+    # Parallel same-padded convolutions of several kernel sizes, concatenated.
+    def __init__(self, conv: type, in_channels: int, filters: int, kernels: Sequence[int]) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(conv(in_channels, filters, k, padding=k // 2) for k in kernels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([F.relu(c(x)) for c in self.convs], dim=1)
+
+
+class DistBranch(nn.Module):
+    """DistBranch: distances to ``n**3`` landmarks -> a feature vector (paper sections 2.2, 3.3).
+
+    Parameters
+    ----------
+    landmarks : int
+        Landmarks per axis ``n`` (paper: 7).
+    representation : {'vector', 'images', 'volume'}
+        How the ``n**3`` distances are laid out for the convolutions: a 1-D
+        signal of length ``n**3``, ``n`` images of ``n x n`` (as channels), or
+        one ``n x n x n`` volume.
+    conv : bool
+        Inception-like convolutions (kernels 1, 3, 5) before the fully
+        connected layer; without them the distances go straight into it.
+    rbf : bool
+        Squash distances with ``exp(-alpha d**2)`` (else divide by 100 mm).
+    alpha : float
+        RBF coefficient in mm^-2 (paper: 0.01).
+    filters : int
+        Filters per kernel size.
+    width : int
+        Output features (units of the branch's fully connected layer).
+
+    Notes
+    -----
+    Input ``(B, n**3)`` float32 distances in mm, landmarks ordered as in
+    :func:`brainseg.features.landmarks.landmark_grid`; output ``(B, width)``.
+    """
+
+    KERNELS = (1, 3, 5)
+    #: Distances are divided by this many mm when the RBF is off.
+    DISTANCE_SCALE_MM = 100.0
+
+    def __init__(
+        self,
+        landmarks: int = 7,
+        representation: str = "images",
+        conv: bool = True,
+        rbf: bool = True,
+        alpha: float = 0.01,
+        filters: int = 8,
+        width: int = 128,
+    ) -> None:
+        super().__init__()
+        if representation not in ("vector", "images", "volume"):
+            raise ValueError(f"representation must be 'vector', 'images' or 'volume', got {representation!r}")
+        if landmarks < 1:
+            raise ValueError(f"landmarks must be >= 1, got {landmarks}")
+        self.n, self.representation, self.use_conv, self.use_rbf, self.alpha = (
+            int(landmarks),
+            representation,
+            bool(conv),
+            bool(rbf),
+            float(alpha),
+        )
+        self.width = int(width)
+        n3 = self.n**3
+        if not conv:
+            self.conv = None
+            flat = n3
+        elif representation == "vector":
+            self.conv = _Inception(nn.Conv1d, 1, filters, self.KERNELS)
+            flat = len(self.KERNELS) * filters * n3
+        elif representation == "images":
+            self.conv = _Inception(nn.Conv2d, self.n, filters, self.KERNELS)
+            flat = len(self.KERNELS) * filters * self.n**2
+        else:
+            self.conv = _Inception(nn.Conv3d, 1, filters, self.KERNELS)
+            flat = len(self.KERNELS) * filters * n3
+        self.fc = nn.Linear(flat, self.width)
+
+    def forward(self, distances: torch.Tensor) -> torch.Tensor:
+        """Map distances ``(B, n**3)`` in mm to features ``(B, width)``."""
+        n = self.n
+        if distances.ndim != 2 or distances.shape[1] != n**3:
+            raise ValueError(f"expected distances of shape (B, {n**3}), got {tuple(distances.shape)}")
+        x = torch.exp(-self.alpha * distances**2) if self.use_rbf else distances / self.DISTANCE_SCALE_MM
+        if self.conv is not None:
+            if self.representation == "vector":
+                x = x[:, None, :]
+            elif self.representation == "images":
+                x = x.view(-1, n, n, n)
+            else:
+                x = x.view(-1, 1, n, n, n)
+            x = torch.flatten(self.conv(x), 1)
+        return F.relu(self.fc(x))
+
+
+class ProbBranch(nn.Module):
+    """ProbBranch: atlas class probabilities through three fully connected layers (paper section 2.3).
+
+    Parameters
+    ----------
+    num_classes : int
+        ``l``, the size of the input and of every layer.
+
+    Notes
+    -----
+    Input ``(B, l)`` atlas probabilities (rows sum to 1); output ``(B, l)``,
+    added to the BaseNet logits before the softmax. ReLU between layers, none
+    after the last.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        c = int(num_classes)
+        self.layers = nn.Sequential(nn.Linear(c, c), nn.ReLU(), nn.Linear(c, c), nn.ReLU(), nn.Linear(c, c))
+
+    def forward(self, atlas: torch.Tensor) -> torch.Tensor:
+        """``(B, l)`` atlas probabilities -> ``(B, l)`` logit offsets."""
+        return self.layers(atlas)
+
+
+class GanayeNet(nn.Module):
+    """BaseNet with the optional spatial priors of Ganaye et al. (2018).
 
     Parameters
     ----------
     num_classes : int
         Output classes including background (135 for MICCAI 2012).
     scales : sequence of int
-        Subsampling factor of each branch's patch (default ``(1, 2, 3)``).
+        Subsampling factor of each 2-D branch's patch (default ``(1, 2, 3)``).
     branch_widths : sequence of 2 int
-        Filters per branch convolution, see :class:`ConvBranch`.
+        Filters per 2-D branch convolution, see :class:`ConvBranch`.
     mix_channels : int
         Output channels of the 1 x 1 convolution over the concatenated branches.
     fc_widths : sequence of int
@@ -135,19 +339,28 @@ class BaseNet(nn.Module):
     dropout : float
         Dropout probability after each hidden fully connected layer.
     batch_norm : bool
-        Batch normalisation in the branches (a deviation; off by default).
+        Batch normalisation in the convolutional branches (a deviation; off by default).
+    dist_branch : DistBranch, optional
+        Its features are concatenated to the input of the second fully
+        connected layer (section 2.2).
+    prob_branch : bool
+        Add :class:`ProbBranch` outputs to the logits (section 2.3).
+    branch_3d_widths : sequence of 2 int, optional
+        Add a :class:`ConvBranch3d` of these widths, merged into the first
+        fully connected layer.
+    auxiliary : bool
+        Build the auxiliary classifiers (a fully connected layer each) on the
+        BaseNet features (first hidden layer) and on the DistBranch features
+        (section 3.3.1); used by :meth:`forward_with_auxiliary` in training.
 
     Notes
     -----
-    Input: ``(B, S, 25, 25)`` float32, one channel per scale, intensities
-    normalised as in :mod:`brainseg.preprocessing.intensity`. Output: logits
-    ``(B, num_classes)``. The forward pass is split into :meth:`branch_features`
-    and :meth:`head` so that dense inference can run the branches fully
-    convolutionally and the head only on brain voxels.
-
-    Deviations from the paper
-    -------------------------
-    See the module docstring.
+    Inputs, for a batch of ``B`` voxels: ``patches`` ``(B, S, 25, 25)``
+    float32 (normalised intensities); ``distances`` ``(B, n**3)`` float32 in
+    mm; ``atlas`` ``(B, num_classes)`` float32; ``patches_3d``
+    ``(B, 1, 15, 15, 15)`` float32. Output: logits ``(B, num_classes)``.
+    The forward pass is split into :meth:`branch_features` (run fully
+    convolutionally by dense inference) and :meth:`classify` (run per voxel).
     """
 
     def __init__(
@@ -159,34 +372,149 @@ class BaseNet(nn.Module):
         fc_widths: Sequence[int] = (512, 256),
         dropout: float = 0.5,
         batch_norm: bool = False,
+        dist_branch: DistBranch | None = None,
+        prob_branch: bool = False,
+        branch_3d_widths: Sequence[int] | None = None,
+        auxiliary: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if not fc_widths:
+            raise ValueError("fc_widths must name at least one hidden layer")
         self.num_classes = int(num_classes)
         self.scales = tuple(int(s) for s in scales)
         self.branches = nn.ModuleList(ConvBranch(branch_widths, batch_norm) for _ in self.scales)
         concat = sum(b.out_channels for b in self.branches)
         self.mix = nn.Conv2d(concat, mix_channels, 1)
-        layers: list[nn.Module] = []
-        width = mix_channels * 3 * 3
-        for hidden in fc_widths:
-            layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        self.branch_3d = ConvBranch3d(branch_3d_widths, batch_norm) if branch_3d_widths else None
+        self.dist_branch = dist_branch
+        self.prob_branch = ProbBranch(num_classes) if prob_branch else None
+        width = mix_channels * 3 * 3 + (self.branch_3d.out_channels if self.branch_3d else 0)
+        self.fc = nn.ModuleList()
+        for k, hidden in enumerate(fc_widths):
+            extra = dist_branch.width if (dist_branch is not None and k == 1) else 0
+            self.fc.append(nn.Linear(width + extra, hidden))
             width = hidden
-        layers.append(nn.Linear(width, num_classes))
-        self.classifier = nn.Sequential(*layers)
+        extra = dist_branch.width if (dist_branch is not None and len(fc_widths) == 1) else 0
+        self.out = nn.Linear(width + extra, num_classes)
+        self.dropout = nn.Dropout(dropout)
+        self.aux_base = nn.Linear(fc_widths[0], num_classes) if auxiliary else None
+        self.aux_dist = nn.Linear(dist_branch.width, num_classes) if (auxiliary and dist_branch) else None
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Names of the inputs this network reads besides ``patches``."""
+        names = []
+        if self.dist_branch is not None:
+            names.append("distances")
+        if self.prob_branch is not None:
+            names.append("atlas")
+        if self.branch_3d is not None:
+            names.append("patches_3d")
+        return tuple(names)
 
     def branch_features(self, patches: torch.Tensor) -> torch.Tensor:
-        """Run every branch on its patch and concatenate, ``(B, sum c2, 3, 3)``."""
+        """Run every 2-D branch on its patch and concatenate, ``(B, sum c2, 3, 3)``."""
         if patches.ndim != 4 or patches.shape[1] != len(self.scales):
             raise ValueError(f"expected patches of shape (B, {len(self.scales)}, 25, 25), got {tuple(patches.shape)}")
         return torch.cat([b(patches[:, i : i + 1]) for i, b in enumerate(self.branches)], dim=1)
 
-    def head(self, features: torch.Tensor) -> torch.Tensor:
-        """Map concatenated branch features ``(B, C, 3, 3)`` to logits ``(B, num_classes)``."""
-        x = F.relu(self.mix(features))
-        return self.classifier(torch.flatten(x, 1))
+    def mixed_features(self, features: torch.Tensor) -> torch.Tensor:
+        """1 x 1 mixing of branch features ``(B, C, 3, 3)`` -> flat ``(B, M * 9)`` (channel-major)."""
+        return torch.flatten(F.relu(self.mix(features)), 1)
 
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """Classify patch centres: ``(B, S, 25, 25)`` -> logits ``(B, num_classes)``."""
-        return self.head(self.branch_features(patches))
+    def _check(self, name: str, value: torch.Tensor | None) -> torch.Tensor:
+        if value is None:
+            raise ValueError(f"this network needs the input {name!r} (it has {', '.join(self.inputs)})")
+        return value
+
+    def classify(
+        self,
+        flat_2d: torch.Tensor,
+        distances: torch.Tensor | None = None,
+        atlas: torch.Tensor | None = None,
+        features_3d: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Fully connected part: mixed 2-D features and priors -> logits and auxiliary logits.
+
+        Parameters
+        ----------
+        flat_2d : Tensor, shape (B, M * 9)
+            From :meth:`mixed_features`.
+        distances, atlas : Tensor, optional
+            See the class notes; required when the branch exists.
+        features_3d : Tensor, shape (B, c3), optional
+            :class:`ConvBranch3d` output.
+
+        Returns
+        -------
+        logits : Tensor, shape (B, num_classes)
+        auxiliary : dict of str to Tensor
+            ``'base'`` and ``'dist'`` auxiliary logits, when built.
+        """
+        x = flat_2d
+        if self.branch_3d is not None:
+            x = torch.cat([x, self._check("patches_3d", features_3d)], dim=1)
+        d = self.dist_branch(self._check("distances", distances)) if self.dist_branch is not None else None
+        auxiliary: dict[str, torch.Tensor] = {}
+        for k, layer in enumerate(self.fc):
+            if k == 1 and d is not None:
+                x = torch.cat([x, d], dim=1)
+            x = self.dropout(F.relu(layer(x)))
+            if k == 0 and self.aux_base is not None:
+                auxiliary["base"] = self.aux_base(x)
+        if len(self.fc) == 1 and d is not None:
+            x = torch.cat([x, d], dim=1)
+        logits = self.out(x)
+        if self.prob_branch is not None:
+            logits = logits + self.prob_branch(self._check("atlas", atlas))
+        if self.aux_dist is not None and d is not None:
+            auxiliary["dist"] = self.aux_dist(d)
+        return logits, auxiliary
+
+    def forward_with_auxiliary(
+        self,
+        patches: torch.Tensor,
+        distances: torch.Tensor | None = None,
+        atlas: torch.Tensor | None = None,
+        patches_3d: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits and auxiliary logits for a batch (see the class notes for shapes)."""
+        features_3d = self.branch_3d(self._check("patches_3d", patches_3d)) if self.branch_3d is not None else None
+        flat = self.mixed_features(self.branch_features(patches))
+        return self.classify(flat, distances, atlas, features_3d)
+
+    def forward(
+        self,
+        patches: torch.Tensor,
+        distances: torch.Tensor | None = None,
+        atlas: torch.Tensor | None = None,
+        patches_3d: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Classify patch centres -> logits ``(B, num_classes)``."""
+        return self.forward_with_auxiliary(patches, distances, atlas, patches_3d)[0]
+
+
+def BaseNet(  # noqa: N802  (a factory named like the paper's network)
+    num_classes: int = 135,
+    scales: Sequence[int] = (1, 2, 3),
+    branch_widths: Sequence[int] = (32, 64),
+    mix_channels: int = 64,
+    fc_widths: Sequence[int] = (512, 256),
+    dropout: float = 0.5,
+    batch_norm: bool = False,
+) -> GanayeNet:
+    """BaseNet (paper section 2.1): a :class:`GanayeNet` without spatial priors.
+
+    Parameters
+    ----------
+    num_classes, scales, branch_widths, mix_channels, fc_widths, dropout, batch_norm
+        See :class:`GanayeNet`.
+
+    Returns
+    -------
+    GanayeNet
+        Input ``(B, S, 25, 25)`` float32, output logits ``(B, num_classes)``.
+    """
+    return GanayeNet(num_classes, scales, branch_widths, mix_channels, fc_widths, dropout, batch_norm)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Plane", "PLANE_AXIS", "MultiScaleStack", "build_stack", "extract_patches"]
+__all__ = ["Plane", "PLANE_AXIS", "MultiScaleStack", "build_stack", "extract_patches", "plane_to_volume_indices"]
 
 Plane = Literal["sagittal", "coronal", "axial"]
 #: Array axis (RAS+ order) that is constant within a slice of each plane.
@@ -142,3 +142,27 @@ def extract_patches(stack: MultiScaleStack, indices: np.ndarray) -> np.ndarray:
         cols = indices[:, 2, None] + start + s * steps
         out[:, j] = boxed[indices[:, 0, None, None], rows[:, :, None], cols[:, None, :]]
     return out
+
+
+def plane_to_volume_indices(indices: np.ndarray, plane: str) -> np.ndarray:
+    """Convert voxel indices ``(i, a, b)`` in a plane's ``(S, A, B)`` order to RAS+ ``(d, h, w)`` order.
+
+    Parameters
+    ----------
+    indices : ndarray of int, shape (N, 3)
+    plane : {'sagittal', 'coronal', 'axial'}
+
+    Returns
+    -------
+    ndarray of int64, shape (N, 3)
+
+    Examples
+    --------
+    >>> plane_to_volume_indices(np.array([[1, 2, 3]]), "coronal").tolist()
+    [[2, 1, 3]]
+    """
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1, 3)
+    axis = PLANE_AXIS[plane]
+    order = [1, 2]
+    order.insert(axis, 0)
+    return np.ascontiguousarray(indices[:, order])

@@ -8,57 +8,130 @@ import numpy as np
 
 from brainseg.config import ModelConfig
 from brainseg.errors import InputError
+from brainseg.features.spatial import SpatialInputs, make_spatial_inputs
 from brainseg.io.manifest import Case
 from brainseg.io.nifti import load_volume
 from brainseg.labels import LabelTable
 from brainseg.preprocessing.intensity import IntensityNormalization
 from brainseg.preprocessing.pipeline import PreparedImage, prepare_image
+from brainseg.preprocessing.reference import Reference, RegisteredImage, register_to_reference
+from brainseg.preprocessing.registration import resample_to_reference
 from brainseg.sampling.patches import MultiScaleStack, build_stack, to_plane
 from brainseg.sampling.samplers import VoxelSampler
 
-__all__ = ["TrainingCase", "load_training_case"]
+__all__ = ["TrainingCase", "load_prepared_case", "load_training_case"]
 
 
 @dataclass
 class TrainingCase:
-    """A labelled case on the 1 mm grid, with its patch source and voxel sampler.
+    """A labelled case on the grid the network works on, with its patch source and voxel sampler.
+
+    The grid is the case's own 1 mm grid, or the reference template's for
+    reference-space models.
 
     Attributes
     ----------
     case_id : str
     prepared : PreparedImage
+        The case on its own 1 mm grid.
     classes : ndarray of uint8, shape (D, H, W)
-        Reference class indices on the 1 mm grid (RAS+).
+        Reference class indices on the working grid (RAS+).
+    mask : ndarray of bool, shape (D, H, W)
+        Brain mask on the working grid.
     stack : MultiScaleStack
     sampler : VoxelSampler
+    spatial : SpatialInputs or None
+        Inputs of the spatial priors, when the model has any.
+    registered : RegisteredImage or None
+        The case in the reference space, for reference-space models.
     """
 
     case_id: str
     prepared: PreparedImage
     classes: np.ndarray
+    mask: np.ndarray
     stack: MultiScaleStack
     sampler: VoxelSampler
+    spatial: SpatialInputs | None = None
+    registered: RegisteredImage | None = None
 
 
-def load_training_case(
-    case: Case, labels: LabelTable, model: ModelConfig, normalization: IntensityNormalization
-) -> TrainingCase:
-    """Load, resample, normalise and index one labelled case.
+def load_prepared_case(
+    case: Case, labels: LabelTable, normalization: IntensityNormalization, *, with_labels: bool = True
+) -> tuple[PreparedImage, np.ndarray | None]:
+    """Load one case, prepare its image (1 mm, mask, normalisation) and its class map on the same grid.
+
+    Returns
+    -------
+    prepared : PreparedImage
+    classes : ndarray of uint8, shape of ``prepared.mask``, or None
+        Reference class indices; None when ``with_labels`` is False.
 
     Raises
     ------
     InputError
-        If the case has no label map or its files do not share a grid.
+        If labels are asked for and the case has none, or its files do not share a grid.
     """
-    if case.label_map is None:
+    if with_labels and case.label_map is None:
         raise InputError(f"case {case.case_id}: the manifest gives no label_map; training needs one")
     image = load_volume(case.image)
-    label_map = load_volume(case.label_map, kind="label_map")
     mask = load_volume(case.mask, kind="mask").data if case.mask else None
+    prepared = prepare_image(image, mask, normalization)
+    if not with_labels:
+        return prepared, None
+    label_map = load_volume(case.label_map, kind="label_map")
     if label_map.data.shape != image.data.shape or not np.allclose(label_map.affine, image.affine, atol=1e-3):
         raise InputError(f"case {case.case_id}: {case.label_map} is not on the grid of {case.image}")
-    prepared = prepare_image(image, mask, normalization)
-    classes = prepared.from_source_grid(labels.to_classes(label_map.data))
-    stack = build_stack(prepared.image, model.plane, model.scales, prepared.background)
-    sampler = VoxelSampler(to_plane(classes, model.plane), to_plane(prepared.mask, model.plane))
-    return TrainingCase(case.case_id, prepared, classes, stack, sampler)
+    return prepared, prepared.from_source_grid(labels.to_classes(label_map.data))
+
+
+def load_training_case(
+    case: Case,
+    labels: LabelTable,
+    model: ModelConfig,
+    normalization: IntensityNormalization,
+    reference: Reference | None = None,
+) -> TrainingCase:
+    """Load, resample, normalise and index one labelled case (in the reference space if the model needs it).
+
+    Parameters
+    ----------
+    case : Case
+    labels : LabelTable
+    model : ModelConfig
+    normalization : IntensityNormalization
+    reference : Reference, optional
+        Required by reference-space models; its stored transform of the case
+        is used when there is one (else the case is registered now).
+
+    Raises
+    ------
+    InputError
+        If the case has no label map, its files do not share a grid, or the
+        model needs a reference and none is given.
+    """
+    prepared, classes = load_prepared_case(case, labels, normalization)
+    assert classes is not None
+    image, mask, affine, registered = prepared.image, prepared.mask, np.eye(4), None
+    if model.needs_reference:
+        if reference is None:
+            raise InputError("this model works in the reference space: set training.reference (brainseg atlas build)")
+        registered = register_to_reference(prepared, reference, reference.transforms.get(case.case_id))
+        classes = resample_to_reference(
+            classes, np.eye(4), registered.matrix, reference.shape, reference.affine, order=0
+        )
+        classes = np.where(registered.mask, classes, 0).astype(np.uint8)
+        image, mask, affine = registered.image, registered.mask, reference.affine
+    spatial = None
+    if model.needs_reference or model.branch_3d_widths:
+        spatial = make_spatial_inputs(
+            image,
+            affine,
+            prepared.background,
+            landmarks=model.landmarks,
+            atlas=reference.atlas if (model.prob_branch and reference is not None) else None,
+            patches_3d=bool(model.branch_3d_widths),
+        )
+    stack = build_stack(image, model.plane, model.scales, prepared.background)
+    sampler = VoxelSampler(to_plane(classes, model.plane), to_plane(mask, model.plane))
+    return TrainingCase(case.case_id, prepared, classes, mask, stack, sampler, spatial, registered)

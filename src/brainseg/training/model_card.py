@@ -7,16 +7,18 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from brainseg.inference.dense import predict_dense
+from brainseg.config import Config
+from brainseg.inference.predictor import Predictor
 from brainseg.io.atomic import atomic_write_text
 from brainseg.io.manifest import read_manifest
 from brainseg.metrics.report import StructureScore, evaluate_label_maps, summarize, write_scores_csv, write_scores_json
 from brainseg.model_folder import LoadedModel, load_model_folder
 from brainseg.models import count_parameters
 from brainseg.models.ganaye2018 import PAPER_PARAMETER_COUNT
-from brainseg.training.data import load_training_case
+from brainseg.preprocessing.reference import load_transforms
+from brainseg.training.data import load_prepared_case
 
-__all__ = ["evaluate_validation", "write_model_card"]
+__all__ = ["describe_model", "evaluate_validation", "write_model_card"]
 
 CREDIT = (
     "MRI scans originate from the OASIS project; labelled data provided by Neuromorphometrics, Inc. "
@@ -28,17 +30,22 @@ CREDIT = (
 def evaluate_validation(model: LoadedModel, progress: bool = False) -> list[StructureScore]:
     """Segment the validation cases of a model folder's config and score every structure.
 
-    Scores are computed on the 1 mm grid of the cases, distances in mm.
+    Scores are computed on the 1 mm grid of the cases (reference-space models
+    segment in the reference space and are scored after mapping back),
+    distances in mm. Transforms stored by ``brainseg atlas build`` for the
+    cases are used when the training reference folder is still there.
     """
     tc = model.config.training
     by_id = {c.case_id: c for c in read_manifest(tc.manifest)}
+    transforms = load_transforms(tc.reference) if tc.reference else {}
+    predictor = Predictor(model)
     scores: list[StructureScore] = []
     for case_id in tc.validation_cases:
-        case = load_training_case(by_id[case_id], model.labels, model.config.model, model.normalization)
-        predicted, _ = predict_dense(model.network, case.stack, case.prepared.mask, progress=progress)  # type: ignore[arg-type]
+        prepared, classes = load_prepared_case(by_id[case_id], model.labels, model.normalization)
+        predicted, _, _ = predictor.segment_prepared(prepared, matrix=transforms.get(case_id), progress=progress)
         scores += evaluate_label_maps(
             model.labels.to_labels(predicted),
-            model.labels.to_labels(case.classes),
+            model.labels.to_labels(classes),
             model.labels,
             (1.0, 1.0, 1.0),
             case_id=case_id,
@@ -46,15 +53,48 @@ def evaluate_validation(model: LoadedModel, progress: bool = False) -> list[Stru
     return scores
 
 
+def describe_model(config: Config) -> str:
+    """One line naming a configuration's branches, losses and augmentation."""
+    cfg, tc = config.model, config.training
+    parts = [f"BaseNet (25 x 25 patches at scales {list(cfg.scales)}, {cfg.plane} plane)"]
+    if cfg.landmarks:
+        conv = "inception convolutions" if cfg.distance_conv else "no convolutions"
+        rbf = "RBF" if cfg.distance_rbf else "no RBF"
+        parts.append(f"DistBranch ({cfg.landmarks}^3 landmarks, {cfg.distance_representation}, {conv}, {rbf})")
+    if cfg.prob_branch:
+        parts.append("ProbBranch (probabilistic atlas)")
+    if cfg.branch_3d_widths:
+        parts.append(f"3dBranch (15^3 patch, widths {list(cfg.branch_3d_widths)})")
+    text = " + ".join(parts)
+    if cfg.needs_reference:
+        text += ", in the reference space (affine registration)"
+    if cfg.auxiliary and any(tc.auxiliary_weights):
+        text += f", auxiliary losses (weights {list(tc.auxiliary_weights)})"
+    if tc.augment:
+        text += f", augmentation (scale {list(tc.augment_scale)}, rotation +-{tc.augment_rotation_deg:g} deg)"
+    return text
+
+
 def _fmt(v: float, digits: int = 3) -> str:
     return "n/a" if not math.isfinite(v) else f"{v:.{digits}f}"
 
 
-def write_model_card(model_dir: str | Path, progress: bool = False) -> Path:
-    """Evaluate on the validation cases and write ``model_card.md``, ``validation.csv`` and ``validation.json``."""
+def write_model_card(model_dir: str | Path, progress: bool = False, scores: list[StructureScore] | None = None) -> Path:
+    """Evaluate on the validation cases and write ``model_card.md``, ``validation.csv`` and ``validation.json``.
+
+    Parameters
+    ----------
+    model_dir : str or Path
+        A trained model folder.
+    progress : bool
+        Show progress bars.
+    scores : list of StructureScore, optional
+        Already computed validation scores (skips the evaluation).
+    """
     model_dir = Path(model_dir)
     model = load_model_folder(model_dir)
-    scores = evaluate_validation(model, progress)
+    if scores is None:
+        scores = evaluate_validation(model, progress)
     write_scores_csv(model_dir / "validation.csv", scores)
     write_scores_json(model_dir / "validation.json", scores)
     mean = summarize(scores)
@@ -69,8 +109,7 @@ def write_model_card(model_dir: str | Path, progress: bool = False) -> Path:
     lines = [
         f"# Model card: {cfg.name} ({model_dir.name})",
         "",
-        "Ganaye et al. (2018) BaseNet: three 25 x 25 patch branches at scales "
-        f"{list(cfg.scales)} in the {cfg.plane} plane, trained on MICCAI 2012 "
+        f"Ganaye et al. (2018) {describe_model(model.config)}, trained on MICCAI 2012 "
         f"({cfg.num_classes} classes: background + {cfg.num_classes - 1} structures).",
         "",
         "## Data",

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from brainseg.config import Config, save_config
+from brainseg.config import Config, TrainingConfig, save_config
 from brainseg.errors import InputError
 from brainseg.inference.dense import predict_dense
 from brainseg.io.atomic import atomic_write_text
@@ -32,33 +32,59 @@ from brainseg.metrics.overlap import dice_per_class
 from brainseg.model_folder import save_model_folder
 from brainseg.models import build_model, count_parameters
 from brainseg.preprocessing.intensity import IntensityNormalization
-from brainseg.sampling.patches import extract_patches, to_plane
+from brainseg.preprocessing.reference import load_reference
+from brainseg.sampling.augmentation import augment_largest_patch
+from brainseg.sampling.patches import extract_patches, plane_to_volume_indices, to_plane
 from brainseg.training.checkpoint import load_checkpoint, save_checkpoint
 from brainseg.training.data import TrainingCase, load_training_case
 from brainseg.training.schedulers import poly_learning_rate
 
-__all__ = ["train", "validate"]
+__all__ = ["initialise_from", "train", "validate"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 
 
 def _draw_batch(
-    cases: list[TrainingCase], n: int, rng: np.random.Generator, mode: str
-) -> tuple[np.ndarray, np.ndarray]:
+    cases: list[TrainingCase], n: int, rng: np.random.Generator, tc: TrainingConfig
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Draw ``n`` voxels over the cases: network inputs (patches and priors) and targets."""
     which = rng.integers(len(cases), size=n)
-    patches, targets = [], []
+    inputs: dict[str, list[np.ndarray]] = {}
+    targets = []
     for k in np.unique(which):
         case = cases[k]
-        idx = case.sampler.sample(int((which == k).sum()), rng, mode)
-        patches.append(extract_patches(case.stack, idx))
+        idx = case.sampler.sample(int((which == k).sum()), rng, tc.sampling)
+        patches = extract_patches(case.stack, idx)
+        if tc.augment:
+            augment_largest_patch(case.stack, idx, patches, rng, tc.augment_scale, tc.augment_rotation_deg)
+        inputs.setdefault("patches", []).append(patches)
+        if case.spatial is not None:
+            for name, value in case.spatial.at(plane_to_volume_indices(idx, case.stack.plane)).items():
+                inputs.setdefault(name, []).append(value)
         plane_classes = to_plane(case.classes, case.stack.plane)
         targets.append(plane_classes[idx[:, 0], idx[:, 1], idx[:, 2]])
-    return np.concatenate(patches), np.concatenate(targets).astype(np.int64)
+    batch = {name: torch.from_numpy(np.concatenate(values)) for name, values in inputs.items()}
+    return batch, torch.from_numpy(np.concatenate(targets).astype(np.int64))
+
+
+def _loss(network: torch.nn.Module, batch: dict[str, torch.Tensor], targets: torch.Tensor, tc: TrainingConfig):
+    """Cross-entropy of the main output plus the weighted auxiliary losses (paper section 3.3.1)."""
+    logits, auxiliary = network.forward_with_auxiliary(**batch)
+    loss = F.cross_entropy(logits, targets)
+    weights = dict(zip(("base", "dist"), tc.auxiliary_weights))
+    for name, aux_logits in auxiliary.items():
+        if weights.get(name, 0.0):
+            loss = loss + weights[name] * F.cross_entropy(aux_logits, targets)
+    return loss
 
 
 def validate(network: torch.nn.Module, cases: list[TrainingCase], num_classes: int, progress: bool = False) -> dict:
     """Mean Dice over structures on whole validation volumes (dense inference).
+
+    Reference-space models are scored on the template grid against the
+    resampled reference labels (a quick check during training; model cards
+    score on the input grid).
 
     Returns
     -------
@@ -69,7 +95,7 @@ def validate(network: torch.nn.Module, cases: list[TrainingCase], num_classes: i
     network.eval()
     per_case, per_class = {}, []
     for case in cases:
-        predicted, _ = predict_dense(network, case.stack, case.prepared.mask, progress=progress)  # type: ignore[arg-type]
+        predicted, _ = predict_dense(network, case.stack, case.mask, spatial=case.spatial, progress=progress)  # type: ignore[arg-type]
         dices = dice_per_class(predicted, case.classes, num_classes)[1:]
         per_case[case.case_id] = float(np.nanmean(dices))
         per_class.append(dices)
@@ -81,6 +107,53 @@ def validate(network: torch.nn.Module, cases: list[TrainingCase], num_classes: i
         "per_case": per_case,
         "per_class": [None if np.isnan(v) else float(v) for v in classes],
     }
+
+
+def initialise_from(network: torch.nn.Module, model_dir: str | Path) -> int:
+    """Copy the weights of a trained model folder into a (larger) network, for fine-tuning.
+
+    Tensors of the same name and shape are copied. A fully connected weight
+    that gained input columns (a prior merged into its layer) keeps the old
+    columns first and starts the new ones at zero. The ProbBranch's last layer
+    starts at zero, so the network initially computes what the source did.
+
+    Returns
+    -------
+    int
+        Number of tensors copied.
+
+    Raises
+    ------
+    InputError
+        If ``model_dir`` has no ``weights.safetensors``.
+    """
+    from safetensors.torch import load_file
+
+    file = Path(model_dir) / "weights.safetensors"
+    if not file.is_file():
+        raise InputError(f"{model_dir}: no weights.safetensors to initialise from (training.init_from)")
+    source = load_file(str(file))
+    state = network.state_dict()
+    copied = 0
+    with torch.no_grad():
+        for name, value in state.items():
+            old = source.get(name)
+            if old is None:
+                continue
+            if old.shape == value.shape:
+                value.copy_(old)
+            elif old.ndim == 2 and value.ndim == 2 and old.shape[0] == value.shape[0] and old.shape[1] < value.shape[1]:
+                value.zero_()
+                value[:, : old.shape[1]] = old
+            else:
+                continue
+            copied += 1
+        prob = getattr(network, "prob_branch", None)
+        if prob is not None:
+            prob.layers[-1].weight.zero_()
+            prob.layers[-1].bias.zero_()
+    network.load_state_dict(state)
+    return copied
 
 
 def train(config: Config, output: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
@@ -131,12 +204,27 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
     unknown = [i for i in tc.train_cases + tc.validation_cases if i not in by_id]
     if unknown:
         raise InputError(f"{tc.manifest}: no case(s) {unknown}")
-    load = lambda ids: [load_training_case(by_id[i], labels, config.model, normalization) for i in ids]  # noqa: E731
+    reference = None
+    if config.model.needs_reference:
+        if not tc.reference:
+            raise InputError(
+                "this model works in the reference space: set training.reference to a folder made by "
+                "'brainseg atlas build'"
+            )
+        reference = load_reference(tc.reference)
+        if config.model.prob_branch and reference.atlas is None:
+            raise InputError(f"{tc.reference}: has no atlas.npz; the ProbBranch needs one")
+    load = lambda ids: [  # noqa: E731
+        load_training_case(by_id[i], labels, config.model, normalization, reference) for i in ids
+    ]
     log.info("loading %d training and %d validation cases", len(tc.train_cases), len(tc.validation_cases))
     train_cases, val_cases = load(tc.train_cases), load(tc.validation_cases)
 
     torch.manual_seed(tc.seed)
     network = build_model(config.model)
+    if tc.init_from and not resume:
+        copied = initialise_from(network, tc.init_from)
+        log.info("initialised %d tensors from %s", copied, tc.init_from)
     optimizer = torch.optim.SGD(
         network.parameters(), lr=tc.learning_rate, momentum=tc.momentum, weight_decay=tc.weight_decay
     )
@@ -164,8 +252,8 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
         losses = []
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress, unit="batch")
         for _ in bar:
-            patches, targets = _draw_batch(train_cases, tc.batch_size, rng, tc.sampling)
-            loss = F.cross_entropy(network(torch.from_numpy(patches)), torch.from_numpy(targets))
+            batch, targets = _draw_batch(train_cases, tc.batch_size, rng, tc)
+            loss = _loss(network, batch, targets, tc)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -193,7 +281,7 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
         )
         atomic_write_text(output / "history.json", json.dumps(history, indent=2) + "\n")
         network.eval()
-        save_model_folder(output, config, labels, normalization, network)
+        save_model_folder(output, config, labels, normalization, network, reference=tc.reference or None)
     atomic_write_text(
         output / "training.json",
         json.dumps(

@@ -1,0 +1,126 @@
+"""Per-voxel inputs of the spatial priors: landmark distances, atlas probabilities and 3-D patches.
+
+One :class:`SpatialInputs` serves a whole image (on the reference template
+grid for the spatial priors): training gathers the inputs of sampled voxels,
+patch-by-patch inference of the voxels asked for, and dense inference of a
+slice's brain voxels at once (Ganaye et al. 2018, sections 2.2-2.4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from brainseg.features.atlas import ProbabilisticAtlas
+from brainseg.features.landmarks import landmark_distances, landmark_grid, voxel_centres_mm
+
+__all__ = ["SpatialInputs", "make_spatial_inputs", "HALF_3D"]
+
+#: Half-width of the 15 x 15 x 15 patch of the 3dBranch, voxels.
+HALF_3D = 7
+
+
+@dataclass(frozen=True)
+class SpatialInputs:
+    """Everything needed to compute a network's extra inputs at any voxel of one image.
+
+    Attributes
+    ----------
+    affine : ndarray of float64, shape (4, 4)
+        Voxel -> mm of the grid the voxels index (the reference template's).
+    landmarks : ndarray of float64, shape (L, 3), or None
+        Landmark positions in mm (DistBranch).
+    atlas : ProbabilisticAtlas or None
+        Atlas on the same grid (ProbBranch).
+    padded_image : ndarray of float32, shape (D + 14, H + 14, W + 14), or None
+        The normalised image padded with the background value (3dBranch).
+    """
+
+    affine: np.ndarray
+    landmarks: np.ndarray | None = None
+    atlas: ProbabilisticAtlas | None = None
+    padded_image: np.ndarray | None = None
+
+    def patches_3d(self, voxels: np.ndarray) -> np.ndarray:
+        """15 x 15 x 15 patches centred on voxels ``(N, 3)`` -> ``(N, 1, 15, 15, 15)`` float32."""
+        if self.padded_image is None:
+            raise ValueError("these spatial inputs hold no image for 3-D patches")
+        steps = np.arange(2 * HALF_3D + 1)
+        v = np.asarray(voxels, dtype=np.int64).reshape(-1, 3)
+        d = v[:, 0, None, None, None] + steps[None, :, None, None]
+        h = v[:, 1, None, None, None] + steps[None, None, :, None]
+        w = v[:, 2, None, None, None] + steps[None, None, None, :]
+        return self.padded_image[d, h, w][:, None]
+
+    def at(self, voxels: np.ndarray, *, with_patches_3d: bool = True) -> dict[str, np.ndarray]:
+        """Extra network inputs at voxels.
+
+        Parameters
+        ----------
+        voxels : ndarray of int, shape (N, 3)
+            Voxel indices in RAS+ ``(d, h, w)`` order.
+        with_patches_3d : bool
+            Include the 3-D patches (dense inference computes the 3dBranch
+            fully convolutionally instead).
+
+        Returns
+        -------
+        dict
+            ``'distances'``: ``(N, L)`` float32 mm; ``'atlas'``: ``(N, C)``
+            float32; ``'patches_3d'``: ``(N, 1, 15, 15, 15)`` float32 — each
+            only if this object holds what it needs.
+        """
+        voxels = np.asarray(voxels, dtype=np.int64).reshape(-1, 3)
+        out: dict[str, np.ndarray] = {}
+        if self.landmarks is not None:
+            out["distances"] = landmark_distances(voxel_centres_mm(voxels, self.affine), self.landmarks)
+        if self.atlas is not None:
+            out["atlas"] = self.atlas.lookup(voxels)
+        if with_patches_3d and self.padded_image is not None:
+            out["patches_3d"] = self.patches_3d(voxels)
+        return out
+
+
+def make_spatial_inputs(
+    image: np.ndarray,
+    affine: np.ndarray,
+    background: float,
+    *,
+    landmarks: int = 0,
+    atlas: ProbabilisticAtlas | None = None,
+    patches_3d: bool = False,
+) -> SpatialInputs:
+    """Set up the spatial inputs of one image.
+
+    Parameters
+    ----------
+    image : ndarray of float32, shape (D, H, W)
+        Normalised image (on the reference template grid).
+    affine : ndarray, shape (4, 4)
+        Voxel -> mm of that grid.
+    background : float
+        Normalised value of an empty voxel (3-D patch padding).
+    landmarks : int
+        Landmarks per axis (0 = no distances).
+    atlas : ProbabilisticAtlas, optional
+        Atlas on the same grid.
+    patches_3d : bool
+        Keep a padded copy of the image for 3-D patches.
+
+    Returns
+    -------
+    SpatialInputs
+
+    Raises
+    ------
+    ValueError
+        If the atlas grid differs from the image's.
+    """
+    if atlas is not None and tuple(atlas.shape) != tuple(image.shape):
+        raise ValueError(f"atlas grid {atlas.shape} differs from the image grid {image.shape}")
+    marks = landmark_grid(image.shape, affine, landmarks) if landmarks > 0 else None
+    padded = None
+    if patches_3d:
+        padded = np.pad(image.astype(np.float32), HALF_3D, constant_values=background)
+    return SpatialInputs(np.asarray(affine, float), marks, atlas, padded)

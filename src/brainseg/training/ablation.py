@@ -1,0 +1,223 @@
+"""Ablation studies: train and evaluate a list of configs and tabulate them like Ganaye et al. (2018), Tables 1-2.
+
+Each config is trained into ``OUTPUT/<config name>`` (resumed if interrupted,
+skipped if already trained with the same settings), scored on its validation
+cases on their own grids (:func:`~brainseg.training.model_card.evaluate_validation`),
+and summarised as the mean +- standard deviation over validation subjects of
+each subject's mean Dice, Hausdorff distance and mean surface distance over
+structures, with the parameter count beside the paper's where the paper gives
+one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from brainseg.config import Config, config_to_dict, load_config
+from brainseg.io.atomic import atomic_write_text
+from brainseg.metrics.report import StructureScore, summarize, write_scores_csv, write_scores_json
+from brainseg.model_folder import load_model_folder
+from brainseg.models import count_parameters
+from brainseg.models.ganaye2018 import PAPER_PARAMETER_COUNT
+from brainseg.training.model_card import evaluate_validation, write_model_card
+from brainseg.training.trainer import train, with_overrides
+
+__all__ = ["AblationRow", "PAPER_RESULTS", "format_table", "row_label", "run_ablation"]
+
+#: Published figures of Ganaye et al. (2018) we could verify: (mean Dice, mean Hausdorff mm, parameters).
+PAPER_RESULTS: dict[str, tuple[float | None, float | None, int | None]] = {
+    "BaseNet": (0.694, 40.26, PAPER_PARAMETER_COUNT),
+    "Full (+aux. losses, augmentation)": (0.748, 9.66, None),
+}
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    """One trained and evaluated configuration.
+
+    Attributes
+    ----------
+    name : str
+        Config file stem (the run folder's name).
+    label : str
+        Row label from :func:`row_label`.
+    per_case : dict of str to dict of str to float
+        Per validation case, the mean ``dice``, ``hausdorff`` and ``msd`` over structures.
+    parameters : int
+        Trainable parameters.
+    train_minutes : float
+        Training wall time.
+    """
+
+    name: str
+    label: str
+    per_case: dict[str, dict[str, float]]
+    parameters: int
+    train_minutes: float
+
+    def stat(self, metric: str) -> tuple[float, float]:
+        """Mean and (population) standard deviation over cases of a per-case metric."""
+        values = np.array([case[metric] for case in self.per_case.values()], float)
+        return float(values.mean()), float(values.std())
+
+
+def row_label(config: Config) -> str:
+    """The paper's row name for a configuration (Tables 1 and 2)."""
+    m, t = config.model, config.training
+    parts = []
+    if m.landmarks:
+        parts.append("Dist")
+    if m.prob_branch:
+        parts.append("Prob")
+    if m.branch_3d_widths:
+        parts.append("3d")
+    if not parts:
+        return "BaseNet"
+    if m.branch_3d_widths and m.landmarks and m.prob_branch and m.auxiliary and t.augment:
+        return "Full (+aux. losses, augmentation)"
+    label = "+" + "+".join(parts)
+    if parts == ["Dist"]:
+        label += f" ({'conv' if m.distance_conv else 'no conv'}, {'rbf' if m.distance_rbf else 'no rbf'})"
+    return label
+
+
+def _per_case(scores: list[StructureScore]) -> dict[str, dict[str, float]]:
+    groups: dict[str, list[StructureScore]] = defaultdict(list)
+    for s in scores:
+        groups[s.case_id].append(s)
+    out = {}
+    for case_id, rows in groups.items():
+        m = summarize(rows)
+        out[case_id] = {"dice": m["dice"], "hausdorff": m["hausdorff"], "msd": m["msd"]}
+    return out
+
+
+def run_ablation(
+    configs: Sequence[str | Path],
+    output: str | Path,
+    *,
+    epochs: int | None = None,
+    samples_per_epoch: int | None = None,
+    progress: bool = True,
+) -> list[AblationRow]:
+    """Train (or reuse) and evaluate every config; write ``ablation.md`` and ``ablation.json``.
+
+    Parameters
+    ----------
+    configs : sequence of path
+        YAML configs; each is trained into ``output/<stem>``.
+    output : str or Path
+        Folder of the runs and the tables.
+    epochs, samples_per_epoch : int, optional
+        Override the configs' training budget (the same for every row).
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    list of AblationRow
+    """
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    overrides = {k: v for k, v in (("epochs", epochs), ("samples_per_epoch", samples_per_epoch)) if v}
+    rows = []
+    for path in configs:
+        name = Path(path).stem
+        config = load_config(path)
+        if overrides:
+            config = with_overrides(config, **overrides)
+        run = output / name
+        result = run / "ablation_row.json"
+        settings = config_to_dict(config)
+        if result.is_file() and json.loads(result.read_text()).get("config") == settings:
+            cached = json.loads(result.read_text())
+            rows.append(AblationRow(name, cached["label"], cached["per_case"], cached["parameters"], cached["minutes"]))
+            continue
+        done = (run / "training.json").is_file() and (run / "config.yaml").is_file()
+        if not done:
+            train(config, run, resume=(run / "checkpoint.pt").is_file(), progress=progress)
+        model = load_model_folder(run)
+        scores = evaluate_validation(model, progress=progress)
+        write_scores_csv(run / "validation.csv", scores)
+        write_scores_json(run / "validation.json", scores)
+        write_model_card(run, scores=scores)
+        minutes = json.loads((run / "training.json").read_text())["elapsed_s"] / 60
+        row = AblationRow(name, row_label(config), _per_case(scores), count_parameters(model.network), minutes)
+        record = {
+            "label": row.label,
+            "per_case": row.per_case,
+            "parameters": row.parameters,
+            "minutes": minutes,
+            "config": settings,
+        }
+        atomic_write_text(result, json.dumps(record, indent=2) + "\n")
+        rows.append(row)
+    first = load_config(configs[0]) if configs else None
+    budget = ""
+    if first is not None:
+        tc = with_overrides(first, **overrides).training if overrides else first.training
+        budget = (
+            f"Budget per row: {tc.epochs} epochs x {tc.samples_per_epoch:,} patches (batch {tc.batch_size}), "
+            f"learning rate {tc.learning_rate}, on this machine's CPU; validation cases: "
+            f"{', '.join(tc.validation_cases)}."
+        )
+    table = format_table(rows, budget)
+    atomic_write_text(output / "ablation.md", table)
+    atomic_write_text(
+        output / "ablation.json",
+        json.dumps(
+            [
+                {
+                    "name": r.name,
+                    "label": r.label,
+                    "per_case": r.per_case,
+                    "parameters": r.parameters,
+                    "train_minutes": r.train_minutes,
+                }
+                for r in rows
+            ],
+            indent=2,
+        )
+        + "\n",
+    )
+    return rows
+
+
+def _pm(mean: float, std: float, digits: int) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def format_table(rows: Sequence[AblationRow], budget: str = "") -> str:
+    """A Markdown table shaped like the paper's: Dice, Hausdorff, MSD (mean ± std over subjects), parameters.
+
+    Examples
+    --------
+    >>> row = AblationRow("basenet", "BaseNet", {"a": {"dice": 0.7, "hausdorff": 30.0, "msd": 1.5},
+    ...                                          "b": {"dice": 0.8, "hausdorff": 20.0, "msd": 1.0}}, 1000, 5.0)
+    >>> print(format_table([row]).splitlines()[2])
+    | BaseNet | 0.750 ± 0.050 | 25.00 ± 5.00 | 1.250 ± 0.250 | 1,000 | 1,249,415 | 0.694 | 40.26 | 5 |
+    """
+    lines = [
+        "| model | Dice | Hausdorff (mm) | MSD (mm) | parameters | paper parameters | paper Dice | paper HD (mm) "
+        "| training (min) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        paper_dice, paper_hd, paper_params = PAPER_RESULTS.get(r.label, (None, None, None))
+        lines.append(
+            f"| {r.label} | {_pm(*r.stat('dice'), 3)} | {_pm(*r.stat('hausdorff'), 2)} | {_pm(*r.stat('msd'), 3)} "
+            f"| {r.parameters:,} | {f'{paper_params:,}' if paper_params else 'n/a'} "
+            f"| {paper_dice if paper_dice else 'n/a'} | {paper_hd if paper_hd else 'n/a'} | {r.train_minutes:.0f} |"
+        )
+    if budget:
+        lines += ["", budget]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,127 @@
+"""The spatial priors end to end on tiny synthetic cases: atlas build, training, segmenting, ablation."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+
+from brainseg.cli.main import main
+from brainseg.model_folder import load_model_folder
+from brainseg.preprocessing.reference import load_reference
+
+SMALL = {
+    "num_classes": 135,
+    "branch_widths": [4, 8],
+    "mix_channels": 8,
+    "fc_widths": [32, 16],
+    "dropout": 0.0,
+    "batch_norm": True,
+}
+
+
+@pytest.fixture
+def reference(tiny_manifest):
+    out = tiny_manifest.parent / "reference"
+    assert main(["atlas", "build", str(tiny_manifest), "-o", str(out), "--cases", "a", "b", "--no-progress"]) == 0
+    return out
+
+
+def _config(folder, name, model=None, training=None):
+    config = {
+        "model": {**SMALL, "name": "ganaye2018", **(model or {})},
+        "training": {
+            "manifest": "cases.csv",
+            "reference": "reference",
+            "train_cases": ["a", "b"],
+            "validation_cases": ["c"],
+            "epochs": 1,
+            "samples_per_epoch": 256,
+            "batch_size": 64,
+            "learning_rate": 0.05,
+            "sampling": "mixed",
+            "num_threads": 1,
+            **(training or {}),
+        },
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+FULL = {"landmarks": 3, "distance_filters": 2, "distance_width": 8, "prob_branch": True}
+FULL.update({"branch_3d_widths": [2, 4], "auxiliary": True})
+FULL_TRAINING = {"auxiliary_weights": [0.3, 0.3], "augment": True}
+
+
+def test_atlas_build_writes_reference(reference):
+    ref = load_reference(reference)
+    assert set(ref.transforms) == {"a", "b", "c"}
+    np.testing.assert_allclose(ref.transforms["a"], np.eye(4))  # the first atlas case is the target
+    assert ref.atlas is not None and ref.atlas.num_classes == 135 and ref.atlas.shape == ref.shape
+    voxels = np.argwhere(np.ones(ref.shape, bool))
+    probs = ref.atlas.lookup(voxels)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    # Cases a and b are the same sphere: the atlas is confident in the middle of each structure.
+    assert probs.max() > 0.9
+    info = json.loads((reference / "reference.json").read_text())
+    assert info["template_cases"] == ["a", "b"]
+
+
+def test_atlas_build_refuses_existing_output(reference, capsys):
+    assert main(["atlas", "build", str(reference.parent / "cases.csv"), "-o", str(reference)]) == 2
+    assert "already holds a reference" in capsys.readouterr().err
+
+
+def test_atlas_build_unknown_case(tiny_manifest, capsys):
+    out = tiny_manifest.parent / "ref2"
+    assert main(["atlas", "build", str(tiny_manifest), "-o", str(out), "--cases", "zz"]) == 2
+    assert "no case(s)" in capsys.readouterr().err and not out.exists()
+
+
+def test_full_model_trains_and_segments(reference, tmp_path):
+    config = _config(tmp_path, "full", FULL, FULL_TRAINING)
+    out = tmp_path / "full_model"
+    assert main(["train", str(config), "-o", str(out), "--no-progress"]) == 0
+    for name in ("reference/template.nii.gz", "reference/atlas.npz", "reference/reference.json", "model_card.md"):
+        assert (out / name).is_file(), name
+    assert not (out / "reference" / "transforms.json").exists()  # transforms of the training data stay out
+    card = (out / "model_card.md").read_text()
+    assert "DistBranch" in card and "ProbBranch" in card and "3dBranch" in card and "augmentation" in card
+    model = load_model_folder(out)
+    assert model.reference is not None and set(model.network.inputs) == {"distances", "atlas", "patches_3d"}
+    image = tmp_path / "data" / "c_SS.nii.gz"
+    seg_dir = tmp_path / "seg"
+    assert main(["segment", str(image), "-o", str(seg_dir), "--model", str(out), "--no-progress"]) == 0
+    seg = nib.load(str(seg_dir / "c_SS_seg.nii.gz"))
+    src = nib.load(str(image))
+    assert seg.shape == src.shape and np.allclose(seg.affine, src.affine)
+    labels = np.asarray(seg.dataobj)
+    brain = np.asarray(nib.load(str(tmp_path / "data" / "c_mask.nii.gz")).dataobj) > 0
+    assert not labels[~brain].any() and labels[brain].any()
+
+
+def test_reference_model_without_reference_is_an_input_error(tiny_manifest, tmp_path, capsys):
+    config = _config(tmp_path, "dist", {"landmarks": 3, "distance_width": 8}, {"reference": ""})
+    assert main(["train", str(config), "-o", str(tmp_path / "m"), "--no-progress"]) == 2
+    assert "training.reference" in capsys.readouterr().err
+
+
+def test_ablation_prints_table_and_reuses_runs(reference, tmp_path, capsys):
+    base = _config(tmp_path, "basenet", {"reference_space": True})
+    dist = _config(tmp_path, "dist", {"landmarks": 3, "distance_width": 8})
+    out = tmp_path / "ablation"
+    assert main(["ablation", str(base), str(dist), "-o", str(out), "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| model | Dice | Hausdorff (mm) | MSD (mm) | parameters | paper parameters")
+    assert lines[1].startswith("| BaseNet |") and "1,249,415" in lines[1]
+    assert lines[2].startswith("| +Dist (conv, rbf) |")
+    assert "Budget per row: 1 epochs x 256 patches" in table
+    assert (out / "ablation.md").read_text() == table
+    stamp = (out / "basenet" / "weights.safetensors").stat().st_mtime_ns
+    assert main(["ablation", str(base), str(dist), "-o", str(out), "--no-progress"]) == 0  # reused, not retrained
+    assert (out / "basenet" / "weights.safetensors").stat().st_mtime_ns == stamp
