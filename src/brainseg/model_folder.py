@@ -27,7 +27,7 @@ from brainseg.models import build_model
 from brainseg.preprocessing.intensity import IntensityNormalization
 from brainseg.preprocessing.reference import TEMPLATE, Reference, copy_reference, load_reference
 
-__all__ = ["LoadedModel", "default_model_dir", "load_model_folder", "save_model_folder"]
+__all__ = ["LoadedModel", "default_model_dir", "load_model_folder", "read_weights", "save_model_folder"]
 
 FILES = ("config.yaml", "labels.tsv", "normalization.json", "weights.safetensors")
 REFERENCE = "reference"
@@ -83,6 +83,28 @@ def save_model_folder(
     return path
 
 
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read ``weights.safetensors`` (no pickle), renaming the layers of brainseg 0.1 BaseNet folders.
+
+    Version 0.1 kept BaseNet's fully connected layers in one ``classifier``
+    sequence (linear layers at indices 0, 3, 6, ...); they are now ``fc.k``
+    and ``out``.
+    """
+    state = load_file(str(path))
+    linear = sorted({int(k.split(".")[1]) for k in state if k.startswith("classifier.")})
+    if not linear:
+        return state
+    names = {i: f"fc.{n}" for n, i in enumerate(linear[:-1])}
+    names[linear[-1]] = "out"
+    upgraded = {}
+    for key, value in state.items():
+        if key.startswith("classifier."):
+            _, index, param = key.split(".")
+            key = f"{names[int(index)]}.{param}"
+        upgraded[key] = value
+    return upgraded
+
+
 def load_model_folder(path: str | Path | None = None) -> LoadedModel:
     """Read a model folder (default: the shipped model).
 
@@ -104,7 +126,7 @@ def load_model_folder(path: str | Path | None = None) -> LoadedModel:
         raise InputError(f"{path}: labels.tsv has {labels.num_classes} classes, config.yaml {config.model.num_classes}")
     network = build_model(config.model)
     try:
-        network.load_state_dict(load_file(str(path / "weights.safetensors")))
+        network.load_state_dict(read_weights(path / "weights.safetensors"))
     except (RuntimeError, OSError) as err:
         raise InputError(f"{path}/weights.safetensors: does not fit the configured network ({err})") from None
     network.eval()

@@ -164,7 +164,9 @@ def test_full_model_dense_equals_patches(image, mask, affine, rng, plane):
     model = _full_model()
     spatial = _spatial(image, affine, rng)
     stack = build_stack(image, plane, (1, 2, 3), background=-0.7)
-    classes, probs = predict_dense(model, stack, mask, spatial=spatial, probabilities=True, probability_dtype=np.float32)
+    classes, probs = predict_dense(
+        model, stack, mask, spatial=spatial, probabilities=True, probability_dtype=np.float32
+    )
     idx = np.argwhere(to_plane(mask, plane))
     reference = predict_patches(model, stack, idx, spatial=spatial, batch_size=100)
     dense = np.moveaxis(probs, 1 + PLANE_AXIS[plane], 1)[:, idx[:, 0], idx[:, 1], idx[:, 2]].T

@@ -20,6 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="folder for the runs and the table")
     p.add_argument("--epochs", type=int, help="override every config's training.epochs")
     p.add_argument("--samples-per-epoch", type=int, help="override every config's training.samples_per_epoch")
+    p.add_argument("--threads", type=int, help="override every config's training.num_threads")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(run=run)
 
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         args.output,
         epochs=args.epochs,
         samples_per_epoch=args.samples_per_epoch,
+        num_threads=args.threads,
         progress=not args.no_progress,
     )
     print((args.output / "ablation.md").read_text(), end="")

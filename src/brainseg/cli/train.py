@@ -18,6 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="model folder to write")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
     p.add_argument("--epochs", type=int, help="override training.epochs")
+    p.add_argument("--threads", type=int, help="override training.num_threads")
     p.add_argument("--no-card", action="store_true", help="skip the final evaluation and model card")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(run=run)
@@ -29,7 +30,11 @@ def run(args: argparse.Namespace) -> int:
     from brainseg.training.model_card import write_model_card
     from brainseg.training.trainer import train
 
-    overrides = {"training": {"epochs": args.epochs}} if args.epochs else None
+    overrides: dict = {"training": {}}
+    if args.epochs:
+        overrides["training"]["epochs"] = args.epochs
+    if args.threads:
+        overrides["training"]["num_threads"] = args.threads
     config = load_config(args.config, overrides)
     folder = train(config, args.output, resume=args.resume, progress=not args.no_progress)
     if not args.no_card:

@@ -105,6 +105,7 @@ def run_ablation(
     *,
     epochs: int | None = None,
     samples_per_epoch: int | None = None,
+    num_threads: int | None = None,
     progress: bool = True,
 ) -> list[AblationRow]:
     """Train (or reuse) and evaluate every config; write ``ablation.md`` and ``ablation.json``.
@@ -117,6 +118,9 @@ def run_ablation(
         Folder of the runs and the tables.
     epochs, samples_per_epoch : int, optional
         Override the configs' training budget (the same for every row).
+    num_threads : int, optional
+        Override the configs' torch threads (does not change results' meaning,
+        only speed; it is left out of the settings compared for reuse).
     progress : bool
         Show progress bars.
 
@@ -136,6 +140,9 @@ def run_ablation(
         run = output / name
         result = run / "ablation_row.json"
         settings = config_to_dict(config)
+        settings["training"].pop("num_threads")  # speed only: not part of what a row means
+        if num_threads:
+            config = with_overrides(config, num_threads=num_threads)
         if result.is_file() and json.loads(result.read_text()).get("config") == settings:
             cached = json.loads(result.read_text())
             rows.append(AblationRow(name, cached["label"], cached["per_case"], cached["parameters"], cached["minutes"]))

@@ -29,7 +29,7 @@ from brainseg.io.atomic import atomic_write_text
 from brainseg.io.manifest import read_manifest
 from brainseg.labels import LabelTable
 from brainseg.metrics.overlap import dice_per_class
-from brainseg.model_folder import save_model_folder
+from brainseg.model_folder import read_weights, save_model_folder
 from brainseg.models import build_model, count_parameters
 from brainseg.preprocessing.intensity import IntensityNormalization
 from brainseg.preprocessing.reference import load_reference
@@ -127,12 +127,10 @@ def initialise_from(network: torch.nn.Module, model_dir: str | Path) -> int:
     InputError
         If ``model_dir`` has no ``weights.safetensors``.
     """
-    from safetensors.torch import load_file
-
     file = Path(model_dir) / "weights.safetensors"
     if not file.is_file():
         raise InputError(f"{model_dir}: no weights.safetensors to initialise from (training.init_from)")
-    source = load_file(str(file))
+    source = read_weights(file)
     state = network.state_dict()
     copied = 0
     with torch.no_grad():
