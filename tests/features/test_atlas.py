@@ -54,3 +54,54 @@ def test_smoothing_is_in_mm():
 def test_errors(maps, match):
     with pytest.raises(ValueError, match=match):
         build_probabilistic_atlas(maps, 3)
+
+
+# --- the compact atlas stored in model folders ---------------------------------------------------
+
+from brainseg.features.atlas import ProbabilisticAtlas  # noqa: E402
+
+
+def _maps(rng, shape=(9, 12, 7), classes=5, n=3):
+    maps = []
+    for _ in range(n):
+        m = np.zeros(shape, np.int64)
+        m[2:7, 3:9, 1:6] = rng.integers(1, classes, (5, 6, 5))
+        maps.append(m)
+    return maps
+
+
+def test_compact_atlas_matches_dense_atlas(rng):
+    maps = _maps(rng)
+    dense = build_probabilistic_atlas(maps, 5, spacing=(1.0, 1.0, 1.0), sigma_mm=1.0, floor=1e-3)
+    compact = ProbabilisticAtlas.build(maps, 5, sigma_mm=1.0, floor=1e-3)
+    voxels = np.argwhere(np.ones(maps[0].shape, bool))
+    looked_up = compact.lookup(voxels)
+    np.testing.assert_allclose(looked_up.sum(axis=1), 1.0, atol=1e-6)  # sums to 1 per voxel
+    assert looked_up.min() > 0  # the floor keeps every class possible
+    # Equal up to the uint8 quantisation: 1/510 per class, plus up to 5/510 moved by renormalisation.
+    np.testing.assert_allclose(looked_up, dense[:, voxels[:, 0], voxels[:, 1], voxels[:, 2]].T, atol=6 / 510)
+
+
+def test_compact_atlas_hand_values():
+    # Two one-voxel subjects labelled 1 and 2, no smoothing, floor 0: [0, 0.5, 0.5].
+    atlas = ProbabilisticAtlas.build([np.array([[[1]]]), np.array([[[2]]])], 3, sigma_mm=0, floor=0)
+    np.testing.assert_allclose(atlas.lookup(np.array([[0, 0, 0]])), [[0.0, 0.5, 0.5]], atol=1 / 255)
+    assert atlas.boxes[0].tolist() == [0, 0, 0, 0, 0, 0]  # class 0 absent: empty box
+
+
+def test_compact_atlas_outside_grid_is_background(rng):
+    atlas = ProbabilisticAtlas.build(_maps(rng), 5)
+    probs = atlas.lookup(np.array([[-1, 0, 0], [0, 99, 0]]))
+    assert (probs.argmax(axis=1) == 0).all() and probs[:, 0].min() > 0.99
+
+
+def test_compact_atlas_round_trip(rng, tmp_path):
+    atlas = ProbabilisticAtlas.build(_maps(rng), 5, sigma_mm=0.5, floor=1e-4)
+    atlas.save(tmp_path / "atlas.npz")
+    loaded = ProbabilisticAtlas.load(tmp_path / "atlas.npz")
+    voxels = np.argwhere(np.ones(atlas.shape, bool))
+    np.testing.assert_array_equal(loaded.lookup(voxels), atlas.lookup(voxels))
+    assert loaded.floor == atlas.floor and loaded.shape == atlas.shape
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="not a brainseg atlas"):
+        ProbabilisticAtlas.load(tmp_path / "other.npz")

@@ -85,7 +85,7 @@ def build_probabilistic_atlas(
     if sigma_mm > 0:
         sigma = [sigma_mm / s for s in spacing]
         for c in range(num_classes):
-            ndimage.gaussian_filter(atlas[c], sigma, output=atlas[c], mode="nearest")
+            ndimage.gaussian_filter(atlas[c], sigma, output=atlas[c], mode="constant")
     atlas += floor
     atlas /= atlas.sum(axis=0, keepdims=True)
     return atlas

@@ -259,9 +259,18 @@ def register_to_reference(
     image = resample_to_reference(moving, np.eye(4), matrix, shape, reference.affine, order=1)
     mask = resample_to_reference(prepared.mask.astype(np.float32), np.eye(4), matrix, shape, reference.affine) >= 0.5
     image = np.where(mask, image, 0) + prepared.background
-    lost = int(prepared.mask.sum()) - int(mask.sum())
-    if lost > 0.01 * prepared.mask.sum():
-        log.warning("%d brain voxels fall outside the reference template grid; check the registration", lost)
+    voxels = np.argwhere(prepared.mask)[::97]  # a sample of brain voxels, mapped into the template grid
+    to_template = np.linalg.inv(reference.affine) @ np.linalg.inv(matrix)
+    inside = np.all(
+        (voxels @ to_template[:3, :3].T + to_template[:3, 3] > -0.5)
+        & (voxels @ to_template[:3, :3].T + to_template[:3, 3] < np.array(shape) - 0.5),
+        axis=1,
+    )
+    if len(voxels) and inside.mean() < 0.99:
+        log.warning(
+            "%.1f%% of the brain falls outside the reference template grid; check the registration",
+            100 * (1 - inside.mean()),
+        )
     return RegisteredImage(
         prepared, np.asarray(matrix, float), image.astype(np.float32), mask, prepared.background, reference.affine
     )
