@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from brainseg.inference.dense import predict_dense_at, predict_patches
+from brainseg.inference.predictor import Predictor
 from brainseg.io import load_volume
 from brainseg.model_folder import load_model_folder
 from brainseg.preprocessing.pipeline import prepare_image
-from brainseg.sampling.patches import build_stack, to_plane
+from brainseg.sampling.patches import to_plane
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "miccai2012" / "1000_SS.nii.gz"
@@ -55,21 +56,25 @@ def bench_dense_vs_patches(image: Path, model_dir: Path | None, n_slices: int) -
     model = load_model_folder(model_dir)
     cfg = model.config.model
     prepared = prepare_image(load_volume(image), None, model.normalization)
-    stack = build_stack(prepared.image, cfg.plane, cfg.scales, prepared.background)
-    mask_p = to_plane(prepared.mask, cfg.plane)
+    t0 = time.perf_counter()
+    stack, mask, spatial, registered = Predictor(model).working_inputs(prepared)
+    if registered is not None:
+        print(f"registration to the reference template + resampling: {time.perf_counter() - t0:.1f} s")
+    mask_p = to_plane(mask, cfg.plane)
     centre = int(np.argwhere(mask_p).mean(axis=0)[0])
     chosen = np.zeros_like(mask_p)
     lo = centre - n_slices // 2
     chosen[lo : lo + n_slices] = mask_p[lo : lo + n_slices]
     indices = np.argwhere(chosen)
     t0 = time.perf_counter()
-    dense = predict_dense_at(model.network, stack, indices)
+    dense = predict_dense_at(model.network, stack, indices, spatial=spatial)
     t_dense = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    patches = predict_patches(model.network, stack, indices, batch_size=1024)
+    patches = predict_patches(model.network, stack, indices, spatial=spatial, batch_size=1024)
     t_patch = time.perf_counter() - t0
     diff = float(np.abs(dense - patches).max())
+    print(f"model: {model.path} ({', '.join(('BaseNet',) + model.network.inputs)})")
     print(f"dense vs patch-by-patch on {len(indices):,} brain voxels of {n_slices} {cfg.plane} slices:")
     print(f"  dense          {t_dense:8.2f} s  ({len(indices) / t_dense:,.0f} voxels/s)")
     print(f"  patch-by-patch {t_patch:8.2f} s  ({len(indices) / t_patch:,.0f} voxels/s)")

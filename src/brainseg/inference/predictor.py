@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from brainseg.features.spatial import make_spatial_inputs
+from brainseg.features.spatial import SpatialInputs, make_spatial_inputs
 from brainseg.inference.dense import predict_dense
 from brainseg.io.nifti import Grid, Volume, load_volume
 from brainseg.labels import LabelTable
 from brainseg.model_folder import LoadedModel, load_model_folder
 from brainseg.preprocessing.pipeline import PreparedImage, prepare_image
 from brainseg.preprocessing.reference import RegisteredImage, register_to_reference
-from brainseg.sampling.patches import build_stack
+from brainseg.sampling.patches import MultiScaleStack, build_stack
 
 __all__ = ["Predictor", "Segmentation"]
 
@@ -100,41 +100,55 @@ class Predictor:
         registered : RegisteredImage or None
             The scan in the reference space (reference-space models).
         """
-        cfg = self.model.config.model
-        reference = self.model.reference
-        if reference is None:
-            stack = build_stack(prepared.image, cfg.plane, cfg.scales, prepared.background)
-            spatial = None
-            if cfg.branch_3d_widths:
-                spatial = make_spatial_inputs(prepared.image, np.eye(4), prepared.background, patches_3d=True)
-            classes, probs = predict_dense(
-                self.model.network,  # type: ignore[arg-type]
-                stack,
-                prepared.mask,
-                spatial=spatial,
-                probabilities=probabilities,
-                progress=progress,
-            )
-            return classes, probs, None
-        registered = register_to_reference(prepared, reference, matrix)
-        stack = build_stack(registered.image, cfg.plane, cfg.scales, prepared.background)
-        spatial = make_spatial_inputs(
-            registered.image,
-            reference.affine,
-            prepared.background,
-            landmarks=cfg.landmarks,
-            atlas=reference.atlas if cfg.prob_branch else None,
-            patches_3d=bool(cfg.branch_3d_widths),
-        )
+        stack, mask, spatial, registered = self.working_inputs(prepared, matrix)
         classes, probs = predict_dense(
             self.model.network,  # type: ignore[arg-type]
             stack,
-            registered.mask,
+            mask,
             spatial=spatial,
             probabilities=probabilities,
             progress=progress,
         )
-        return registered.to_native(classes), probs, registered
+        if registered is not None:
+            classes = registered.to_native(classes)
+        return classes, probs, registered
+
+    def working_inputs(
+        self, prepared: PreparedImage, matrix: np.ndarray | None = None
+    ) -> tuple[MultiScaleStack, np.ndarray, SpatialInputs | None, RegisteredImage | None]:
+        """What the network reads for a prepared image: on its 1 mm grid, or registered to the reference.
+
+        Returns
+        -------
+        stack : MultiScaleStack
+            2-D patch source on the working grid.
+        mask : ndarray of bool
+            Brain mask on the working grid.
+        spatial : SpatialInputs or None
+            Inputs of the spatial priors (None for a plain BaseNet).
+        registered : RegisteredImage or None
+            For reference-space models; maps results back with :meth:`RegisteredImage.to_native`.
+        """
+        cfg = self.model.config.model
+        reference = self.model.reference
+        if reference is None:
+            image, mask, affine, atlas, registered = prepared.image, prepared.mask, np.eye(4), None, None
+        else:
+            registered = register_to_reference(prepared, reference, matrix)
+            image, mask, affine = registered.image, registered.mask, reference.affine
+            atlas = reference.atlas if cfg.prob_branch else None
+        stack = build_stack(image, cfg.plane, cfg.scales, prepared.background)
+        spatial = None
+        if reference is not None or cfg.branch_3d_widths:
+            spatial = make_spatial_inputs(
+                image,
+                affine,
+                prepared.background,
+                landmarks=cfg.landmarks,
+                atlas=atlas,
+                patches_3d=bool(cfg.branch_3d_widths),
+            )
+        return stack, mask, spatial, registered
 
     def predict(
         self,
