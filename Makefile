@@ -3,7 +3,7 @@ PYTHON ?= python3
 DEMO_DIR := src/brainseg/data/demo
 OUT ?= demo_output
 
-.PHONY: install demo test test-fast bench
+.PHONY: install demo test test-fast bench reference ablation
 
 install:
 	$(PYTHON) -m pip install -q -e .
@@ -22,3 +22,18 @@ test-fast:
 
 bench: install
 	$(PYTHON) benchmarks/bench_segment.py
+
+# The paper's ablations (Ganaye et al. 2018, Tables 1-2) on MICCAI 2012: see docs/ablation.md.
+TRAIN_CASES := 1001 1002 1006 1007 1009 1010 1011 1012 1014 1015
+
+runs/reference/template.nii.gz:
+	$(PYTHON) -m brainseg atlas build configs/miccai2012_manifest.csv -o runs/reference --cases $(TRAIN_CASES)
+
+reference: runs/reference/template.nii.gz
+
+ablation: install reference
+	$(PYTHON) -m brainseg ablation configs/ablation/basenet.yaml configs/ablation/dist.yaml \
+		configs/ablation/prob.yaml configs/ablation/dist_prob.yaml configs/ablation/dist_prob_3d.yaml \
+		configs/ablation/full.yaml -o runs/ablation/table1
+	$(PYTHON) -m brainseg ablation configs/ablation/distance.yaml configs/ablation/distance_rbf.yaml \
+		configs/ablation/distance_conv.yaml configs/ablation/distance_conv_rbf.yaml -o runs/ablation/table2

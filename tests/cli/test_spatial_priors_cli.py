@@ -125,3 +125,8 @@ def test_ablation_prints_table_and_reuses_runs(reference, tmp_path, capsys):
     stamp = (out / "basenet" / "weights.safetensors").stat().st_mtime_ns
     assert main(["ablation", str(base), str(dist), "-o", str(out), "--no-progress"]) == 0  # reused, not retrained
     assert (out / "basenet" / "weights.safetensors").stat().st_mtime_ns == stamp
+
+    # A row with the same settings in a sibling study folder is reused too (Table 2 shares a row with Table 1).
+    assert main(["ablation", str(dist), "-o", str(tmp_path / "table2"), "--no-progress"]) == 0
+    assert not (tmp_path / "table2" / "dist" / "weights.safetensors").exists()
+    assert "+Dist (conv, rbf)" in (tmp_path / "table2" / "ablation.md").read_text()

@@ -1,7 +1,8 @@
 """Ablation studies: train and evaluate a list of configs and tabulate them like Ganaye et al. (2018), Tables 1-2.
 
 Each config is trained into ``OUTPUT/<config name>`` (resumed if interrupted,
-skipped if already trained with the same settings), scored on its validation
+skipped if a row with the same settings was already trained and scored, here
+or in a sibling study folder), scored on its validation
 cases on their own grids (:func:`~brainseg.training.model_card.evaluate_validation`),
 and summarised as the mean +- standard deviation over validation subjects of
 each subject's mean Dice, Hausdorff distance and mean surface distance over
@@ -99,6 +100,18 @@ def _per_case(scores: list[StructureScore]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _find_result(result: Path, output: Path, settings: dict) -> dict | None:
+    # A finished row with exactly these settings: this run's, or one in a sibling study folder
+    # (Table 2's distance+conv+rbf row is Table 1's +Dist row).
+    candidates = [result] + sorted(output.parent.glob("*/*/ablation_row.json"))
+    for path in candidates:
+        if path.is_file():
+            record = json.loads(path.read_text())
+            if record.get("config") == settings:
+                return record
+    return None
+
+
 def run_ablation(
     configs: Sequence[str | Path],
     output: str | Path,
@@ -143,8 +156,8 @@ def run_ablation(
         settings["training"].pop("num_threads")  # speed only: not part of what a row means
         if num_threads:
             config = with_overrides(config, num_threads=num_threads)
-        if result.is_file() and json.loads(result.read_text()).get("config") == settings:
-            cached = json.loads(result.read_text())
+        cached = _find_result(result, output, settings)
+        if cached is not None:
             rows.append(AblationRow(name, cached["label"], cached["per_case"], cached["parameters"], cached["minutes"]))
             continue
         done = (run / "training.json").is_file() and (run / "config.yaml").is_file()
