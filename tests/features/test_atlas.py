@@ -105,3 +105,14 @@ def test_compact_atlas_round_trip(rng, tmp_path):
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(ValueError, match="not a brainseg atlas"):
         ProbabilisticAtlas.load(tmp_path / "other.npz")
+
+
+def test_compact_atlas_bulk_lookup_equals_small_lookups(rng):
+    # More than 4096 voxels take the box-walking path; duplicates and out-of-grid voxels included.
+    atlas = ProbabilisticAtlas.build(_maps(rng, shape=(20, 24, 16)), 5, sigma_mm=1.0)
+    voxels = np.concatenate([np.argwhere(np.ones(atlas.shape, bool)), [[3, 4, 5], [-1, 2, 2], [3, 4, 5]]])
+    bulk = atlas.quantised(voxels)
+    small = np.concatenate([atlas.quantised(voxels[i : i + 1000]) for i in range(0, len(voxels), 1000)])
+    assert len(voxels) > 4096
+    np.testing.assert_array_equal(bulk, small)
+    assert not bulk[-2].any() and (atlas.lookup(voxels[-2:-1])[0, 0] > 0.99)

@@ -15,12 +15,13 @@ import pytest
 
 from brainseg.cli.main import main
 from brainseg.inference.dense import predict_dense_at, predict_patches
+from brainseg.inference.predictor import Predictor
 from brainseg.io import load_volume
 from brainseg.labels import LabelTable
 from brainseg.metrics.overlap import dice_per_class
 from brainseg.model_folder import default_model_dir, load_model_folder
 from brainseg.preprocessing.pipeline import prepare_image
-from brainseg.sampling.patches import build_stack, to_plane
+from brainseg.sampling.patches import to_plane
 
 DEMO = default_model_dir().parent / "demo"
 
@@ -51,20 +52,23 @@ def test_demo_subject_end_to_end(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_dense_equals_patches_on_real_subject(miccai_dir):
-    """The shipped model's dense inference agrees with patch-by-patch at sampled brain voxels."""
+    """The shipped model's dense inference agrees with patch-by-patch at sampled brain voxels.
+
+    For a reference-space model this runs on the registered scan with every prior's input.
+    """
     model = load_model_folder()
     cfg = model.config.model
     prepared = prepare_image(load_volume(miccai_dir / "1008_SS.nii.gz"), None, model.normalization)
-    stack = build_stack(prepared.image, cfg.plane, cfg.scales, prepared.background)
-    mask_p = to_plane(prepared.mask, cfg.plane)
+    stack, mask, spatial, _ = Predictor(model).working_inputs(prepared)
+    mask_p = to_plane(mask, cfg.plane)
     rng = np.random.default_rng(0)
     centre = int(np.argwhere(mask_p).mean(axis=0)[0])
     sub = np.zeros_like(mask_p)
     sub[centre - 1 : centre + 2] = mask_p[centre - 1 : centre + 2]
     indices = np.argwhere(sub)
     indices = indices[rng.choice(len(indices), 500, replace=False)]
-    dense = predict_dense_at(model.network, stack, indices)
-    reference = predict_patches(model.network, stack, indices)
+    dense = predict_dense_at(model.network, stack, indices, spatial=spatial)
+    reference = predict_patches(model.network, stack, indices, spatial=spatial)
     assert np.abs(dense - reference).max() <= 1e-5
 
 

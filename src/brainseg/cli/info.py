@@ -18,11 +18,14 @@ def run(args: argparse.Namespace) -> int:
     from brainseg.model_folder import load_model_folder
     from brainseg.models import count_parameters
     from brainseg.models.ganaye2018 import PAPER_PARAMETER_COUNT
+    from brainseg.training.model_card import describe_model
 
     model = load_model_folder(args.model)
     cfg = model.config.model
     print(f"model folder: {model.path}")
-    print(f"network: {cfg.name}, plane {cfg.plane}, scales {list(cfg.scales)}")
+    print(f"network: {cfg.name}: {describe_model(model.config)}")
+    if model.reference is not None:
+        print(f"reference template: {model.reference.shape} voxels of 1 mm ({model.path / 'reference'})")
     print(f"parameters: {count_parameters(model.network):,} (paper's BaseNet: {PAPER_PARAMETER_COUNT:,})")
     print(f"classes: {model.labels.num_classes} (background + {model.labels.num_classes - 1} structures)")
     print(f"normalisation: {model.normalization.method}")

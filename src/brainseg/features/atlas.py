@@ -191,24 +191,37 @@ class ProbabilisticAtlas:
             values.append(np.round(np.clip(freq, 0, 1) * 255).astype(np.uint8))
         return cls(tuple(int(n) for n in shape), boxes, tuple(values), float(floor))  # type: ignore[arg-type]
 
-    def lookup(self, indices: np.ndarray) -> np.ndarray:
-        """Class probabilities at voxels.
+    def quantised(self, indices: np.ndarray) -> np.ndarray:
+        """Stored uint8 frequencies (``255 * f``) at voxels, before the floor; 0 outside the grid.
 
         Parameters
         ----------
         indices : ndarray of int, shape (N, 3)
-            Voxel indices on the atlas grid; voxels outside the grid get the
-            background-only prior (class 0 probability ~1).
+            Voxel indices on the atlas grid.
 
         Returns
         -------
-        ndarray of float32, shape (N, C)
-            Positive probabilities summing to 1 per row.
+        ndarray of uint8, shape (N, C)
         """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1, 3)
-        out = np.zeros((len(idx), self.num_classes), np.float32)
+        out = np.zeros((len(idx), self.num_classes), np.uint8)
         inside = np.all((idx >= 0) & (idx < np.array(self.shape)), axis=1)
-        out[~inside, 0] = 1.0
+        if len(idx) > 4096:
+            # Many voxels: walk each class's box once through a voxel -> row index volume.
+            flat = np.ravel_multi_index(tuple(idx[inside].T), self.shape)
+            unique, inverse = np.unique(flat, return_inverse=True)
+            rows = np.full(int(np.prod(self.shape)), -1, np.int64)
+            rows[unique] = np.arange(len(unique))
+            rows = rows.reshape(self.shape)
+            found = np.zeros((len(unique), self.num_classes), np.uint8)
+            for c, (box, values) in enumerate(zip(self.boxes, self.values)):
+                if box[0] == box[3]:
+                    continue
+                sub = rows[box[0] : box[3], box[1] : box[4], box[2] : box[5]]
+                hit = sub >= 0
+                found[sub[hit], c] = values[hit]
+            out[inside] = found[inverse.reshape(-1)]
+            return out
         for c, (box, values) in enumerate(zip(self.boxes, self.values)):
             if box[0] == box[3]:
                 continue
@@ -216,10 +229,41 @@ class ProbabilisticAtlas:
             sel = np.flatnonzero(inside & np.all((idx >= lo) & (idx < hi), axis=1))
             if sel.size:
                 local = idx[sel] - lo
-                out[sel, c] = values[local[:, 0], local[:, 1], local[:, 2]] * (1.0 / 255.0)
-        out += self.floor
-        out /= out.sum(axis=1, keepdims=True)
+                out[sel, c] = values[local[:, 0], local[:, 1], local[:, 2]]
         return out
+
+    def normalise(self, quantised: np.ndarray) -> np.ndarray:
+        """Probabilities from :meth:`quantised` values: ``q / 255 + floor``, renormalised per row.
+
+        Rows that are all zero (outside the grid) get the background-only prior.
+
+        Returns
+        -------
+        ndarray of float32, shape (N, C)
+        """
+        probs = quantised.astype(np.float32) * np.float32(1.0 / 255.0)
+        empty = ~quantised.any(axis=1)
+        probs[empty, 0] = 1.0
+        probs += np.float32(self.floor)
+        probs /= probs.sum(axis=1, keepdims=True)
+        return probs
+
+    def lookup(self, indices: np.ndarray) -> np.ndarray:
+        """Class probabilities at voxels.
+
+        Parameters
+        ----------
+        indices : ndarray of int, shape (N, 3)
+            Voxel indices on the atlas grid; voxels outside the grid (or where
+            no class was ever seen) get the background-only prior (class 0
+            probability ~1).
+
+        Returns
+        -------
+        ndarray of float32, shape (N, C)
+            Positive probabilities summing to 1 per row.
+        """
+        return self.normalise(self.quantised(indices))
 
     def save(self, path: str | Path) -> None:
         """Write an ``.npz`` file (compressed, no pickled objects)."""

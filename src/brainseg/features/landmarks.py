@@ -83,7 +83,9 @@ def landmark_distances(points_mm: np.ndarray, landmarks_mm: np.ndarray) -> np.nd
     """
     p = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
     q = np.asarray(landmarks_mm, dtype=np.float64).reshape(-1, 3)
-    return np.sqrt(((p[:, None, :] - q[None, :, :]) ** 2).sum(axis=2)).astype(np.float32)
+    # |p - q|^2 = |p|^2 + |q|^2 - 2 p.q in float64: one matrix product instead of an (N, L, 3) array.
+    squared = (p**2).sum(axis=1)[:, None] + (q**2).sum(axis=1)[None, :] - 2.0 * (p @ q.T)
+    return np.sqrt(np.maximum(squared, 0.0)).astype(np.float32)
 
 
 def rbf(distances_mm: np.ndarray, alpha: float = 0.01) -> np.ndarray:

@@ -53,7 +53,7 @@ class SpatialInputs:
         w = v[:, 2, None, None, None] + steps[None, None, None, :]
         return self.padded_image[d, h, w][:, None]
 
-    def at(self, voxels: np.ndarray, *, with_patches_3d: bool = True) -> dict[str, np.ndarray]:
+    def at(self, voxels: np.ndarray, *, with_patches_3d: bool = True, with_atlas: bool = True) -> dict[str, np.ndarray]:
         """Extra network inputs at voxels.
 
         Parameters
@@ -63,6 +63,9 @@ class SpatialInputs:
         with_patches_3d : bool
             Include the 3-D patches (dense inference computes the 3dBranch
             fully convolutionally instead).
+        with_atlas : bool
+            Include the atlas vectors (dense inference looks them up for the
+            whole brain at once instead).
 
         Returns
         -------
@@ -75,7 +78,7 @@ class SpatialInputs:
         out: dict[str, np.ndarray] = {}
         if self.landmarks is not None:
             out["distances"] = landmark_distances(voxel_centres_mm(voxels, self.affine), self.landmarks)
-        if self.atlas is not None:
+        if with_atlas and self.atlas is not None:
             out["atlas"] = self.atlas.lookup(voxels)
         if with_patches_3d and self.padded_image is not None:
             out["patches_3d"] = self.patches_3d(voxels)

@@ -152,6 +152,7 @@ def _slice_probabilities(
     cols: np.ndarray,
     spatial: SpatialInputs | None = None,
     features_3d: _Dense3d | None = None,
+    atlas: _DenseAtlas | None = None,
 ) -> torch.Tensor:
     y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     cell = ConvBranch.CELL_STRIDE * np.arange(3)
@@ -168,10 +169,30 @@ def _slice_probabilities(
         gathered = maps.reshape(height * width, m).index_select(0, flat).view(len(rows), 9, m)
         mixed = gathered if mixed is None else mixed.add_(gathered)
     voxels = plane_to_volume_indices(np.stack([np.full_like(rows, i), rows, cols], axis=1), stack.plane)
-    extras = _extras(spatial, voxels, with_patches_3d=False)
+    extras = _extras(spatial, voxels, with_patches_3d=False, with_atlas=atlas is None)
     if features_3d is not None:
         extras["features_3d"] = features_3d.at(voxels)
+    if atlas is not None:
+        extras["atlas"] = atlas.at(voxels)
     return torch.softmax(net.head(mixed, extras), dim=1)
+
+
+class _DenseAtlas:
+    """The atlas' stored values at every brain voxel, looked up once (uint8, normalised per slice)."""
+
+    def __init__(self, spatial: SpatialInputs, mask: np.ndarray) -> None:
+        assert spatial.atlas is not None
+        self.atlas = spatial.atlas
+        self.index = np.full(mask.shape, -1, np.int64)
+        voxels = np.argwhere(mask)
+        self.index[tuple(voxels.T)] = np.arange(len(voxels))
+        self.values = self.atlas.quantised(voxels)
+
+    def at(self, voxels: np.ndarray) -> torch.Tensor:
+        rows = self.index[voxels[:, 0], voxels[:, 1], voxels[:, 2]]
+        if (rows < 0).any():
+            raise ValueError("atlas values asked for voxels outside the brain mask")
+        return torch.from_numpy(self.atlas.normalise(self.values[rows]))
 
 
 class _Dense3d:
@@ -258,10 +279,11 @@ def predict_dense(
         probs[0] = 1
     net = _DenseBaseNet(model)
     dense_3d = _Dense3d(model.branch_3d, spatial, mask) if (model.branch_3d is not None and mask.any()) else None  # type: ignore[arg-type]
+    dense_atlas = _DenseAtlas(spatial, mask) if (model.prob_branch is not None and mask.any()) else None  # type: ignore[arg-type]
     slices = [i for i in range(stack.shape[0]) if mask_p[i].any()]
     for i in tqdm(slices, desc="slices", unit="slice", disable=not progress, leave=False):
         rows, cols = np.nonzero(mask_p[i])
-        p = _slice_probabilities(net, stack, i, rows, cols, spatial, dense_3d)
+        p = _slice_probabilities(net, stack, i, rows, cols, spatial, dense_3d, dense_atlas)
         classes[i, rows, cols] = p.argmax(dim=1).numpy().astype(np.uint8)
         if probs is not None:
             probs[:, i, rows, cols] = p.numpy().T
