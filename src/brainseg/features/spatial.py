@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from brainseg.config import ModelConfig
 from brainseg.features.atlas import ProbabilisticAtlas
 from brainseg.features.landmarks import landmark_distances, landmark_grid, voxel_centres_mm
 
-__all__ = ["SpatialInputs", "make_spatial_inputs", "HALF_3D"]
+__all__ = ["SpatialInputs", "make_spatial_inputs", "spatial_inputs_for", "HALF_3D"]
 
 #: Half-width of the 15 x 15 x 15 patch of the 3dBranch, voxels.
 HALF_3D = 7
@@ -127,3 +128,34 @@ def make_spatial_inputs(
     if patches_3d:
         padded = np.pad(image.astype(np.float32), HALF_3D, constant_values=background)
     return SpatialInputs(np.asarray(affine, float), marks, atlas, padded)
+
+
+def spatial_inputs_for(
+    model: ModelConfig,
+    image: np.ndarray,
+    affine: np.ndarray,
+    background: float,
+    atlas: ProbabilisticAtlas | None = None,
+) -> SpatialInputs | None:
+    """The spatial inputs a model configuration reads, or None for a plain BaseNet.
+
+    Parameters
+    ----------
+    model : ModelConfig
+        Which priors the network has.
+    image, affine, background
+        As in :func:`make_spatial_inputs` (the working grid: the template's for
+        reference-space models).
+    atlas : ProbabilisticAtlas, optional
+        The reference atlas; used only if the model has a ProbBranch.
+    """
+    if not (model.needs_reference or model.branch_3d_widths):
+        return None
+    return make_spatial_inputs(
+        image,
+        affine,
+        background,
+        landmarks=model.landmarks,
+        atlas=atlas if model.prob_branch else None,
+        patches_3d=bool(model.branch_3d_widths),
+    )

@@ -177,22 +177,31 @@ def _slice_probabilities(
     return torch.softmax(net.head(mixed, extras), dim=1)
 
 
+class _BrainRows:
+    """Row numbers of a mask's voxels: per-voxel arrays of the whole brain are stored once, in this order."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.voxels = np.argwhere(mask)
+        self.index = np.full(mask.shape, -1, np.int64)
+        self.index[tuple(self.voxels.T)] = np.arange(len(self.voxels))
+
+    def rows(self, voxels: np.ndarray, what: str) -> np.ndarray:
+        rows = self.index[voxels[:, 0], voxels[:, 1], voxels[:, 2]]
+        if (rows < 0).any():
+            raise ValueError(f"{what} asked for voxels outside the brain mask")
+        return rows
+
+
 class _DenseAtlas:
     """The atlas' stored values at every brain voxel, looked up once (uint8, normalised per slice)."""
 
-    def __init__(self, spatial: SpatialInputs, mask: np.ndarray) -> None:
+    def __init__(self, spatial: SpatialInputs, brain: _BrainRows) -> None:
         assert spatial.atlas is not None
-        self.atlas = spatial.atlas
-        self.index = np.full(mask.shape, -1, np.int64)
-        voxels = np.argwhere(mask)
-        self.index[tuple(voxels.T)] = np.arange(len(voxels))
-        self.values = self.atlas.quantised(voxels)
+        self.atlas, self.brain = spatial.atlas, brain
+        self.values = self.atlas.quantised(brain.voxels)
 
     def at(self, voxels: np.ndarray) -> torch.Tensor:
-        rows = self.index[voxels[:, 0], voxels[:, 1], voxels[:, 2]]
-        if (rows < 0).any():
-            raise ValueError("atlas values asked for voxels outside the brain mask")
-        return torch.from_numpy(self.atlas.normalise(self.values[rows]))
+        return torch.from_numpy(self.atlas.normalise(self.values[self.brain.rows(voxels, "atlas values")]))
 
 
 class _Dense3d:
@@ -200,16 +209,14 @@ class _Dense3d:
 
     CHUNK = 8  # output slices per chunk along the first axis
 
-    def __init__(self, branch: ConvBranch3d, spatial: SpatialInputs, mask: np.ndarray) -> None:
+    def __init__(self, branch: ConvBranch3d, spatial: SpatialInputs, mask: np.ndarray, brain: _BrainRows) -> None:
         if spatial.padded_image is None:
             raise ValueError("the 3dBranch needs spatial inputs built with patches_3d=True")
         box = brain_bounding_box(mask)
         lo = np.array([b.start for b in box])
         hi = np.array([b.stop for b in box])
-        self.index = np.full(mask.shape, -1, np.int64)
-        voxels = np.argwhere(mask)
-        self.index[tuple(voxels.T)] = np.arange(len(voxels))
-        self.features = torch.empty((len(voxels), branch.out_channels), dtype=torch.float32)
+        self.brain = brain
+        self.features = torch.empty((len(brain.voxels), branch.out_channels), dtype=torch.float32)
         image = spatial.padded_image
         extent = ConvBranch3d.SPAN + 1  # padded region = outputs + 14
         for a in range(lo[0], hi[0], self.CHUNK):
@@ -218,14 +225,11 @@ class _Dense3d:
             maps = branch(torch.from_numpy(np.ascontiguousarray(region))[None, None], dense=True)[0]
             maps = maps[:, : b - a, : hi[1] - lo[1], : hi[2] - lo[2]]  # (C, b - a, H', W')
             inside = mask[a:b, lo[1] : hi[1], lo[2] : hi[2]]
-            rows = self.index[a:b, lo[1] : hi[1], lo[2] : hi[2]][inside]
+            rows = brain.index[a:b, lo[1] : hi[1], lo[2] : hi[2]][inside]
             self.features[torch.from_numpy(rows)] = maps.permute(1, 2, 3, 0)[torch.from_numpy(inside)]
 
     def at(self, voxels: np.ndarray) -> torch.Tensor:
-        rows = self.index[voxels[:, 0], voxels[:, 1], voxels[:, 2]]
-        if (rows < 0).any():
-            raise ValueError("3dBranch features asked for voxels outside the brain mask")
-        return self.features[torch.from_numpy(rows)]
+        return self.features[torch.from_numpy(self.brain.rows(voxels, "3dBranch features"))]
 
 
 @torch.no_grad()
@@ -278,8 +282,13 @@ def predict_dense(
         probs = np.zeros((model.num_classes,) + stack.shape, probability_dtype)
         probs[0] = 1
     net = _DenseBaseNet(model)
-    dense_3d = _Dense3d(model.branch_3d, spatial, mask) if (model.branch_3d is not None and mask.any()) else None  # type: ignore[arg-type]
-    dense_atlas = _DenseAtlas(spatial, mask) if (model.prob_branch is not None and mask.any()) else None  # type: ignore[arg-type]
+    brain = _BrainRows(mask) if (model.branch_3d is not None or model.prob_branch is not None) else None
+    dense_3d = dense_atlas = None
+    if brain is not None and len(brain.voxels):
+        if model.branch_3d is not None:
+            dense_3d = _Dense3d(model.branch_3d, spatial, mask, brain)  # type: ignore[arg-type]
+        if model.prob_branch is not None:
+            dense_atlas = _DenseAtlas(spatial, brain)  # type: ignore[arg-type]
     slices = [i for i in range(stack.shape[0]) if mask_p[i].any()]
     for i in tqdm(slices, desc="slices", unit="slice", disable=not progress, leave=False):
         rows, cols = np.nonzero(mask_p[i])
@@ -328,7 +337,8 @@ def predict_dense_at(
     if model.branch_3d is not None and len(indices):
         mask = np.zeros(stack.shape, bool)
         mask[indices[:, 0], indices[:, 1], indices[:, 2]] = True
-        dense_3d = _Dense3d(model.branch_3d, spatial, np.ascontiguousarray(from_plane(mask, stack.plane)))  # type: ignore[arg-type]
+        volume_mask = np.ascontiguousarray(from_plane(mask, stack.plane))
+        dense_3d = _Dense3d(model.branch_3d, spatial, volume_mask, _BrainRows(volume_mask))  # type: ignore[arg-type]
     for i in np.unique(indices[:, 0]):
         which = np.flatnonzero(indices[:, 0] == i)
         rows, cols = indices[which, 1], indices[which, 2]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from brainseg.features.spatial import SpatialInputs, make_spatial_inputs
+from brainseg.features.spatial import SpatialInputs, spatial_inputs_for
 from brainseg.inference.dense import predict_dense
 from brainseg.io.nifti import Grid, Volume, load_volume
 from brainseg.labels import LabelTable
@@ -135,19 +135,9 @@ class Predictor:
             image, mask, affine, atlas, registered = prepared.image, prepared.mask, np.eye(4), None, None
         else:
             registered = register_to_reference(prepared, reference, matrix)
-            image, mask, affine = registered.image, registered.mask, reference.affine
-            atlas = reference.atlas if cfg.prob_branch else None
+            image, mask, affine, atlas = registered.image, registered.mask, reference.affine, reference.atlas
         stack = build_stack(image, cfg.plane, cfg.scales, prepared.background)
-        spatial = None
-        if reference is not None or cfg.branch_3d_widths:
-            spatial = make_spatial_inputs(
-                image,
-                affine,
-                prepared.background,
-                landmarks=cfg.landmarks,
-                atlas=atlas,
-                patches_3d=bool(cfg.branch_3d_widths),
-            )
+        spatial = spatial_inputs_for(cfg, image, affine, prepared.background, atlas)
         return stack, mask, spatial, registered
 
     def predict(

@@ -261,11 +261,8 @@ def register_to_reference(
     image = np.where(mask, image, 0) + prepared.background
     voxels = np.argwhere(prepared.mask)[::97]  # a sample of brain voxels, mapped into the template grid
     to_template = np.linalg.inv(reference.affine) @ np.linalg.inv(matrix)
-    inside = np.all(
-        (voxels @ to_template[:3, :3].T + to_template[:3, 3] > -0.5)
-        & (voxels @ to_template[:3, :3].T + to_template[:3, 3] < np.array(shape) - 0.5),
-        axis=1,
-    )
+    mapped = voxels @ to_template[:3, :3].T + to_template[:3, 3]
+    inside = np.all((mapped > -0.5) & (mapped < np.array(shape) - 0.5), axis=1)
     if len(voxels) and inside.mean() < 0.99:
         log.warning(
             "%.1f%% of the brain falls outside the reference template grid; check the registration",

@@ -8,7 +8,7 @@ import numpy as np
 
 from brainseg.config import ModelConfig
 from brainseg.errors import InputError
-from brainseg.features.spatial import SpatialInputs, make_spatial_inputs
+from brainseg.features.spatial import SpatialInputs, spatial_inputs_for
 from brainseg.io.manifest import Case
 from brainseg.io.nifti import load_volume
 from brainseg.labels import LabelTable
@@ -122,16 +122,8 @@ def load_training_case(
         )
         classes = np.where(registered.mask, classes, 0).astype(np.uint8)
         image, mask, affine = registered.image, registered.mask, reference.affine
-    spatial = None
-    if model.needs_reference or model.branch_3d_widths:
-        spatial = make_spatial_inputs(
-            image,
-            affine,
-            prepared.background,
-            landmarks=model.landmarks,
-            atlas=reference.atlas if (model.prob_branch and reference is not None) else None,
-            patches_3d=bool(model.branch_3d_widths),
-        )
+    atlas = reference.atlas if reference is not None else None
+    spatial = spatial_inputs_for(model, image, affine, prepared.background, atlas)
     stack = build_stack(image, model.plane, model.scales, prepared.background)
     sampler = VoxelSampler(to_plane(classes, model.plane), to_plane(mask, model.plane))
     return TrainingCase(case.case_id, prepared, classes, mask, stack, sampler, spatial, registered)
