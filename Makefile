@@ -32,8 +32,12 @@ runs/reference/template.nii.gz:
 reference: runs/reference/template.nii.gz
 
 ablation: install reference
+	$(PYTHON) -m brainseg ablation configs/ablation/distance.yaml configs/ablation/distance_rbf.yaml \
+		configs/ablation/distance_conv.yaml configs/ablation/distance_conv_rbf.yaml -o runs/ablation/table2
 	$(PYTHON) -m brainseg ablation configs/ablation/basenet.yaml configs/ablation/dist.yaml \
 		configs/ablation/prob.yaml configs/ablation/dist_prob.yaml configs/ablation/dist_prob_3d.yaml \
 		configs/ablation/full.yaml -o runs/ablation/table1
-	$(PYTHON) -m brainseg ablation configs/ablation/distance.yaml configs/ablation/distance_rbf.yaml \
-		configs/ablation/distance_conv.yaml configs/ablation/distance_conv_rbf.yaml -o runs/ablation/table2
+	$(PYTHON) -m brainseg ablation configs/ablation/basenet.yaml configs/ablation/paper_distbranch/dist.yaml \
+		configs/ablation/prob.yaml configs/ablation/paper_distbranch/dist_prob.yaml \
+		configs/ablation/paper_distbranch/dist_prob_3d.yaml configs/ablation/paper_distbranch/full.yaml \
+		-o runs/ablation/table1_paper_distbranch

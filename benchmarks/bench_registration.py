@@ -10,7 +10,7 @@ rotated copy of itself.
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 from pathlib import Path
 
@@ -27,9 +27,14 @@ DEMO = ROOT / "src" / "brainseg" / "data" / "demo" / "1000_SS.nii.gz"
 
 def main() -> None:
     """Register and print the time, the transform's rotation angle and scale."""
-    args = [Path(a) for a in sys.argv[1:]]
-    if len(args) == 2:
-        moving, reference = load_volume(args[0]), load_volume(args[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("moving", nargs="?", type=Path, help="T1 image to register (default: subject 1008)")
+    parser.add_argument("reference", nargs="?", type=Path, help="fixed image (default: subject 1000)")
+    args = parser.parse_args()
+    if (args.moving is None) != (args.reference is None):
+        parser.error("give both MOVING and REFERENCE, or neither")
+    if args.moving is not None:
+        moving, reference = load_volume(args.moving), load_volume(args.reference)
     elif (SHARED / "1008_SS.nii.gz").exists():
         moving, reference = load_volume(SHARED / "1008_SS.nii.gz"), load_volume(SHARED / "1000_SS.nii.gz")
     else:

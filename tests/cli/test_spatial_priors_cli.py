@@ -130,3 +130,12 @@ def test_ablation_prints_table_and_reuses_runs(reference, tmp_path, capsys):
     assert main(["ablation", str(dist), "-o", str(tmp_path / "table2"), "--no-progress"]) == 0
     assert not (tmp_path / "table2" / "dist" / "weights.safetensors").exists()
     assert "+Dist (conv, rbf)" in (tmp_path / "table2" / "ablation.md").read_text()
+
+    # Changing a row's settings under the same name refuses to reuse (or overwrite) the old run.
+    dist_stamp = (out / "dist" / "weights.safetensors").stat().st_mtime_ns
+    changed = _config(tmp_path, "dist", {"landmarks": 3, "distance_width": 8, "distance_rbf": False})
+    capsys.readouterr()
+    assert main(["ablation", str(changed), "-o", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "dist" in err
+    assert (out / "dist" / "weights.safetensors").stat().st_mtime_ns == dist_stamp

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from brainseg.config import Config, config_to_dict, load_config
+from brainseg.errors import InputError
 from brainseg.io.atomic import atomic_write_text
 from brainseg.metrics.report import StructureScore, summarize, write_scores_csv, write_scores_json
 from brainseg.model_folder import load_model_folder
@@ -140,6 +141,12 @@ def run_ablation(
     Returns
     -------
     list of AblationRow
+
+    Raises
+    ------
+    InputError
+        If ``output/<stem>`` already holds a run trained with other settings
+        (it is never reused nor overwritten), or a config is unusable.
     """
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -160,6 +167,14 @@ def run_ablation(
         if cached is not None:
             rows.append(AblationRow(name, cached["label"], cached["per_case"], cached["parameters"], cached["minutes"]))
             continue
+        if (run / "config.yaml").is_file():
+            held = config_to_dict(load_config(run / "config.yaml"))
+            held["training"].pop("num_threads")
+            if held != settings:
+                raise InputError(
+                    f"{run}: holds a run trained with other settings than {path}; "
+                    "remove that folder or choose another output folder"
+                )
         done = (run / "training.json").is_file() and (run / "config.yaml").is_file()
         if not done:
             train(config, run, resume=(run / "checkpoint.pt").is_file(), progress=progress)
