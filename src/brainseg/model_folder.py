@@ -27,7 +27,16 @@ from brainseg.models import build_model
 from brainseg.preprocessing.intensity import IntensityNormalization
 from brainseg.preprocessing.reference import TEMPLATE, Reference, copy_reference, load_reference
 
-__all__ = ["LoadedModel", "default_model_dir", "load_model_folder", "read_weights", "save_model_folder"]
+__all__ = [
+    "SHIPPED_MODELS",
+    "LoadedModel",
+    "default_model_dir",
+    "load_model_folder",
+    "read_weights",
+    "resolve_model_dir",
+    "save_model_folder",
+    "shipped_model_dir",
+]
 
 FILES = ("config.yaml", "labels.tsv", "normalization.json", "weights.safetensors")
 REFERENCE = "reference"
@@ -45,9 +54,48 @@ class LoadedModel:
     reference: Reference | None = None
 
 
+#: Model folders shipped inside the package, by the name ``--model`` accepts.
+SHIPPED_MODELS = {
+    "default": "default_model",  # the full model of Ganaye et al. (reference space)
+    "basenet": "basenet_model",  # BaseNet alone (native space, about 3x faster)
+}
+
+
+def shipped_model_dir(name: str = "default") -> Path:
+    """A model folder shipped inside the package (``brainseg/data/<folder>``).
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`SHIPPED_MODELS`.
+
+    Raises
+    ------
+    InputError
+        If ``name`` is not a shipped model.
+    """
+    if name not in SHIPPED_MODELS:
+        raise InputError(f"no shipped model named {name!r}; choose one of {', '.join(SHIPPED_MODELS)} or a folder")
+    return Path(str(resources.files("brainseg.data").joinpath(SHIPPED_MODELS[name])))
+
+
 def default_model_dir() -> Path:
-    """The model folder shipped inside the package (``brainseg/data/default_model``)."""
-    return Path(str(resources.files("brainseg.data").joinpath("default_model")))
+    """The default model folder shipped inside the package (``brainseg/data/default_model``)."""
+    return shipped_model_dir("default")
+
+
+def resolve_model_dir(model: str | Path | None) -> Path:
+    """The folder of ``--model``: a path, a shipped model's name, or None for the default.
+
+    A name of :data:`SHIPPED_MODELS` means the shipped model unless a folder of
+    that name exists in the working directory (a path always wins).
+    """
+    if model is None:
+        return default_model_dir()
+    path = Path(model)
+    if not path.exists() and str(model) in SHIPPED_MODELS:
+        return shipped_model_dir(str(model))
+    return path
 
 
 def save_model_folder(
@@ -106,7 +154,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_model_folder(path: str | Path | None = None) -> LoadedModel:
-    """Read a model folder (default: the shipped model).
+    """Read a model folder: a path, a shipped model's name (``'basenet'``) or None for the default.
 
     Raises
     ------
@@ -114,7 +162,7 @@ def load_model_folder(path: str | Path | None = None) -> LoadedModel:
         If the folder or one of its files is missing, or the weights do not fit
         the configured network.
     """
-    path = Path(path) if path is not None else default_model_dir()
+    path = resolve_model_dir(path)
     missing = [f for f in FILES if not (path / f).is_file()]
     if missing:
         raise InputError(

@@ -139,3 +139,14 @@ def test_ablation_prints_table_and_reuses_runs(reference, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "other settings" in err and "dist" in err
     assert (out / "dist" / "weights.safetensors").stat().st_mtime_ns == dist_stamp
+
+
+def test_fine_tuning_from_a_model_folder_is_on_the_card(reference, tmp_path):
+    base = tmp_path / "base"
+    config = _config(tmp_path, "base", {"reference_space": True})
+    assert main(["train", str(config), "-o", str(base), "--no-progress", "--no-card"]) == 0
+    config = _config(tmp_path, "full", FULL, {**FULL_TRAINING, "init_from": str(base)})
+    out = tmp_path / "full"
+    assert main(["train", str(config), "-o", str(out), "--no-progress"]) == 0
+    card = (out / "model_card.md").read_text()
+    assert f"Fine-tuned from the model folder `{base}`" in card

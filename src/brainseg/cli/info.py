@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the subcommand."""
     p = subparsers.add_parser("info", help="describe a model folder", description="Print a model folder's settings.")
-    p.add_argument("--model", type=Path, default=None, metavar="DIR", help="model folder (default: the shipped model)")
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="DIR|NAME",
+        help="model folder, or a shipped model: 'default' (the full model) or 'basenet' (faster)",
+    )
     p.set_defaults(run=run)
 
 

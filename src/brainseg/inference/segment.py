@@ -95,8 +95,9 @@ def segment(
         Input images (.nii, .nii.gz, .mgz).
     output_dir : path
         Output folder, created if missing.
-    model : path, optional
-        Model folder; default the shipped model.
+    model : path or str, optional
+        Model folder, or the name of a shipped model (``'default'``,
+        ``'basenet'``); None for the default.
     probabilities : bool
         Also write class probabilities.
     progress : bool

@@ -124,6 +124,13 @@ def write_model_card(model_dir: str | Path, progress: bool = False, scores: list
         f"per epoch, weight decay {tc.weight_decay}, dropout {cfg.dropout}, batch norm {cfg.batch_norm}, seed {tc.seed}",
         f"- Intensities: {model.normalization.method}",
         f"- Training time: {training.get('elapsed_s', float('nan')) / 60:.1f} min on {training.get('machine', 'unknown')}",
+    ]
+    if tc.init_from:
+        lines.append(
+            f"- Fine-tuned from the model folder `{tc.init_from}` (its layers copied, new inputs starting at zero): "
+            "the total budget is that model's training plus this one"
+        )
+    lines += [
         "",
         "| epoch | loss | learning rate | validation mean Dice |",
         "|---:|---:|---:|---:|",
