@@ -101,6 +101,13 @@ def _per_case(scores: list[StructureScore]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _row_settings(config: Config) -> dict:
+    # What a row means: every setting except the torch thread count (speed only).
+    settings = config_to_dict(config)
+    settings["training"].pop("num_threads")
+    return settings
+
+
 def _find_result(result: Path, output: Path, settings: dict) -> dict | None:
     # A finished row with exactly these settings: this run's, or one in a sibling study folder
     # (Table 2's distance+conv+rbf row is Table 1's +Dist row).
@@ -159,8 +166,7 @@ def run_ablation(
             config = with_overrides(config, **overrides)
         run = output / name
         result = run / "ablation_row.json"
-        settings = config_to_dict(config)
-        settings["training"].pop("num_threads")  # speed only: not part of what a row means
+        settings = _row_settings(config)
         if num_threads:
             config = with_overrides(config, num_threads=num_threads)
         cached = _find_result(result, output, settings)
@@ -168,9 +174,7 @@ def run_ablation(
             rows.append(AblationRow(name, cached["label"], cached["per_case"], cached["parameters"], cached["minutes"]))
             continue
         if (run / "config.yaml").is_file():
-            held = config_to_dict(load_config(run / "config.yaml"))
-            held["training"].pop("num_threads")
-            if held != settings:
+            if _row_settings(load_config(run / "config.yaml")) != settings:
                 raise InputError(
                     f"{run}: holds a run trained with other settings than {path}; "
                     "remove that folder or choose another output folder"
