@@ -55,3 +55,10 @@ def test_info_names_the_shipped_models(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "reference template" in out and "DistBranch" in out
+
+
+def test_model_option_help_names_every_shipped_model():
+    from brainseg.cli import MODEL_HELP
+
+    for name in SHIPPED_MODELS:
+        assert f"'{name}'" in MODEL_HELP

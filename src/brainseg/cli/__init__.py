@@ -1,1 +1,14 @@
 """Command-line interface: ``brainseg`` and one module per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+
+#: Help of ``--model``; names the keys of ``brainseg.model_folder.SHIPPED_MODELS`` without importing
+#: torch when the parser is built (tested to stay in step).
+MODEL_HELP = "model folder, or a shipped model: 'default' (the full model) or 'basenet' (faster)"
+
+
+def add_model_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--model DIR|NAME`` (a model folder or a shipped model's name; default: the shipped default)."""
+    parser.add_argument("--model", default=None, metavar="DIR|NAME", help=MODEL_HELP)

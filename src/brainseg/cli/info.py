@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from brainseg.cli import add_model_option
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the subcommand."""
     p = subparsers.add_parser("info", help="describe a model folder", description="Print a model folder's settings.")
-    p.add_argument(
-        "--model",
-        default=None,
-        metavar="DIR|NAME",
-        help="model folder, or a shipped model: 'default' (the full model) or 'basenet' (faster)",
-    )
+    add_model_option(p)
     p.set_defaults(run=run)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from brainseg.cli import add_model_option
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the subcommand."""
@@ -16,12 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help=".nii, .nii.gz or .mgz image(s)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="output folder")
-    p.add_argument(
-        "--model",
-        default=None,
-        metavar="DIR|NAME",
-        help="model folder, or a shipped model: 'default' (the full model) or 'basenet' (faster)",
-    )
+    add_model_option(p)
     p.add_argument("--probabilities", action="store_true", help="also write NAME_probabilities.nii.gz")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
