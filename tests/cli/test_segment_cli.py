@@ -78,15 +78,30 @@ def test_segment_writes_outputs_on_input_grid(tmp_path, tiny_model, capsys):
     assert probs.shape == (20, 24, 16, 4)
     p = probs.get_fdata()
     np.testing.assert_allclose(p.sum(axis=3), 1.0, atol=4 * 4 / 255)
+    # The probabilities agree with the label map: the labelled class has the largest probability (ties
+    # only from the 1/255 storage), and outside the brain the background has probability 1.
+    classes = LABELS.to_classes(data)
+    labelled = np.take_along_axis(p, classes[..., None], axis=3)[..., 0]
+    assert np.all(labelled >= p.max(axis=3) - 1e-6)
+    assert np.all(p[_brain() == 0][:, 0] == pytest.approx(1.0))
     assert not list(out.glob(".*"))  # no temp files left
 
 
-def test_python_api_matches_cli(tmp_path, tiny_model):
+def test_python_api_matches_cli(tmp_path, tiny_model, capsys):
     import brainseg
 
     image = _write(tmp_path / "a.nii.gz", _brain())
     outputs = brainseg.segment([image], tmp_path / "api", model=tiny_model, progress=False)
-    assert outputs[0].label_map.exists() and outputs[0].qc.exists()
+    code, err = _run(["segment", image, "-o", tmp_path / "cli", "--model", tiny_model, "--no-progress"], capsys)
+    assert code == 0, err
+    api_seg = nib.load(outputs[0].label_map)
+    cli_seg = nib.load(tmp_path / "cli" / "a_seg.nii.gz")
+    np.testing.assert_array_equal(np.asarray(api_seg.dataobj), np.asarray(cli_seg.dataobj))
+    np.testing.assert_allclose(api_seg.affine, cli_seg.affine)
+    assert np.asarray(api_seg.dataobj).any()  # a real segmentation, not an empty map on both sides
+    assert outputs[0].volumes.read_text() == (tmp_path / "cli" / "a_volumes.csv").read_text()
+    api_qc, cli_qc = Image.open(outputs[0].qc), Image.open(tmp_path / "cli" / "a_qc.png")
+    np.testing.assert_array_equal(np.asarray(api_qc), np.asarray(cli_qc))
 
 
 def _truncated(tmp_path: Path) -> Path:

@@ -67,8 +67,49 @@ def test_train_writes_model_folder_and_resumes(tiny_setup, capsys):
     assert "Validation cases (1): c" in card and "Neuromorphometrics" in card
 
 
+def _with(config_path, name, **training_or_model):
+    config = yaml.safe_load(config_path.read_text())
+    for key, value in training_or_model.items():
+        section = "model" if key in ("dropout", "batch_norm") else "training"
+        config[section][key] = value
+    path = config_path.parent / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def test_resume_equals_uninterrupted(tiny_setup):
-    """Two epochs in one go give the same weights as one epoch + resume."""
+    """Two epochs in one go give the same weights as one epoch + resume, with dropout, batch norm and
+    augmentation on, so every random stream (patches, augmentation, dropout masks) must be reseeded per epoch
+    and the batch-norm statistics carried over."""
+    config = _with(tiny_setup, "noisy", dropout=0.3, batch_norm=True, augment=True)
+    a, b = config.parent / "a", config.parent / "b"
+    assert main(["train", str(config), "-o", str(a), "--no-progress", "--no-card"]) == 0
+    assert main(["train", str(config), "-o", str(b), "--epochs", "1", "--no-progress", "--no-card"]) == 0
+    after_one = load_file(str(b / "weights.safetensors"))
+    assert main(["train", str(config), "-o", str(b), "--resume", "--no-progress", "--no-card"]) == 0
+    wa, wb = load_file(str(a / "weights.safetensors")), load_file(str(b / "weights.safetensors"))
+    assert any("running_mean" in k for k in wa)
+    for key in wa:
+        np.testing.assert_allclose(wa[key].numpy(), wb[key].numpy(), atol=1e-5, err_msg=key)
+    assert any(not np.allclose(after_one[k].numpy(), wb[k].numpy()) for k in wb)  # epoch 2 did train
+    history = json.loads((b / "history.json").read_text())
+    assert [h["lr"] for h in history] == pytest.approx([0.05, 0.05 * 0.5**0.9])  # poly decay, power 0.9
+
+
+def test_resume_refuses_other_settings(tiny_setup, capsys):
+    out = tiny_setup.parent / "run"
+    assert main(["train", str(tiny_setup), "-o", str(out), "--epochs", "1", "--no-progress", "--no-card"]) == 0
+    other = _with(tiny_setup, "other", learning_rate=0.01, dropout=0.5)
+    assert main(["train", str(other), "-o", str(out), "--resume", "--no-progress", "--no-card"]) == 2
+    err = capsys.readouterr().err
+    assert "model.dropout" in err and "training.learning_rate" in err and "other settings" in err
+    # more epochs or threads are fine
+    longer = _with(tiny_setup, "longer", epochs=2, num_threads=2)
+    assert main(["train", str(longer), "-o", str(out), "--resume", "--no-progress", "--no-card"]) == 0
+
+
+def test_resume_equals_uninterrupted_plain(tiny_setup):
+    """Two epochs in one go give the same weights as one epoch + resume (no random layers)."""
     a, b = tiny_setup.parent / "a", tiny_setup.parent / "b"
     assert main(["train", str(tiny_setup), "-o", str(a), "--no-progress", "--no-card"]) == 0
     assert main(["train", str(tiny_setup), "-o", str(b), "--epochs", "1", "--no-progress", "--no-card"]) == 0

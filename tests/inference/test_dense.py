@@ -158,11 +158,27 @@ def _spatial(image, affine, rng):
     return make_spatial_inputs(image, affine, -0.7, landmarks=3, atlas=atlas, patches_3d=True)
 
 
+@pytest.fixture
+def oblique_affine(affine) -> np.ndarray:
+    """The conftest affine (LAS, anisotropic spacing) turned 20 degrees about z and 10 about x: truly oblique."""
+    from scipy.spatial.transform import Rotation
+
+    turned = affine.copy()
+    turned[:3, :3] = Rotation.from_euler("zx", (20, 10), degrees=True).as_matrix() @ affine[:3, :3]
+    return turned
+
+
+def test_oblique_affine_is_oblique(oblique_affine):
+    off_diagonal = oblique_affine[:3, :3] - np.diag(np.diag(oblique_affine[:3, :3]))
+    assert np.abs(off_diagonal).max() > 0.3
+
+
 @pytest.mark.parametrize("plane", PLANES)
-def test_full_model_dense_equals_patches(image, mask, affine, rng, plane):
-    # Every branch (2-D, DistBranch, ProbBranch, 3dBranch) on a non-cubic volume with an oblique affine.
+def test_full_model_dense_equals_patches(image, mask, oblique_affine, rng, plane):
+    # Every branch (2-D, DistBranch, ProbBranch, 3dBranch) on a non-cubic volume with an oblique affine
+    # (the landmark distances are taken in its rotated mm frame).
     model = _full_model()
-    spatial = _spatial(image, affine, rng)
+    spatial = _spatial(image, oblique_affine, rng)
     stack = build_stack(image, plane, (1, 2, 3), background=-0.7)
     classes, probs = predict_dense(
         model, stack, mask, spatial=spatial, probabilities=True, probability_dtype=np.float32

@@ -34,7 +34,7 @@ def test_evaluate_hand_values():
     # d(P, R) = (0, 0, 0); d(R, P) = (0, 0, 0, 2 mm).
     assert a.hausdorff == pytest.approx(2.0)
     assert a.hd95 == pytest.approx(0.85 * 2.0)  # 95th percentile of (0, 0, 0, 2), linear interpolation
-    assert a.msd == pytest.approx(2.0 / 7)
+    assert a.msd == pytest.approx((0 / 3 + 2.0 / 4) / 2)  # d_msd: mean of the two directed means
     # Structure b: predicted but absent from the reference.
     assert (b.label, b.name, b.dice, b.volumetric_similarity) == (11, "b", 0.0, 0.0)
     assert math.isinf(b.hausdorff) and math.isinf(b.hd95) and math.isinf(b.msd)
@@ -47,7 +47,7 @@ def test_summarize_hand_values():
     assert summary["dice"] == pytest.approx((6 / 7 + 0.0) / 2)
     assert summary["volumetric_similarity"] == pytest.approx((6 / 7 + 0.0) / 2)
     assert summary["hausdorff"] == pytest.approx(2.0)  # inf left out
-    assert summary["msd"] == pytest.approx(2.0 / 7)
+    assert summary["msd"] == pytest.approx(0.25)
     assert summary["missing"] == 1
     assert summary["structures"] == 2
 

@@ -208,10 +208,50 @@ def test_to_source_grid_confines_labels_to_the_input_brain(volume, mask, spacing
     assert (back[mask] == 3).all() and not back[~mask].any()
 
 
-def test_probabilities_to_source_grid(volume, mask, spacing):
+def test_probabilities_to_source_grid_agree_with_the_label_map(volume, mask, spacing, rng):
+    """Random (not constant) probabilities: on the input grid their argmax is the label map, nothing outside
+    the brain, and each input voxel carries the probabilities of one 1 mm voxel."""
     image = np.where(mask, volume, 0.0).astype(np.float32)
     prepared = prepare_image(_volume(image, spacing), mask=mask)
-    probs = np.stack([np.full(prepared.image.shape, 0.25, np.float16), np.full(prepared.image.shape, 0.75, np.float16)])
+    logits = rng.standard_normal((4,) + prepared.image.shape)
+    probs = (np.exp(logits) / np.exp(logits).sum(axis=0)).astype(np.float16)
+    classes = probs.argmax(axis=0).astype(np.uint8)
     back = prepared.probabilities_to_source_grid(probs)
-    assert back.shape == (2,) + mask.shape and back.dtype == np.float16
-    np.testing.assert_allclose(back.sum(axis=0), 1.0, atol=1e-3)
+    labels = prepared.to_source_grid(classes)
+    assert back.shape == (4,) + mask.shape and back.dtype == np.float16
+    np.testing.assert_array_equal(back.argmax(axis=0), labels)
+    np.testing.assert_allclose(back.sum(axis=0), 1.0, atol=4e-3)
+    assert np.all(back[0][~mask] == 1) and not back[1:][:, ~mask].any()
+    # Probabilities are carried, not blended: every brain voxel's vector is one of the 1 mm grid's.
+    vectors = {tuple(v) for v in probs.reshape(4, -1).T.tolist()}
+    assert all(tuple(v) in vectors for v in back[:, mask].T.tolist())
+    assert len({tuple(v) for v in back[:, mask].T.tolist()}) > 50  # and varied, so the test can fail
+
+
+def test_downsampling_sub_millimetre_images_is_anti_aliased():
+    """0.4 mm stripes one voxel wide (+-1) are finer than a 1 mm grid can hold: downsampled without smoothing
+    they alias into +-0.5 bands; smoothed first they average out."""
+    from scipy import ndimage
+
+    from brainseg.preprocessing.resampling import _zoom_matrix, resample_image
+
+    stripes = np.where(np.arange(100) % 2 == 0, 1.0, -1.0).astype(np.float32)
+    image = np.broadcast_to(stripes[:, None, None], (100, 6, 5)).copy()
+    out = resample_image(image, (0.4, 1.0, 1.0))
+    assert out.shape == (40, 6, 5)
+    scale, offset = _zoom_matrix(image.shape, (0.4, 1.0, 1.0), out.shape, (1.0, 1.0, 1.0))
+    aliased = ndimage.affine_transform(image, scale, offset, output_shape=out.shape, order=1, mode="nearest")
+    assert np.abs(aliased[2:-2]).max() > 0.4  # what plain linear interpolation gives
+    assert np.abs(out[2:-2]).max() < 0.1
+    # A smooth image is barely changed, and label maps (order 0) are never smoothed.
+    ramp = np.broadcast_to(np.linspace(0, 10, 100, dtype=np.float32)[:, None, None], (100, 6, 5)).copy()
+    np.testing.assert_allclose(resample_image(ramp, (0.4, 1.0, 1.0))[2:-2], aliased_ramp(ramp, scale, offset), atol=1e-3)
+    labels = np.broadcast_to((np.arange(100) % 3).astype(np.float32)[:, None, None], (100, 6, 5)).copy()
+    assert set(np.unique(resample_image(labels, (0.4, 1.0, 1.0), order=0))) <= {0.0, 1.0, 2.0}
+
+
+def aliased_ramp(ramp, scale, offset):
+    from scipy import ndimage
+
+    out = ndimage.affine_transform(ramp, scale, offset, output_shape=(40, 6, 5), order=1, mode="nearest")
+    return out[2:-2]

@@ -47,7 +47,17 @@ def test_demo_subject_end_to_end(tmp_path, capsys):
     assert len(rows) == 134
     total_ml = sum(float(r["volume_mm3"]) for r in rows) / 1000
     assert 900 < total_ml < 1800  # an adult brain
-    assert main(["evaluate", str(out / "1000_SS_seg.nii.gz"), str(DEMO / "1000_glm.nii.gz"), "--no-distances"]) == 0
+    scores = out / "scores.csv"
+    argv = ["evaluate", str(out / "1000_SS_seg.nii.gz"), str(DEMO / "1000_glm.nii.gz"), "-o", str(scores)]
+    assert main(argv + ["--no-distances"]) == 0
+    with open(scores) as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 135 and table[-1]["case_id"] == "mean"  # 134 structures and the mean row
+    # evaluate's mean Dice is the one computed here independently, and that of a working model.
+    expected = _mean_dice(np.asarray(seg.dataobj), reference)
+    assert float(table[-1]["dice"]) == pytest.approx(expected, abs=1e-4)
+    hippocampus = next(r for r in table if r["label"] == "48")  # Left Hippocampus: a structure every model finds
+    assert float(hippocampus["dice"]) > 0.7
 
 
 @pytest.mark.slow

@@ -49,8 +49,20 @@ def test_balanced_frequencies(classes, mask, rng):
 
 def test_mixed_half_each(classes, mask, rng):
     sampler = VoxelSampler(classes, mask)
-    idx = sampler.sample(7, rng, "mixed")
-    assert idx.shape == (7, 3)
+    assert sampler.sample(7, rng, "mixed").shape == (7, 3)  # odd sizes: 3 uniform + 4 balanced
+    idx = sampler.sample(8000, rng, "mixed")
+    drawn = classes[tuple(idx.T)]
+    region = mask | (classes > 0)
+    uniform_share = np.bincount(classes[region], minlength=4) / region.sum()
+    # Half uniform, half balanced: class c is drawn with frequency (uniform share + 1/4) / 2. The single
+    # class-3 voxel is drawn ~12.5 % of the time (never in uniform, 1/4 of the balanced half).
+    freq = np.bincount(drawn, minlength=4) / len(drawn)
+    np.testing.assert_allclose(freq, (uniform_share + 0.25) / 2, atol=0.03)
+    assert freq[3] == pytest.approx(0.125, abs=0.02)
+    # The first half is the uniform draw, the second the balanced one.
+    first, second = np.bincount(drawn[:4000], minlength=4) / 4000, np.bincount(drawn[4000:], minlength=4) / 4000
+    np.testing.assert_allclose(first, uniform_share, atol=0.03)
+    np.testing.assert_allclose(second, 0.25, atol=0.03)
 
 
 def test_seeded_draws_repeat(classes, mask):

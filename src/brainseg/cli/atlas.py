@@ -12,7 +12,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "atlas",
         help="build the reference template and probabilistic atlas",
         description="Reference space for the spatial priors (Ganaye et al. 2018): register the atlas "
-        "cases affinely to one another, average them into a template, build the probabilistic atlas "
+        "cases affinely to their iterated mean template, build the probabilistic atlas "
         "from their label maps, and register every case of the manifest to the template (transforms "
         "stored for training and evaluation).",
     )
@@ -20,9 +20,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     b = sub.add_parser("build", help="build a reference folder from a manifest")
     b.add_argument("manifest", type=Path, help="manifest CSV (brainseg manifest)")
     b.add_argument("-o", "--output", type=Path, required=True, help="reference folder to write")
-    b.add_argument(
-        "--cases", nargs="+", metavar="ID", help="case ids that build the template and atlas (default: all labelled)"
+    which = b.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--cases", nargs="+", metavar="ID", help="case ids that build the template and atlas (the training cases)"
     )
+    which.add_argument(
+        "--all-labelled",
+        action="store_true",
+        help="build from every labelled case of the manifest (validation cases too: only when none are held out)",
+    )
+    b.add_argument("--iterations", type=int, default=2, help="template averaging passes (default 2)")
     b.add_argument("--labels", type=Path, help="label table TSV (default: the MICCAI 2012 protocol)")
     b.add_argument("--sigma-mm", type=float, default=1.0, help="atlas smoothing, mm (default 1)")
     b.add_argument("--floor", type=float, default=1e-4, help="atlas probability floor (default 1e-4)")
@@ -40,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from brainseg.preprocessing.reference import TEMPLATE, build_reference
     from brainseg.training.data import load_prepared_case
 
+    if args.iterations < 1:
+        raise InputError(f"--iterations must be at least 1, got {args.iterations}")
     if (args.output / TEMPLATE).exists():
         raise InputError(f"{args.output}: already holds a reference; choose another folder")
     labels = LabelTable.from_tsv(args.labels) if args.labels else LabelTable.miccai2012()
@@ -59,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         sigma_mm=args.sigma_mm,
         floor=args.floor,
         margin_mm=args.margin_mm,
+        iterations=args.iterations,
         progress=not args.no_progress,
     )
     reference.save(args.output)

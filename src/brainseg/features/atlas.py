@@ -8,7 +8,7 @@ no class is impossible anywhere, then renormalised to sum to 1 per voxel.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,78 +17,7 @@ from scipy import ndimage
 
 from brainseg.io.atomic import atomic_path
 
-__all__ = ["ProbabilisticAtlas", "build_probabilistic_atlas"]
-
-
-def build_probabilistic_atlas(
-    class_maps: Iterable[np.ndarray],
-    num_classes: int,
-    *,
-    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
-    sigma_mm: float = 1.0,
-    floor: float = 1e-4,
-) -> np.ndarray:
-    """Build a probabilistic atlas from label maps already on one reference grid.
-
-    Parameters
-    ----------
-    class_maps : iterable of ndarray of int, each shape (D, H, W)
-        Class indices (``0 .. num_classes - 1``, not protocol label numbers)
-        of the registered training subjects.
-    num_classes : int
-        Number of classes, background included.
-    spacing : tuple of 3 float
-        Voxel size of the reference grid in mm.
-    sigma_mm : float
-        Standard deviation of the Gaussian smoothing in mm (0 = none).
-    floor : float
-        Added to every class probability before renormalisation (> 0 keeps
-        every class possible).
-
-    Returns
-    -------
-    ndarray of float32, shape (num_classes, D, H, W)
-        Class probabilities; they sum to 1 over axis 0 at every voxel.
-
-    Raises
-    ------
-    ValueError
-        If no map is given, shapes differ, a class index is out of range, or
-        ``floor`` is negative.
-
-    Examples
-    --------
-    Two one-voxel "subjects", labelled 1 and 2, three classes, no smoothing or floor:
-
-    >>> atlas = build_probabilistic_atlas([np.array([[[1]]]), np.array([[[2]]])], 3, sigma_mm=0, floor=0)
-    >>> atlas[:, 0, 0, 0].tolist()
-    [0.0, 0.5, 0.5]
-    """
-    if floor < 0:
-        raise ValueError(f"floor must be >= 0, got {floor}")
-    counts: np.ndarray | None = None
-    n = 0
-    for class_map in class_maps:
-        class_map = np.asarray(class_map)
-        if counts is None:
-            counts = np.zeros((num_classes,) + class_map.shape, np.float32)
-        if class_map.shape != counts.shape[1:]:
-            raise ValueError(f"label map shape {class_map.shape} != {counts.shape[1:]}")
-        if class_map.min() < 0 or class_map.max() >= num_classes:
-            raise ValueError(f"class indices must lie in [0, {num_classes}), got {class_map.min()}..{class_map.max()}")
-        for c in np.unique(class_map):
-            counts[c] += class_map == c
-        n += 1
-    if counts is None:
-        raise ValueError("no label maps given")
-    atlas = counts / n
-    if sigma_mm > 0:
-        sigma = [sigma_mm / s for s in spacing]
-        for c in range(num_classes):
-            ndimage.gaussian_filter(atlas[c], sigma, output=atlas[c], mode="constant")
-    atlas += floor
-    atlas /= atlas.sum(axis=0, keepdims=True)
-    return atlas
+__all__ = ["ProbabilisticAtlas"]
 
 
 @dataclass(frozen=True)
@@ -136,8 +65,10 @@ class ProbabilisticAtlas:
     ) -> ProbabilisticAtlas:
         """Build from class maps on the reference grid, one class at a time (low memory).
 
-        Same frequencies and smoothing as :func:`build_probabilistic_atlas`
-        (up to the uint8 quantisation).
+        Per class, the frequency of the class over the maps, smoothed with a
+        Gaussian of ``sigma_mm`` (mm, zero outside the grid), kept in the box
+        where the class occurs grown by 4 sigma and stored as uint8 (1/255
+        steps); the floor is added and rows renormalised at lookup.
 
         Parameters
         ----------
@@ -168,18 +99,17 @@ class ProbabilisticAtlas:
                 raise ValueError(f"class indices must lie in [0, {num_classes}), got {m.min()}..{m.max()}")
         sigma = [sigma_mm / s for s in spacing]
         margin = [int(np.ceil(4 * sg)) + 1 for sg in sigma]
+        # Where each class occurs in each map, in one pass per map (class c is object c + 1).
+        found = [ndimage.find_objects(m.astype(np.int32) + 1, max_label=num_classes) for m in maps]
         boxes = np.zeros((num_classes, 6), np.int64)
         values = []
         for c in range(num_classes):
-            present = np.zeros(shape, bool)
-            for m in maps:
-                present |= m == c
-            if not present.any():
+            where = [f[c] for f in found if f[c] is not None]
+            if not where:
                 values.append(np.zeros((0, 0, 0), np.uint8))
                 continue
-            lo = [max(int(a.min()) - g, 0) for a, g in zip(np.nonzero(present), margin)]
-            idx = np.nonzero(present)
-            hi = [min(int(a.max()) + 1 + g, n) for a, g, n in zip(idx, margin, shape)]
+            lo = [max(min(w[a].start for w in where) - margin[a], 0) for a in range(3)]
+            hi = [min(max(w[a].stop for w in where) + margin[a], shape[a]) for a in range(3)]
             box = tuple(slice(a, b) for a, b in zip(lo, hi))
             freq = np.zeros([b - a for a, b in zip(lo, hi)], np.float32)
             for m in maps:

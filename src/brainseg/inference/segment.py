@@ -125,7 +125,7 @@ def segment(
         volume = load_volume(outputs.image)
         result = predictor.predict(volume, probabilities=probabilities, progress=progress)
         save_volume(outputs.label_map, result.label_map, result.grid, dtype=np.int16)
-        write_volumes_csv(outputs.volumes, structure_volumes(result.label_map, result.labels, result.spacing))
+        write_volumes_csv(outputs.volumes, structure_volumes(result.label_map, result.labels, volume.affine))
         save_qc_png(outputs.qc, qc_figure(volume.data, result.label_map, result.spacing))
         if outputs.probabilities is not None and result.probabilities is not None:
             scaled = np.round(result.probabilities.astype(np.float32) * 255).astype(np.uint8)

@@ -13,7 +13,7 @@ import numpy as np
 from brainseg.io.atomic import atomic_write_text
 from brainseg.labels import LabelTable
 from brainseg.metrics.distance import surface_distances
-from brainseg.metrics.overlap import dice_per_class
+from brainseg.metrics.overlap import dice_per_class, volumetric_similarity
 
 __all__ = ["StructureScore", "evaluate_label_maps", "summarize", "write_scores_csv", "write_scores_json"]
 
@@ -76,10 +76,9 @@ def evaluate_label_maps(
     nan = float("nan")
     scores = []
     for c in range(1, n):
-        vs = nan
-        if p_counts[c] + r_counts[c]:
-            vs = 1.0 - abs(int(p_counts[c]) - int(r_counts[c])) / int(p_counts[c] + r_counts[c])
-        d = surface_distances(p == c, r == c, spacing) if distances else None
+        in_p, in_r = p == c, r == c
+        vs = volumetric_similarity(in_p, in_r)
+        d = surface_distances(in_p, in_r, spacing) if distances else None
         scores.append(
             StructureScore(
                 case_id,

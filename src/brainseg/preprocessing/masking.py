@@ -40,9 +40,5 @@ def brain_bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
     """
     if not mask.any():
         raise ValueError("the brain mask is empty")
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        box.append(slice(max(hits[0] - margin, 0), min(hits[-1] + 1 + margin, mask.shape[axis])))
-    return tuple(box)
+    (found,) = ndimage.find_objects(np.asarray(mask, np.uint8))
+    return tuple(slice(max(f.start - margin, 0), min(f.stop + margin, n)) for f, n in zip(found, mask.shape))

@@ -9,14 +9,9 @@ import numpy as np
 from brainseg.io.nifti import Volume
 from brainseg.preprocessing.intensity import IntensityNormalization
 from brainseg.preprocessing.masking import brain_mask
-from brainseg.preprocessing.resampling import (
-    needs_resampling,
-    resample_from_isotropic,
-    resample_image,
-    resample_label_map,
-)
+from brainseg.preprocessing.resampling import needs_resampling, resample_image, resample_label_map
 
-__all__ = ["PreparedImage", "prepare_image"]
+__all__ = ["PreparedImage", "prepare_image", "take_nearest"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +30,9 @@ class PreparedImage:
         Voxel size of the canonical input in mm.
     source_mask : ndarray of bool, shape of the canonical input
         Brain mask on the input grid.
+    source_affine : ndarray of float64, shape (4, 4), optional
+        Voxel -> RAS+ mm of the canonical input (its header's orientation,
+        oblique included); None means axis-aligned with the origin at voxel 0.
     """
 
     image: np.ndarray
@@ -42,6 +40,7 @@ class PreparedImage:
     background: float
     source_spacing: tuple[float, float, float]
     source_mask: np.ndarray
+    source_affine: np.ndarray | None = None
 
     @property
     def source_shape(self) -> tuple[int, int, int]:
@@ -53,34 +52,92 @@ class PreparedImage:
         """Whether the input was resampled to 1 mm."""
         return needs_resampling(self.source_spacing)
 
+    @property
+    def world_affine(self) -> np.ndarray:
+        """Voxel of the 1 mm grid -> RAS+ mm of the input (4 x 4, float64).
+
+        The 1 mm grid covers the input's field of view (see
+        :func:`~brainseg.preprocessing.resampling.resample_image`), so its voxel
+        ``i`` lies at input index ``(i + 0.5) / s - 0.5`` along an axis of
+        spacing ``s``. Registration starts from this orientation.
+        """
+        source = np.eye(4) if self.source_affine is None else np.asarray(self.source_affine, float)
+        if not self.resampled:
+            return source.copy()
+        s = np.asarray(self.source_spacing, float)
+        to_source = np.eye(4)
+        to_source[:3, :3] = np.diag(1.0 / s)
+        to_source[:3, 3] = 0.5 / s - 0.5
+        return source @ to_source
+
+    def source_index(self) -> np.ndarray | None:
+        """For each input voxel, the flat index of its nearest 1 mm voxel (-1 outside the input's brain mask).
+
+        Labels and probabilities come back to the input grid through this one
+        map (:func:`take_nearest`), so the probabilities' argmax is the label.
+
+        Returns
+        -------
+        ndarray of int64, shape ``source_shape``, or None when the input was not resampled.
+        """
+        if not self.resampled:
+            return None
+        index = np.arange(self.mask.size, dtype=np.int64).reshape(self.mask.shape)
+        out = resample_label_map(index, self.source_spacing, self.source_shape)
+        out[~self.source_mask] = -1
+        return out
+
     def to_source_grid(self, label_map: np.ndarray) -> np.ndarray:
         """Bring a label map on the 1 mm grid back onto the canonical input grid.
 
-        Nearest-neighbour resampling can spill labels past the brain, so voxels
-        outside the input's brain mask are set to background.
+        Nearest neighbour, confined to the input's brain mask (background
+        outside it): nearest-neighbour resampling would otherwise spill labels
+        past the brain.
         """
-        if not self.resampled:
-            return label_map
-        out = resample_label_map(label_map, self.source_spacing, self.source_shape)
-        out[~self.source_mask] = 0
-        return out
+        index = self.source_index()
+        return label_map if index is None else take_nearest(label_map, index)
 
     def probabilities_to_source_grid(self, probabilities: np.ndarray) -> np.ndarray:
-        """Bring class probabilities ``(C, D', H', W')`` on the 1 mm grid onto the input grid (linear)."""
-        if not self.resampled:
-            return probabilities
-        return np.stack(
-            [
-                resample_from_isotropic(p.astype(np.float32), self.source_spacing, self.source_shape)
-                for p in probabilities
-            ]
-        ).astype(probabilities.dtype)
+        """Bring class probabilities ``(C, D', H', W')`` on the 1 mm grid onto the input grid.
+
+        The same nearest-neighbour map as :meth:`to_source_grid` (class 0 has
+        probability 1 outside the brain mask), so the argmax of the result is
+        the label map :meth:`to_source_grid` gives for the argmax of the input.
+        """
+        index = self.source_index()
+        return probabilities if index is None else take_nearest(probabilities, index)
 
     def from_source_grid(self, label_map: np.ndarray) -> np.ndarray:
         """Bring a label map on the input grid onto the 1 mm grid (nearest neighbour)."""
         if not self.resampled:
             return label_map
         return resample_image(label_map, self.source_spacing, order=0).astype(label_map.dtype)
+
+
+def take_nearest(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Gather ``values`` at flat voxel indices; index -1 gives background.
+
+    Parameters
+    ----------
+    values : ndarray, shape (D, H, W) (a label map) or (C, D, H, W) (probabilities)
+        On the grid the indices point into.
+    index : ndarray of int, any 3-D shape
+        Flat indices into the last three axes of ``values``; -1 for background.
+
+    Returns
+    -------
+    ndarray, shape ``index.shape`` or ``(C,) + index.shape``, dtype of ``values``
+        Background is label 0, or probability 1 for class 0 and 0 for the others.
+    """
+    inside = index >= 0
+    safe = np.where(inside, index, 0)
+    if values.ndim == 3:
+        return np.where(inside, values.reshape(-1)[safe], 0).astype(values.dtype)
+    flat = values.reshape(len(values), -1)
+    out = np.zeros((len(values),) + index.shape, values.dtype)
+    out[:, inside] = flat[:, safe[inside]]
+    out[0, ~inside] = 1
+    return out
 
 
 def prepare_image(
@@ -109,4 +166,4 @@ def prepare_image(
         image = resample_image(image, spacing)
         mask = resample_image(source_mask.astype(np.float32), spacing) >= 0.5
     normalised, background = normalization(image, mask)
-    return PreparedImage(normalised, mask, background, spacing, source_mask)  # type: ignore[arg-type]
+    return PreparedImage(normalised, mask, background, spacing, source_mask, np.asarray(volume.affine, float))  # type: ignore[arg-type]

@@ -3,8 +3,9 @@
 Ganaye et al. (2018, section 3.1) register every image affinely to a
 reference atlas (FSL FLIRT) before computing spatial priors. brainseg uses
 SimpleITK's ``ImageRegistrationMethod`` (Mattes mutual information, a
-regular-step gradient descent, three resolution levels, moments-based
-initialisation): it is a maintained wrapper of ITK with binary wheels for
+regular-step gradient descent, three resolution levels, started from the
+header's orientation and from the principal axes of the brain, whichever
+fits better at the coarsest level): it is a maintained wrapper of ITK with binary wheels for
 every platform, needs no external executables (unlike FLIRT), and an affine
 registration of a 1 mm brain takes seconds on two cores.
 
@@ -21,7 +22,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["AffineRegistration", "register_affine", "resample_to_reference", "rotation_angle_deg"]
+__all__ = [
+    "AffineRegistration",
+    "initial_transforms",
+    "principal_axes",
+    "register_affine",
+    "resample_to_reference",
+    "rotation_angle_deg",
+]
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS, its own inverse
 
@@ -58,6 +66,139 @@ class AffineRegistration:
         return np.linalg.inv(self.matrix)
 
 
+def principal_axes(image: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centre of mass and principal axes of an image's non-zero voxels, in RAS+ mm.
+
+    Parameters
+    ----------
+    image : ndarray, shape (D, H, W)
+        Skull-stripped intensities (background 0); only the support counts.
+    affine : ndarray, shape (4, 4)
+        Voxel index -> RAS+ mm.
+
+    Returns
+    -------
+    centre : ndarray of float64, shape (3,)
+        Centre of mass of the support, mm.
+    axes : ndarray of float64, shape (3, 3)
+        Unit eigenvectors of the support's second-moment matrix as columns,
+        largest spread first; each column's sign is chosen so that its largest
+        component is positive and the frame is right-handed.
+
+    Raises
+    ------
+    ValueError
+        If the image has no non-zero voxel.
+    """
+    voxels = np.argwhere(image != 0)
+    if not len(voxels):
+        raise ValueError("principal axes of an empty image")
+    voxels = voxels[:: max(len(voxels) // 200_000, 1)].astype(np.float64)
+    points = voxels @ np.asarray(affine, float)[:3, :3].T + np.asarray(affine, float)[:3, 3]
+    centre = points.mean(axis=0)
+    values, vectors = np.linalg.eigh(np.cov((points - centre).T))
+    axes = vectors[:, np.argsort(values)[::-1]]
+    for k in range(3):
+        if axes[np.argmax(np.abs(axes[:, k])), k] < 0:
+            axes[:, k] *= -1
+    if np.linalg.det(axes) < 0:
+        axes[:, 2] *= -1
+    return centre, axes
+
+
+def initial_transforms(
+    moving: np.ndarray, moving_affine: np.ndarray, reference: np.ndarray, reference_affine: np.ndarray
+) -> list[np.ndarray]:
+    """Starting points of an affine registration: header orientation, then principal axes.
+
+    1. **Header**: the moving image's own affine (its orientation, oblique
+       included) is trusted, and only the centres of mass are matched.
+    2. **Principal axes**: the rotation that carries the reference's principal
+       axes onto the moving image's, about the centres of mass. Axes have no
+       sign, so of the four proper rotations that match them the one nearest
+       to the header's orientation is kept (exact for tilts below 90 degrees).
+       It is returned only when it differs from the first by more than 3 degrees.
+
+    Parameters
+    ----------
+    moving, reference : ndarray, shape (D, H, W)
+        Skull-stripped intensities (background 0).
+    moving_affine, reference_affine : ndarray, shape (4, 4)
+        Voxel index -> RAS+ mm.
+
+    Returns
+    -------
+    list of ndarray of float64, shape (4, 4)
+        Reference RAS+ mm -> moving RAS+ mm; one or two candidates.
+    """
+    c_mov, a_mov = principal_axes(moving, moving_affine)
+    c_ref, a_ref = principal_axes(reference, reference_affine)
+
+    def about_centres(linear: np.ndarray) -> np.ndarray:
+        m = np.eye(4)
+        m[:3, :3] = linear
+        m[:3, 3] = c_mov - linear @ c_ref
+        return m
+
+    candidates = [about_centres(np.eye(3))]
+    flips = [np.diag(d) for d in ((1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1))]
+    rotations = [a_mov @ f @ a_ref.T for f in flips]
+    nearest = min(rotations, key=lambda r: np.trace(r) * -1)  # largest trace = smallest angle from identity
+    if rotation_angle_deg(about_centres(nearest)) > 3.0:
+        candidates.append(about_centres(nearest))
+    return candidates
+
+
+def _sitk_affine(matrix_ras: np.ndarray):
+    # A reference RAS mm -> moving RAS mm matrix as a SimpleITK (LPS) affine transform.
+    import SimpleITK as sitk
+
+    lps = _LPS @ np.asarray(matrix_ras, float) @ _LPS
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(tuple(float(v) for v in lps[:3, :3].ravel()))
+    transform.SetTranslation(tuple(float(v) for v in lps[:3, 3]))
+    return transform
+
+
+def _ras_matrix(transform) -> np.ndarray:
+    # The inverse of _sitk_affine, for any affine-like SimpleITK transform.
+    import SimpleITK as sitk
+
+    affine = sitk.AffineTransform(transform)
+    linear = np.array(affine.GetMatrix()).reshape(3, 3)
+    centre = np.array(affine.GetCenter())
+    lps = np.eye(4)
+    lps[:3, :3] = linear
+    lps[:3, 3] = np.array(affine.GetTranslation()) + centre - linear @ centre
+    return _LPS @ lps @ _LPS
+
+
+def _optimise(fixed, moving, initial: np.ndarray, shrink, sigmas, iterations, sampling_fraction, seed):
+    # One multi-resolution run of Mattes MI + regular-step gradient descent from ``initial``.
+    import SimpleITK as sitk
+
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(sampling_fraction, seed)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=1.0, minStep=1e-4, numberOfIterations=iterations, gradientMagnitudeTolerance=1e-8
+    )
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel(list(shrink))
+    method.SetSmoothingSigmasPerLevel(list(sigmas))
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    start = _sitk_affine(initial)
+    centre = fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed.GetSize()])
+    start.SetCenter(centre)  # rotate about the fixed image's centre: same map, better conditioned steps
+    start.SetTranslation(tuple(np.asarray(_sitk_affine(initial).TransformPoint(centre)) - np.asarray(centre)))
+    method.SetInitialTransform(start, inPlace=False)
+    transform = method.Execute(fixed, moving)
+    result = sitk.CompositeTransform(transform).GetNthTransform(0)
+    return _ras_matrix(result), float(method.GetMetricValue())
+
+
 def register_affine(
     moving: np.ndarray,
     moving_affine: np.ndarray,
@@ -67,8 +208,16 @@ def register_affine(
     iterations: int = 200,
     sampling_fraction: float = 0.05,
     seed: int = 0,
+    initial: np.ndarray | None = None,
 ) -> AffineRegistration:
     """Affinely register a moving image to a reference image.
+
+    The registration starts from each of :func:`initial_transforms` (the
+    header's orientation, and the principal axes where they disagree with
+    it), runs the coarsest level (4x shrink) from each, and finishes the
+    finer levels from the candidate with the better metric, so strongly
+    tilted heads (tested to 45 degrees) are recovered without relying on the
+    optimiser to find large rotations.
 
     Parameters
     ----------
@@ -82,6 +231,9 @@ def register_affine(
         Fraction of voxels sampled for the metric (random, seeded).
     seed : int
         Seed of the metric's voxel sampling (results are reproducible).
+    initial : ndarray, shape (4, 4), optional
+        A starting transform (reference mm -> moving mm) to use instead of
+        :func:`initial_transforms`.
 
     Returns
     -------
@@ -92,38 +244,23 @@ def register_affine(
     ValueError
         If an image is not 3-D or is empty.
     """
-    import SimpleITK as sitk
-
     for name, data in (("moving", moving), ("reference", reference)):
         if data.ndim != 3 or not np.any(data):
             raise ValueError(f"{name} image must be a non-empty 3-D array, got shape {data.shape}")
     fixed_img = _to_sitk(reference, reference_affine)
     moving_img = _to_sitk(moving, moving_affine)
-    initial = sitk.CenteredTransformInitializer(
-        fixed_img, moving_img, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.MOMENTS
+    starts = [np.asarray(initial, float)] if initial is not None else initial_transforms(
+        moving, moving_affine, reference, reference_affine
     )
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(sampling_fraction, seed)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0, minStep=1e-4, numberOfIterations=iterations, gradientMagnitudeTolerance=1e-8
-    )
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([4, 2, 1])
-    method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    method.SetInitialTransform(initial, inPlace=False)
-    transform = method.Execute(fixed_img, moving_img)
-    affine = sitk.AffineTransform(sitk.CompositeTransform(transform).GetNthTransform(0))
-    linear = np.array(affine.GetMatrix()).reshape(3, 3)
-    centre = np.array(affine.GetCenter())
-    translation = np.array(affine.GetTranslation())
-    lps = np.eye(4)
-    lps[:3, :3] = linear
-    lps[:3, 3] = translation + centre - linear @ centre
-    return AffineRegistration(_LPS @ lps @ _LPS, float(method.GetMetricValue()))
+    # Shrink factors 4, 2, 1 (smoothing 2, 1, 0 mm), skipping levels that would leave < 16 voxels on an axis.
+    levels = [(f, sigma) for f, sigma in ((4, 2.0), (2, 1.0), (1, 0.0)) if min(reference.shape) >= 16 * f]
+    levels = levels or [(1, 0.0)]
+    shrink, sigmas = [f for f, _ in levels], [sigma for _, sigma in levels]
+    coarse = [_optimise(fixed_img, moving_img, s, shrink[:1], sigmas[:1], iterations, sampling_fraction, seed) for s in starts]
+    best, metric = min(coarse, key=lambda c: c[1])
+    if len(levels) > 1:
+        best, metric = _optimise(fixed_img, moving_img, best, shrink[1:], sigmas[1:], iterations, sampling_fraction, seed)
+    return AffineRegistration(best, metric)
 
 
 def resample_to_reference(

@@ -11,11 +11,32 @@ import numpy as np
 from brainseg.io.atomic import atomic_write_text
 from brainseg.labels import LabelTable
 
-__all__ = ["structure_volumes", "write_volumes_csv"]
+__all__ = ["structure_volumes", "voxel_volume_mm3", "write_volumes_csv"]
+
+
+def voxel_volume_mm3(affine: np.ndarray) -> float:
+    """Volume of one voxel in mm^3: |det| of the affine's 3 x 3 part.
+
+    The product of the column norms (the voxel sizes) is only right for an
+    orthogonal affine; a sheared one has a smaller voxel.
+
+    Parameters
+    ----------
+    affine : ndarray, shape (4, 4)
+        Voxel index -> mm.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sheared = np.eye(4); sheared[0, 1] = 1.0  # columns (1,0,0), (1,1,0), (0,0,1): norms 1, 1.414, 1
+    >>> voxel_volume_mm3(sheared)
+    1.0
+    """
+    return float(abs(np.linalg.det(np.asarray(affine, float)[:3, :3])))
 
 
 def structure_volumes(
-    label_map: np.ndarray, labels: LabelTable, spacing: tuple[float, ...]
+    label_map: np.ndarray, labels: LabelTable, affine: np.ndarray
 ) -> list[tuple[int, str, int, float]]:
     """Voxel count and volume of every structure of a protocol.
 
@@ -25,8 +46,9 @@ def structure_volumes(
         Protocol label numbers.
     labels : LabelTable
         Structures to report (background excluded).
-    spacing : tuple of 3 float
-        Voxel size in mm.
+    affine : ndarray, shape (4, 4)
+        Voxel index -> mm of ``label_map``'s grid; a voxel's volume is
+        :func:`voxel_volume_mm3` (|det| of its 3 x 3 part).
 
     Returns
     -------
@@ -37,10 +59,10 @@ def structure_volumes(
     --------
     >>> import numpy as np
     >>> table = LabelTable((0, 4), ("Background", "3rd Ventricle"))
-    >>> structure_volumes(np.array([[[0, 4, 4]]]), table, (1.0, 1.0, 2.0))
+    >>> structure_volumes(np.array([[[0, 4, 4]]]), table, np.diag([1.0, 1.0, 2.0, 1.0]))
     [(4, '3rd Ventricle', 2, 4.0)]
     """
-    voxel_mm3 = float(np.prod(spacing))
+    voxel_mm3 = voxel_volume_mm3(affine)
     classes = labels.to_classes(label_map)
     counts = np.bincount(classes.ravel(), minlength=labels.num_classes)
     return [

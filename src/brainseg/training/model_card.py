@@ -9,14 +9,15 @@ from pathlib import Path
 
 from brainseg.config import Config
 from brainseg.inference.predictor import Predictor
+from brainseg.errors import InputError
 from brainseg.io.atomic import atomic_write_text
 from brainseg.io.manifest import read_manifest
+from brainseg.io.nifti import load_volume
 from brainseg.metrics.report import StructureScore, evaluate_label_maps, summarize, write_scores_csv, write_scores_json
 from brainseg.model_folder import LoadedModel, load_model_folder
 from brainseg.models import count_parameters
 from brainseg.models.ganaye2018 import PAPER_PARAMETER_COUNT
 from brainseg.preprocessing.reference import load_transforms
-from brainseg.training.data import load_prepared_case
 
 __all__ = ["describe_model", "evaluate_validation", "write_model_card"]
 
@@ -30,10 +31,22 @@ CREDIT = (
 def evaluate_validation(model: LoadedModel, progress: bool = False) -> list[StructureScore]:
     """Segment the validation cases of a model folder's config and score every structure.
 
-    Scores are computed on the 1 mm grid of the cases (reference-space models
-    segment in the reference space and are scored after mapping back),
-    distances in mm. Transforms stored by ``brainseg atlas build`` for the
-    cases are used when the training reference folder is still there.
+    Each case is segmented as ``brainseg segment`` would (reference-space
+    models in the reference space, then back) and scored **on its own grid
+    and voxel spacing** against its label file, distances in mm, exactly as
+    ``brainseg evaluate`` scores the written label map. Transforms stored by
+    ``brainseg atlas build`` for the cases are used when the training
+    reference folder is still there.
+
+    Returns
+    -------
+    list of StructureScore
+        One per structure and case.
+
+    Raises
+    ------
+    InputError
+        If a validation case or its label map cannot be read.
     """
     tc = model.config.training
     by_id = {c.case_id: c for c in read_manifest(tc.manifest)}
@@ -41,13 +54,18 @@ def evaluate_validation(model: LoadedModel, progress: bool = False) -> list[Stru
     predictor = Predictor(model)
     scores: list[StructureScore] = []
     for case_id in tc.validation_cases:
-        prepared, classes = load_prepared_case(by_id[case_id], model.labels, model.normalization)
-        predicted, _, _ = predictor.segment_prepared(prepared, matrix=transforms.get(case_id), progress=progress)
+        case = by_id[case_id]
+        if case.label_map is None:
+            raise InputError(f"validation case {case_id}: the manifest gives no label_map")
+        image = load_volume(case.image)
+        mask = load_volume(case.mask, kind="mask").data if case.mask else None
+        reference = load_volume(case.label_map, kind="label_map")
+        result = predictor.predict(image, mask, matrix=transforms.get(case_id), progress=progress)
         scores += evaluate_label_maps(
-            model.labels.to_labels(predicted),
-            model.labels.to_labels(classes),
+            result.label_map,
+            reference.data,
             model.labels,
-            (1.0, 1.0, 1.0),
+            reference.spacing,
             case_id=case_id,
         )
     return scores

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from brainseg.config import Config, TrainingConfig, save_config
+from brainseg.config import Config, TrainingConfig, config_to_dict, save_config
 from brainseg.errors import InputError
 from brainseg.inference.dense import predict_dense
 from brainseg.io.atomic import atomic_write_text
@@ -37,7 +37,6 @@ from brainseg.sampling.augmentation import augment_largest_patch
 from brainseg.sampling.patches import extract_patches, plane_to_volume_indices, to_plane
 from brainseg.training.checkpoint import load_checkpoint, save_checkpoint
 from brainseg.training.data import TrainingCase, load_training_case
-from brainseg.training.schedulers import poly_learning_rate
 
 __all__ = ["initialise_from", "train", "validate"]
 
@@ -114,8 +113,9 @@ def initialise_from(network: torch.nn.Module, model_dir: str | Path) -> int:
 
     Tensors of the same name and shape are copied. A fully connected weight
     that gained input columns (a prior merged into its layer) keeps the old
-    columns first and starts the new ones at zero. The ProbBranch's last layer
-    starts at zero, so the network initially computes what the source did.
+    columns first and starts the new ones at zero. A ProbBranch the source
+    lacks starts with its last layer at zero, so the network initially
+    computes what the source did; one the source has is copied like the rest.
 
     Returns
     -------
@@ -147,11 +147,41 @@ def initialise_from(network: torch.nn.Module, model_dir: str | Path) -> int:
                 continue
             copied += 1
         prob = getattr(network, "prob_branch", None)
-        if prob is not None:
+        if prob is not None and not any(k.startswith("prob_branch.") for k in source):
             prob.layers[-1].weight.zero_()
             prob.layers[-1].bias.zero_()
     network.load_state_dict(state)
     return copied
+
+
+#: Settings a resumed run may change: how long it runs, and on how many threads.
+RESUMABLE_CHANGES = ("epochs", "num_threads")
+
+
+def _resume_settings(config: Config) -> str:
+    # The configuration a checkpoint belongs to, as canonical JSON (a plain string: loads with weights_only).
+    values = config_to_dict(config)
+    for key in RESUMABLE_CHANGES:
+        values["training"].pop(key, None)
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+def _check_resumable(state: dict, settings: str, path: Path) -> None:
+    saved = state.get("settings")
+    if saved is None:
+        raise InputError(f"{path}: this checkpoint records no configuration; start a new run in another folder")
+    if saved != settings:
+        old, new = json.loads(saved), json.loads(settings)
+        changed = sorted(
+            f"{section}.{key}"
+            for section in set(old) | set(new)
+            for key in set(old.get(section, {})) | set(new.get(section, {}))
+            if old.get(section, {}).get(key) != new.get(section, {}).get(key)
+        )
+        raise InputError(
+            f"{path}: was trained with other settings ({', '.join(changed)}); resume with the same config "
+            f"(only {', '.join(RESUMABLE_CHANGES)} may change) or train into another folder"
+        )
 
 
 def train(config: Config, output: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
@@ -228,22 +258,30 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
     )
     history: list[dict] = []
     start_epoch, elapsed = 0, 0.0
+    settings = _resume_settings(config)
     if resume:
         state = load_checkpoint(checkpoint_path)
+        _check_resumable(state, settings, checkpoint_path)
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the schedule restarts from the base rate and is replayed below
+            group["lr"] = group["initial_lr"] = tc.learning_rate
         start_epoch, elapsed = int(state["epoch"]), float(state["elapsed_s"])
         history = json.loads((output / "history.json").read_text()) if (output / "history.json").exists() else []
         log.info("resuming after epoch %d", start_epoch)
+    # Poly decay per epoch, base_lr * (1 - epoch / epochs) ** power (Ganaye et al. 2018, section 3.3).
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=tc.epochs, power=tc.poly_power)
+    with warnings.catch_warnings():  # replaying finished epochs' steps, before any optimizer step of this run
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+        for _ in range(start_epoch):
+            scheduler.step()
     save_config(config, output / "config.yaml")
     log.info("%s: %d parameters", config.model.name, count_parameters(network))
 
     steps = max(tc.samples_per_epoch // tc.batch_size, 1)
     for epoch in range(start_epoch, tc.epochs):
         t0 = time.time()
-        lr = poly_learning_rate(tc.learning_rate, epoch, tc.epochs, tc.poly_power)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = float(scheduler.get_last_lr()[0])
         rng = np.random.default_rng([tc.seed, epoch])
         torch.manual_seed(tc.seed * 100_003 + epoch)
         network.train()
@@ -275,8 +313,10 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
                 "optimizer": optimizer.state_dict(),
                 "epoch": epoch + 1,
                 "elapsed_s": elapsed,
+                "settings": settings,
             },
         )
+        scheduler.step()
         atomic_write_text(output / "history.json", json.dumps(history, indent=2) + "\n")
         network.eval()
         save_model_folder(output, config, labels, normalization, network, reference=tc.reference or None)
