@@ -37,7 +37,7 @@ ablation: install reference
 	$(PYTHON) -m brainseg ablation configs/ablation/basenet.yaml configs/ablation/dist.yaml \
 		configs/ablation/prob.yaml configs/ablation/dist_prob.yaml configs/ablation/dist_prob_3d.yaml \
 		configs/ablation/full.yaml -o runs/ablation/table1
-	$(PYTHON) -m brainseg ablation configs/ablation/basenet.yaml configs/ablation/paper_distbranch/dist.yaml \
-		configs/ablation/prob.yaml configs/ablation/paper_distbranch/dist_prob.yaml \
-		configs/ablation/paper_distbranch/dist_prob_3d.yaml configs/ablation/paper_distbranch/full.yaml \
-		-o runs/ablation/table1_paper_distbranch
+	$(PYTHON) -m brainseg ablation configs/ablation/basenet.yaml configs/ablation/conv_rbf_distbranch/dist.yaml \
+		configs/ablation/prob.yaml configs/ablation/conv_rbf_distbranch/dist_prob.yaml \
+		configs/ablation/conv_rbf_distbranch/dist_prob_3d.yaml configs/ablation/conv_rbf_distbranch/full.yaml \
+		-o runs/ablation/table1_conv_rbf_distbranch

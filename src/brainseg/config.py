@@ -50,7 +50,7 @@ class ModelConfig:
     branch_3d_widths : tuple of int
         3dBranch filter counts; empty = no 3dBranch.
     auxiliary : bool
-        Build the auxiliary classifiers (section 3.3.1); their loss weights
+        Build the auxiliary classifiers (section 3.3); their loss weights
         are ``TrainingConfig.auxiliary_weights``.
     """
 
@@ -67,7 +67,7 @@ class ModelConfig:
     landmarks: int = 0
     distance_representation: str = "images"
     distance_conv: bool = True
-    distance_rbf: bool = True
+    distance_rbf: bool = False
     distance_filters: int = 8
     distance_width: int = 128
     prob_branch: bool = False
@@ -82,7 +82,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Training schedule and data (Ganaye et al. 2018, section 3.2).
+    """Training schedule and data (Ganaye et al. 2018, section 3.3).
 
     Attributes
     ----------
@@ -114,9 +114,9 @@ class TrainingConfig:
         transforms of the manifest's cases); needed by reference-space models.
     auxiliary_weights : tuple of 2 float
         Weights of the BaseNet and DistBranch auxiliary losses in the global
-        loss (paper section 3.3.1); the main loss has weight 1.
+        loss (paper section 3.3); the main loss has weight 1.
     augment : bool
-        Rescale and rotate the largest 2-D patch at random (section 3.3.2).
+        Rescale and rotate the largest 2-D patch at random (section 3.3).
     augment_scale : tuple of 2 float
         Range of the scale factor (paper: 0.9-1.1).
     augment_rotation_deg : float

@@ -25,7 +25,7 @@ def _changes(a: Path, b: Path) -> dict:
 
 
 def test_ablation_rows_add_one_thing_each():
-    dist = {("model", "landmarks"): 7, ("model", "distance_rbf"): False}  # conv is the default
+    dist = {("model", "landmarks"): 7}  # conv and no RBF (the paper's DistBranch) are the defaults
     assert _changes(ABLATION / "basenet.yaml", ABLATION / "dist.yaml") == dist
     assert _changes(ABLATION / "basenet.yaml", ABLATION / "prob.yaml") == {("model", "prob_branch"): True}
     assert _changes(ABLATION / "dist.yaml", ABLATION / "dist_prob.yaml") == {("model", "prob_branch"): True}
@@ -44,7 +44,32 @@ def test_ablation_rows_add_one_thing_each():
     }
     # Table 1's DistBranch is Table 2's distance + conv row (reused by the ablation command) ...
     assert _changes(ABLATION / "dist.yaml", ABLATION / "distance_conv.yaml") == {}
-    # ... and the paper_distbranch/ variants differ from it only by the paper's RBF.
+    # ... and the conv_rbf_distbranch/ variants differ from it only by the RBF.
     for row in ("dist", "dist_prob", "dist_prob_3d", "full"):
-        paper = ABLATION / "paper_distbranch" / f"{row}.yaml"
-        assert _changes(ABLATION / f"{row}.yaml", paper) == {("model", "distance_rbf"): True}
+        variant = ABLATION / "conv_rbf_distbranch" / f"{row}.yaml"
+        assert _changes(ABLATION / f"{row}.yaml", variant) == {("model", "distance_rbf"): True}
+
+
+def test_every_paper_row_gets_the_papers_figures():
+    """Tables 1 and 2 of Ganaye et al. give every row; rows with another DistBranch than the paper's get none."""
+    from brainseg.training.ablation import PAPER_RESULTS, format_table, row_label, AblationRow
+
+    expected = {
+        "basenet": (0.694, 40.26, 1.74, 1_249_415),
+        "dist": (0.720, 10.09, 1.10, 1_508_511),
+        "prob": (0.700, 32.38, 1.50, 1_304_090),
+        "dist_prob": (0.723, 9.95, 1.10, 1_563_186),
+        "dist_prob_3d": (0.733, 9.99, 1.07, 2_847_794),
+        "full": (0.748, 9.66, 1.00, 2_847_794),
+        "distance": (0.703, 15.84, None, None),
+        "distance_rbf": (0.452, 66.02, None, None),
+        "distance_conv": (0.720, 10.09, 1.10, 1_508_511),
+        "distance_conv_rbf": (0.718, 10.42, None, None),
+    }
+    for name, figures in expected.items():
+        assert PAPER_RESULTS[row_label(load_config(ABLATION / f"{name}.yaml"))] == figures, name
+    for name in ("dist_prob", "dist_prob_3d", "full"):
+        label = row_label(load_config(ABLATION / "conv_rbf_distbranch" / f"{name}.yaml"))
+        assert label not in PAPER_RESULTS and "conv, rbf" in label
+    row = AblationRow("full", row_label(load_config(ABLATION / "full.yaml")), {"a": {"dice": 0.5, "hausdorff": 9.0, "msd": 1.0}}, 5, 1.0)
+    assert "| 0.748 | 9.66 | 1.00 | 2,847,794 |" in format_table([row])

@@ -12,6 +12,7 @@ array axis varying fastest, so ``distances.reshape(N, n, n, n)`` gives the
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial.distance import cdist
 
 __all__ = ["landmark_grid", "voxel_centres_mm", "landmark_distances", "rbf"]
 
@@ -83,9 +84,7 @@ def landmark_distances(points_mm: np.ndarray, landmarks_mm: np.ndarray) -> np.nd
     """
     p = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
     q = np.asarray(landmarks_mm, dtype=np.float64).reshape(-1, 3)
-    # |p - q|^2 = |p|^2 + |q|^2 - 2 p.q in float64: one matrix product instead of an (N, L, 3) array.
-    squared = (p**2).sum(axis=1)[:, None] + (q**2).sum(axis=1)[None, :] - 2.0 * (p @ q.T)
-    return np.sqrt(np.maximum(squared, 0.0)).astype(np.float32)
+    return cdist(p, q).astype(np.float32)
 
 
 def rbf(distances_mm: np.ndarray, alpha: float = 0.01) -> np.ndarray:

@@ -3,7 +3,7 @@
 One :class:`SpatialInputs` serves a whole image (on the reference template
 grid for the spatial priors): training gathers the inputs of sampled voxels,
 patch-by-patch inference of the voxels asked for, and dense inference of a
-slice's brain voxels at once (Ganaye et al. 2018, sections 2.2-2.4).
+slice's brain voxels at once (Ganaye et al. 2018, sections 2.2-2.3).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from tqdm import tqdm
 
 from brainseg.features.spatial import SpatialInputs
@@ -111,10 +112,10 @@ class _DenseBaseNet:
     def _fold(conv: torch.nn.Conv2d, norm: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         weight, bias = conv.weight, conv.bias
         if isinstance(norm, torch.nn.BatchNorm2d):
-            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-            weight = weight * scale[:, None, None, None]
-            bias = (bias - norm.running_mean) * scale + norm.bias
-        return weight.contiguous(), bias.contiguous()
+            weight, bias = fuse_conv_bn_weights(
+                weight, bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
+            )
+        return weight.detach().contiguous(), bias.detach().contiguous()
 
     def branch_maps(self, j: int, region: torch.Tensor) -> torch.Tensor:
         """Dense branch ``j`` then its share of the mixing convolution: ``(H', W', M)``."""

@@ -1,4 +1,4 @@
-"""Augmentation of the largest 2-D patch: random rescaling and in-plane rotation (Ganaye et al. 2018, section 3.3.2).
+"""Augmentation of the largest 2-D patch: random rescaling and in-plane rotation (Ganaye et al. 2018, section 3.3).
 
 The scale-``s`` patch of the largest scale is resampled with bilinear
 interpolation (:func:`scipy.ndimage.map_coordinates`) from the same

@@ -33,10 +33,19 @@ from brainseg.training.trainer import train, with_overrides
 
 __all__ = ["AblationRow", "PAPER_RESULTS", "format_table", "row_label", "run_ablation"]
 
-#: Published figures of Ganaye et al. (2018) we could verify: (mean Dice, mean Hausdorff mm, parameters).
-PAPER_RESULTS: dict[str, tuple[float | None, float | None, int | None]] = {
-    "BaseNet": (0.694, 40.26, PAPER_PARAMETER_COUNT),
-    "Full (+aux. losses, augmentation)": (0.748, 9.66, None),
+#: Ganaye et al. (2018), Tables 1 and 2 (MICCAI 2012 test set): (mean Dice, mean Hausdorff mm, mean MSD mm,
+#: parameters); None where the paper's table has no such column. Table 2's rows are the DistBranch alone.
+PAPER_RESULTS: dict[str, tuple[float | None, float | None, float | None, int | None]] = {
+    "BaseNet": (0.694, 40.26, 1.74, PAPER_PARAMETER_COUNT),
+    "+Dist (conv, no rbf)": (0.720, 10.09, 1.10, 1_508_511),
+    "+Prob": (0.700, 32.38, 1.50, 1_304_090),
+    "+Dist+Prob": (0.723, 9.95, 1.10, 1_563_186),
+    "+Dist+Prob+3d": (0.733, 9.99, 1.07, 2_847_794),
+    "Full (+aux. losses, augmentation)": (0.748, 9.66, 1.00, 2_847_794),
+    "U-Net": (0.708, 51.92, 2.14, 599_040),
+    "+Dist (no conv, no rbf)": (0.703, 15.84, None, None),
+    "+Dist (no conv, rbf)": (0.452, 66.02, None, None),
+    "+Dist (conv, rbf)": (0.718, 10.42, None, None),
 }
 
 
@@ -82,11 +91,15 @@ def row_label(config: Config) -> str:
         parts.append("3d")
     if not parts:
         return "BaseNet"
-    if m.branch_3d_widths and m.landmarks and m.prob_branch and m.auxiliary and t.augment:
-        return "Full (+aux. losses, augmentation)"
-    label = "+" + "+".join(parts)
+    distbranch = f"{'conv' if m.distance_conv else 'no conv'}, {'rbf' if m.distance_rbf else 'no rbf'}"
     if parts == ["Dist"]:
-        label += f" ({'conv' if m.distance_conv else 'no conv'}, {'rbf' if m.distance_rbf else 'no rbf'})"
+        return f"+Dist ({distbranch})"
+    if m.branch_3d_widths and m.landmarks and m.prob_branch and m.auxiliary and t.augment:
+        label = "Full (+aux. losses, augmentation)"
+    else:
+        label = "+" + "+".join(parts)
+    if m.landmarks and (m.distance_rbf or not m.distance_conv):
+        label += f" [DistBranch {distbranch}]"  # not the paper's DistBranch (conv, no rbf): not its row
     return label
 
 
@@ -238,24 +251,28 @@ def _pm(mean: float, std: float, digits: int) -> str:
 def format_table(rows: Sequence[AblationRow], budget: str = "") -> str:
     """A Markdown table shaped like the paper's: Dice, Hausdorff, MSD (mean ± std over subjects), parameters.
 
+    The paper's columns come from :data:`PAPER_RESULTS` ("–" where its table has no such figure).
+
     Examples
     --------
     >>> row = AblationRow("basenet", "BaseNet", {"a": {"dice": 0.7, "hausdorff": 30.0, "msd": 1.5},
     ...                                          "b": {"dice": 0.8, "hausdorff": 20.0, "msd": 1.0}}, 1000, 5.0)
     >>> print(format_table([row]).splitlines()[2])
-    | BaseNet | 0.750 ± 0.050 | 25.00 ± 5.00 | 1.250 ± 0.250 | 1,000 | 1,249,415 | 0.694 | 40.26 | 5 |
+    | BaseNet | 0.750 ± 0.050 | 25.00 ± 5.00 | 1.250 ± 0.250 | 1,000 | 0.694 | 40.26 | 1.74 | 1,249,415 | 5 |
     """
     lines = [
-        "| model | Dice | Hausdorff (mm) | MSD (mm) | parameters | paper parameters | paper Dice | paper HD (mm) "
-        "| training (min) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | Dice | Hausdorff (mm) | MSD (mm) | parameters | paper Dice | paper HD (mm) | paper MSD (mm) "
+        "| paper parameters | training (min) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        paper_dice, paper_hd, paper_params = PAPER_RESULTS.get(r.label, (None, None, None))
+        paper = [
+            "–" if v is None else format(v, f)
+            for v, f in zip(PAPER_RESULTS.get(r.label, (None,) * 4), (".3f", ".2f", ".2f", ","))
+        ]
         lines.append(
             f"| {r.label} | {_pm(*r.stat('dice'), 3)} | {_pm(*r.stat('hausdorff'), 2)} | {_pm(*r.stat('msd'), 3)} "
-            f"| {r.parameters:,} | {f'{paper_params:,}' if paper_params else 'n/a'} "
-            f"| {paper_dice if paper_dice else 'n/a'} | {paper_hd if paper_hd else 'n/a'} | {r.train_minutes:.0f} |"
+            f"| {r.parameters:,} | {' | '.join(paper)} | {r.train_minutes:.0f} |"
         )
     if budget:
         lines += ["", budget]

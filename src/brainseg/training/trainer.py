@@ -1,6 +1,6 @@
 """The training loop: patches from a manifest, SGD with momentum, poly policy, per-epoch validation.
 
-Follows Ganaye et al. (2018, section 3.2): SGD with momentum 0.9, initial
+Follows Ganaye et al. (2018, section 3.3): SGD with momentum 0.9, initial
 learning rate 1e-3 decayed by the poly policy (power 0.9) each epoch, batches
 of 256 patches, L2 weight decay and cross-entropy. An epoch is a fixed number
 of patches (``samples_per_epoch``) drawn afresh from a seeded generator, so a
@@ -68,7 +68,7 @@ def _draw_batch(
 
 
 def _loss(network: torch.nn.Module, batch: dict[str, torch.Tensor], targets: torch.Tensor, tc: TrainingConfig):
-    """Cross-entropy of the main output plus the weighted auxiliary losses (paper section 3.3.1)."""
+    """Cross-entropy of the main output plus the weighted auxiliary losses (paper section 3.3)."""
     logits, auxiliary = network.forward_with_auxiliary(**batch)
     loss = F.cross_entropy(logits, targets)
     weights = dict(zip(("base", "dist"), tc.auxiliary_weights))
