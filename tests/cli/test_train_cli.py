@@ -124,3 +124,50 @@ def test_unknown_setting_is_an_input_error(tmp_path, capsys):
     path.write_text("model:\n  widht: 3\n")
     assert main(["train", str(path), "-o", str(tmp_path / "m")]) == 2
     assert "unknown setting" in capsys.readouterr().err
+
+
+def test_model_card_scores_each_case_on_its_own_grid(tmp_path, capsys):
+    """Validation scores of a model card are those `brainseg evaluate` gives for the written label map, on the
+    case's own anisotropic grid (1 x 1 x 2 mm), not on the 1 mm grid the network works on."""
+    import csv
+
+    import nibabel as nib
+
+    from brainseg.model_folder import load_model_folder
+    from brainseg.training.model_card import evaluate_validation
+
+    rng = np.random.default_rng(1)
+    data = tmp_path / "data"
+    data.mkdir()
+    shape = (18, 20, 10)
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    affine = np.diag([-1.0, 1.0, 2.0, 1.0])
+    for case_id in ("a", "b", "c"):
+        brain = zz**2 + yy**2 + xx**2 < 0.7
+        labels = np.where(brain, np.where(zz < 0, 4, 11), 0).astype(np.int16)
+        image = np.where(brain, np.where(zz < 0, 80, 140) + 5 * rng.standard_normal(shape), 0).astype(np.float32)
+        for suffix, values in (("SS", image), ("glm", labels), ("mask", brain.astype(np.uint8))):
+            nib.save(nib.Nifti1Image(values, affine), data / f"{case_id}_{suffix}.nii.gz")
+    assert main(["manifest", str(data), "-o", str(tmp_path / "cases.csv")]) == 0
+    config = {
+        "model": {"num_classes": 135, "branch_widths": [4, 8], "mix_channels": 8, "fc_widths": [32], "dropout": 0.0},
+        "training": {"manifest": "cases.csv", "train_cases": ["a", "b"], "validation_cases": ["c"], "epochs": 1,
+                     "samples_per_epoch": 512, "batch_size": 64, "learning_rate": 0.05, "num_threads": 1},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "model"
+    assert main(["train", str(tmp_path / "config.yaml"), "-o", str(out), "--no-progress", "--no-card"]) == 0
+    card = {s.label: s for s in evaluate_validation(load_model_folder(out))}
+    assert main(["segment", str(data / "c_SS.nii.gz"), "-o", str(tmp_path / "seg"), "--model", str(out),
+                 "--no-progress"]) == 0
+    scores = tmp_path / "scores.csv"
+    assert main(["evaluate", str(tmp_path / "seg" / "c_SS_seg.nii.gz"), str(data / "c_glm.nii.gz"), "-o",
+                 str(scores)]) == 0
+    with open(scores) as f:
+        rows = {int(r["label"]): r for r in csv.DictReader(f) if r["case_id"] != "mean"}
+    for label in (4, 11):
+        assert card[label].reference_voxels == int(rows[label]["reference_voxels"]) == int(
+            (np.asarray(nib.load(data / "c_glm.nii.gz").dataobj) == label).sum()
+        )  # counted on the 18 x 20 x 10 file, not on a 1 mm grid of twice as many voxels
+        for metric in ("dice", "hausdorff", "hd95", "msd"):
+            assert getattr(card[label], metric) == pytest.approx(float(rows[label][metric]), abs=1e-9), metric

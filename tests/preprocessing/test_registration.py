@@ -8,7 +8,13 @@ from scipy.spatial.transform import Rotation
 
 from brainseg.io import load_volume
 from brainseg.model_folder import default_model_dir
-from brainseg.preprocessing.registration import register_affine, resample_to_reference, rotation_angle_deg
+from brainseg.preprocessing.registration import (
+    initial_transforms,
+    principal_axes,
+    register_affine,
+    resample_to_reference,
+    rotation_angle_deg,
+)
 
 DEMO = default_model_dir().parent / "demo" / "1000_SS.nii.gz"
 
@@ -72,3 +78,60 @@ def test_rotation_angle():
 def test_rejects_empty_image():
     with pytest.raises(ValueError, match="non-empty 3-D"):
         register_affine(np.zeros((4, 4, 4)), np.eye(4), np.ones((4, 4, 4)), np.eye(4))
+
+
+def _tilted(image, affine, angles_deg, shift_mm=(3.0, -2.0, 4.0)):
+    """The brain turned inside a larger, shifted, axis-aligned grid; returns (moving, its affine, truth)."""
+    truth = _known_transform(affine, image.shape, angles_deg, 1.0, shift_mm)
+    shape = tuple(int(n * 1.3) for n in image.shape)
+    moving_affine = affine.copy()
+    moving_affine[:3, 3] -= 0.15 * np.array(image.shape) * np.abs(np.diag(affine)[:3])
+    moving = resample_to_reference(image, affine, np.linalg.inv(truth), shape, moving_affine)
+    return moving, moving_affine, truth
+
+
+@pytest.mark.parametrize("angles_deg", [(30, 0, 0), (0, 45, 0), (30, 20, 0)])
+def test_recovers_strong_tilts_on_real_brain(demo, angles_deg):
+    """30 and 45 degree tilts (the identity start of the old code lost 45 degrees: 49 mm, 36 deg off)."""
+    image, affine = demo
+    moving, moving_affine, truth = _tilted(image, affine, angles_deg)
+    result = register_affine(moving, moving_affine, image, affine)
+    brain = _apply(affine, np.argwhere(image > 0)[::200].astype(float))
+    assert np.linalg.norm(_apply(result.matrix, brain) - _apply(truth, brain), axis=1).max() < 1.0
+    assert rotation_angle_deg(result.matrix @ np.linalg.inv(truth)) < 1.0
+
+
+def test_header_orientation_is_the_first_start(demo):
+    """An oblique grid recorded in the header (the world image upright) needs no rotation at all."""
+    image, affine = demo
+    oblique = affine.copy()
+    oblique[:3, :3] = Rotation.from_euler("xz", (40, -25), degrees=True).as_matrix() @ affine[:3, :3]
+    # Same voxels, the header says they lie rotated: the world brain is the original turned by that rotation.
+    candidates = initial_transforms(image, oblique, image, oblique)
+    np.testing.assert_allclose(candidates[0][:3, :3], np.eye(3))
+    result = register_affine(image, oblique, image, oblique)
+    np.testing.assert_allclose(result.matrix, np.eye(4), atol=0.05)
+
+
+def test_principal_axes_of_a_turned_ellipsoid():
+    """Semi-axes 20, 14, 8 mm turned by a known rotation: the principal axes give that rotation back."""
+    grid = np.stack(np.meshgrid(*[np.arange(-25, 26)] * 3, indexing="ij"), -1).astype(float)
+    turn = Rotation.from_euler("zyx", (25, -15, 10), degrees=True).as_matrix()
+    local = grid @ turn  # coordinates in the ellipsoid's own frame (turn.T applied)
+    ellipsoid = ((local / [20.0, 14.0, 8.0]) ** 2).sum(-1) <= 1
+    straight = ((grid / [20.0, 14.0, 8.0]) ** 2).sum(-1) <= 1
+    affine = np.eye(4)
+    affine[:3, 3] = -25
+    centre, axes, spreads = principal_axes(ellipsoid.astype(np.float32), affine)
+    np.testing.assert_allclose(spreads, np.array([20.0, 14.0, 8.0]) ** 2 / 5, rtol=0.05)  # a² / 5 for a solid ellipsoid
+    np.testing.assert_allclose(centre, 0.0, atol=0.05)
+    np.testing.assert_allclose(np.abs(axes.T @ turn), np.eye(3), atol=0.02)  # up to each axis' sign
+    starts = initial_transforms(ellipsoid.astype(np.float32), affine, straight.astype(np.float32), affine)
+    assert len(starts) == 2  # the principal axes disagree with the header by 30 degrees: both are tried
+    np.testing.assert_allclose(starts[1][:3, :3], turn, atol=0.02)
+
+
+def test_no_principal_axes_start_for_a_sphere():
+    grid = np.stack(np.meshgrid(*[np.arange(-12, 13)] * 3, indexing="ij"), -1).astype(float)
+    sphere = ((grid**2).sum(-1) <= 100).astype(np.float32)
+    assert len(initial_transforms(sphere, np.eye(4), sphere, np.eye(4))) == 1

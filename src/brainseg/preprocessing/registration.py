@@ -66,7 +66,7 @@ class AffineRegistration:
         return np.linalg.inv(self.matrix)
 
 
-def principal_axes(image: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def principal_axes(image: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centre of mass and principal axes of an image's non-zero voxels, in RAS+ mm.
 
     Parameters
@@ -84,6 +84,8 @@ def principal_axes(image: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, n
         Unit eigenvectors of the support's second-moment matrix as columns,
         largest spread first; each column's sign is chosen so that its largest
         component is positive and the frame is right-handed.
+    spreads : ndarray of float64, shape (3,)
+        The matching eigenvalues (variances along the axes, mm^2), largest first.
 
     Raises
     ------
@@ -97,13 +99,14 @@ def principal_axes(image: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, n
     points = voxels @ np.asarray(affine, float)[:3, :3].T + np.asarray(affine, float)[:3, 3]
     centre = points.mean(axis=0)
     values, vectors = np.linalg.eigh(np.cov((points - centre).T))
-    axes = vectors[:, np.argsort(values)[::-1]]
+    order = np.argsort(values)[::-1]
+    values, axes = values[order], vectors[:, order]
     for k in range(3):
         if axes[np.argmax(np.abs(axes[:, k])), k] < 0:
             axes[:, k] *= -1
     if np.linalg.det(axes) < 0:
         axes[:, 2] *= -1
-    return centre, axes
+    return centre, axes, values
 
 
 def initial_transforms(
@@ -117,7 +120,9 @@ def initial_transforms(
        axes onto the moving image's, about the centres of mass. Axes have no
        sign, so of the four proper rotations that match them the one nearest
        to the header's orientation is kept (exact for tilts below 90 degrees).
-       It is returned only when it differs from the first by more than 3 degrees.
+       It is returned only when both images have well-defined axes (each
+       spread at least 10 % above the next; a sphere has none) and it differs
+       from the first by more than 3 degrees.
 
     Parameters
     ----------
@@ -131,8 +136,8 @@ def initial_transforms(
     list of ndarray of float64, shape (4, 4)
         Reference RAS+ mm -> moving RAS+ mm; one or two candidates.
     """
-    c_mov, a_mov = principal_axes(moving, moving_affine)
-    c_ref, a_ref = principal_axes(reference, reference_affine)
+    c_mov, a_mov, s_mov = principal_axes(moving, moving_affine)
+    c_ref, a_ref, s_ref = principal_axes(reference, reference_affine)
 
     def about_centres(linear: np.ndarray) -> np.ndarray:
         m = np.eye(4)
@@ -141,6 +146,8 @@ def initial_transforms(
         return m
 
     candidates = [about_centres(np.eye(3))]
+    if min(s[0] / s[1] for s in (s_mov, s_ref)) < 1.1 or min(s[1] / s[2] for s in (s_mov, s_ref)) < 1.1:
+        return candidates  # an axis is ill-defined: its direction would be noise
     flips = [np.diag(d) for d in ((1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1))]
     rotations = [a_mov @ f @ a_ref.T for f in flips]
     nearest = min(rotations, key=lambda r: np.trace(r) * -1)  # largest trace = smallest angle from identity

@@ -159,7 +159,7 @@ def write_model_card(model_dir: str | Path, progress: bool = False, scores: list
         )
     lines += [
         "",
-        "## Validation (whole volumes, dense inference, 1 mm grid)",
+        "## Validation (whole volumes, dense inference, each case on its own grid and spacing)",
         f"Means over {len(tc.validation_cases)} cases x {cfg.num_classes - 1} structures; distances in mm. "
         f"{mean['missing']} structure scores had a structure missing from one side and are left out of the distance means.",
         "",
@@ -168,7 +168,7 @@ def write_model_card(model_dir: str | Path, progress: bool = False, scores: list
         f"| Dice | {_fmt(mean['dice'], 4)} |",
         f"| Hausdorff distance (max) | {_fmt(mean['hausdorff'], 2)} |",
         f"| HD95 | {_fmt(mean['hd95'], 2)} |",
-        f"| mean surface distance | {_fmt(mean['msd'], 3)} |",
+        f"| mean surface distance (d_msd, mean of the two directed means) | {_fmt(mean['msd'], 3)} |",
         f"| volumetric similarity | {_fmt(mean['volumetric_similarity'], 4)} |",
         "",
         "| case | mean Dice | mean HD (mm) | mean MSD (mm) |",
