@@ -108,7 +108,9 @@ class TrainingConfig:
     num_threads : int
         Torch intra-op threads (0 = torch's default).
     validate_every : int
-        Validate on whole volumes every this many epochs (and after the last).
+        Validate on whole volumes every this many epochs (and after the last);
+        0 never validates during training (the model card and the ablation
+        command still score the finished model).
     reference : str
         Reference folder made by ``brainseg atlas build`` (template, atlas,
         transforms of the manifest's cases); needed by reference-space models.

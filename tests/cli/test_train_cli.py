@@ -171,3 +171,11 @@ def test_model_card_scores_each_case_on_its_own_grid(tmp_path, capsys):
         )  # counted on the 18 x 20 x 10 file, not on a 1 mm grid of twice as many voxels
         for metric in ("dice", "hausdorff", "hd95", "msd"):
             assert getattr(card[label], metric) == pytest.approx(float(rows[label][metric]), abs=1e-9), metric
+
+
+def test_validate_every_zero_skips_validation_during_training(tiny_setup):
+    config = _with(tiny_setup, "novalidation", validate_every=0, epochs=1)
+    out = config.parent / "nv"
+    assert main(["train", str(config), "-o", str(out), "--no-progress", "--no-card"]) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 1 and "val_mean_dice" not in history[0]

@@ -123,7 +123,7 @@ def _row_settings(config: Config) -> dict:
 
 def _find_result(result: Path, output: Path, settings: dict) -> dict | None:
     # A finished row with exactly these settings: this run's, or one in a sibling study folder
-    # (Table 2's distance+conv+rbf row is Table 1's +Dist row).
+    # (Table 2's distance + conv row is Table 1's +Dist row).
     candidates = [result] + sorted(output.parent.glob("*/*/ablation_row.json"))
     for path in candidates:
         if path.is_file():

@@ -298,7 +298,7 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.2e}")
         record = {"epoch": epoch + 1, "lr": lr, "loss": float(np.mean(losses)), "train_s": time.time() - t0}
         last = epoch + 1 == tc.epochs
-        if val_cases and ((epoch + 1) % tc.validate_every == 0 or last):
+        if val_cases and tc.validate_every and ((epoch + 1) % tc.validate_every == 0 or last):
             t1 = time.time()
             scores = validate(network, val_cases, config.model.num_classes, progress=progress)
             record.update(val_mean_dice=scores["mean_dice"], val_per_case=scores["per_case"], val_s=time.time() - t1)
