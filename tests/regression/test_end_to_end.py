@@ -100,3 +100,28 @@ def test_anisotropic_input_is_resampled_and_returned_on_its_grid(miccai_dir, tmp
     assert seg.shape == data.shape
     np.testing.assert_allclose(seg.affine, affine)
     assert _mean_dice(np.asarray(seg.dataobj), ref) > 0.5
+
+
+@pytest.mark.slow
+def test_tilted_head_is_segmented_as_well_as_the_upright_one(tmp_path):
+    """Issue C's check: the demo subject turned 30 degrees about x and 20 about y inside a new, larger grid
+    (image linear, labels nearest) loses less than 0.03 mean Dice. Measured: 0.706 upright, 0.682 tilted;
+    before the registration started from the principal axes and the template was rebuilt: 0.697 and 0.641."""
+    from scipy import ndimage
+    from scipy.spatial.transform import Rotation
+
+    predictor = Predictor.from_model_dir()
+    image, labels = load_volume(DEMO / "1000_SS.nii.gz"), load_volume(DEMO / "1000_glm.nii.gz", kind="label_map")
+    upright = _mean_dice(predictor.predict(image).label_map, labels.data)
+    turn = Rotation.from_euler("xy", (30, 20), degrees=True).as_matrix()
+    shape = np.array(image.data.shape)
+    new_shape = tuple(int(n) for n in np.ceil(shape * 1.35))
+    offset = (shape - 1) / 2 - turn.T @ ((np.array(new_shape) - 1) / 2)  # new voxel -> old voxel about the centres
+    tilted = ndimage.affine_transform(image.data, turn.T, offset, output_shape=new_shape, order=1)
+    tilted_labels = ndimage.affine_transform(labels.data, turn.T, offset, output_shape=new_shape, order=0)
+    affine = np.eye(4)
+    affine[:3, 3] = (-90.0, -120.0, -80.0)
+    nib.save(nib.Nifti1Image(tilted.astype(np.float32), affine), tmp_path / "tilted.nii.gz")
+    result = predictor.predict(load_volume(tmp_path / "tilted.nii.gz"))
+    assert result.label_map.shape == new_shape
+    assert upright - _mean_dice(result.label_map, tilted_labels) < 0.03
