@@ -148,9 +148,9 @@ def test_ablation_prints_table_and_reuses_runs(reference, tmp_path, capsys):
     assert main(["ablation", str(base), str(dist), "-o", str(out), "--no-progress"]) == 0
     table = capsys.readouterr().out
     lines = [line for line in table.splitlines() if line.startswith("| ")]
-    assert lines[0].startswith("| model | Dice | Hausdorff (mm) | MSD (mm) | parameters | paper parameters")
-    assert lines[1].startswith("| BaseNet |") and "1,249,415" in lines[1]
-    assert lines[2].startswith("| +Dist (conv, rbf) |")
+    assert lines[0].startswith("| model | Dice | Hausdorff (mm) | MSD (mm) | parameters | paper Dice | paper HD")
+    assert lines[1].startswith("| BaseNet |") and "| 0.694 | 40.26 | 1.74 | 1,249,415 |" in lines[1]
+    assert lines[2].startswith("| +Dist (conv, no rbf) |") and "| 0.720 | 10.09 | 1.10 | 1,508,511 |" in lines[2]
     assert "Budget per row: 1 epochs x 256 patches" in table
     assert (out / "ablation.md").read_text() == table
     stamp = (out / "basenet" / "weights.safetensors").stat().st_mtime_ns
@@ -160,11 +160,11 @@ def test_ablation_prints_table_and_reuses_runs(reference, tmp_path, capsys):
     # A row with the same settings in a sibling study folder is reused too (Table 2 shares a row with Table 1).
     assert main(["ablation", str(dist), "-o", str(tmp_path / "table2"), "--no-progress"]) == 0
     assert not (tmp_path / "table2" / "dist" / "weights.safetensors").exists()
-    assert "+Dist (conv, rbf)" in (tmp_path / "table2" / "ablation.md").read_text()
+    assert "+Dist (conv, no rbf)" in (tmp_path / "table2" / "ablation.md").read_text()
 
     # Changing a row's settings under the same name refuses to reuse (or overwrite) the old run.
     dist_stamp = (out / "dist" / "weights.safetensors").stat().st_mtime_ns
-    changed = _config(tmp_path, "dist", {"landmarks": 3, "distance_width": 8, "distance_rbf": False})
+    changed = _config(tmp_path, "dist", {"landmarks": 3, "distance_width": 8, "distance_rbf": True})
     capsys.readouterr()
     assert main(["ablation", str(changed), "-o", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
