@@ -102,8 +102,22 @@ def test_atlas_build_needs_the_atlas_cases_named(tiny_manifest, capsys):
     assert exit_info.value.code == 2
     assert "--cases" in capsys.readouterr().err and not out.exists()
     # saying so explicitly builds from every labelled case
-    assert main(["atlas", "build", str(tiny_manifest), "-o", str(out), "--all-labelled", "--iterations", "1",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "atlas",
+                "build",
+                str(tiny_manifest),
+                "-o",
+                str(out),
+                "--all-labelled",
+                "--iterations",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "reference.json").read_text())["template_cases"] == ["a", "b", "c"]
 
 

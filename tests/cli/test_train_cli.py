@@ -151,23 +151,37 @@ def test_model_card_scores_each_case_on_its_own_grid(tmp_path, capsys):
     assert main(["manifest", str(data), "-o", str(tmp_path / "cases.csv")]) == 0
     config = {
         "model": {"num_classes": 135, "branch_widths": [4, 8], "mix_channels": 8, "fc_widths": [32], "dropout": 0.0},
-        "training": {"manifest": "cases.csv", "train_cases": ["a", "b"], "validation_cases": ["c"], "epochs": 1,
-                     "samples_per_epoch": 512, "batch_size": 64, "learning_rate": 0.05, "num_threads": 1},
+        "training": {
+            "manifest": "cases.csv",
+            "train_cases": ["a", "b"],
+            "validation_cases": ["c"],
+            "epochs": 1,
+            "samples_per_epoch": 512,
+            "batch_size": 64,
+            "learning_rate": 0.05,
+            "num_threads": 1,
+        },
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "model"
     assert main(["train", str(tmp_path / "config.yaml"), "-o", str(out), "--no-progress", "--no-card"]) == 0
     card = {s.label: s for s in evaluate_validation(load_model_folder(out))}
-    assert main(["segment", str(data / "c_SS.nii.gz"), "-o", str(tmp_path / "seg"), "--model", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(["segment", str(data / "c_SS.nii.gz"), "-o", str(tmp_path / "seg"), "--model", str(out), "--no-progress"])
+        == 0
+    )
     scores = tmp_path / "scores.csv"
-    assert main(["evaluate", str(tmp_path / "seg" / "c_SS_seg.nii.gz"), str(data / "c_glm.nii.gz"), "-o",
-                 str(scores)]) == 0
+    assert (
+        main(["evaluate", str(tmp_path / "seg" / "c_SS_seg.nii.gz"), str(data / "c_glm.nii.gz"), "-o", str(scores)])
+        == 0
+    )
     with open(scores) as f:
         rows = {int(r["label"]): r for r in csv.DictReader(f) if r["case_id"] != "mean"}
     for label in (4, 11):
-        assert card[label].reference_voxels == int(rows[label]["reference_voxels"]) == int(
-            (np.asarray(nib.load(data / "c_glm.nii.gz").dataobj) == label).sum()
+        assert (
+            card[label].reference_voxels
+            == int(rows[label]["reference_voxels"])
+            == int((np.asarray(nib.load(data / "c_glm.nii.gz").dataobj) == label).sum())
         )  # counted on the 18 x 20 x 10 file, not on a 1 mm grid of twice as many voxels
         for metric in ("dice", "hausdorff", "hd95", "msd"):
             assert getattr(card[label], metric) == pytest.approx(float(rows[label][metric]), abs=1e-9), metric

@@ -66,7 +66,6 @@ def test_errors(maps, match):
 # --- the compact atlas stored in model folders ---------------------------------------------------
 
 
-
 def _maps(rng, shape=(9, 12, 7), classes=5, n=3):
     maps = []
     for _ in range(n):

@@ -245,7 +245,9 @@ def test_downsampling_sub_millimetre_images_is_anti_aliased():
     assert np.abs(out[2:-2]).max() < 0.1
     # A smooth image is barely changed, and label maps (order 0) are never smoothed.
     ramp = np.broadcast_to(np.linspace(0, 10, 100, dtype=np.float32)[:, None, None], (100, 6, 5)).copy()
-    np.testing.assert_allclose(resample_image(ramp, (0.4, 1.0, 1.0))[2:-2], aliased_ramp(ramp, scale, offset), atol=1e-3)
+    np.testing.assert_allclose(
+        resample_image(ramp, (0.4, 1.0, 1.0))[2:-2], aliased_ramp(ramp, scale, offset), atol=1e-3
+    )
     labels = np.broadcast_to((np.arange(100) % 3).astype(np.float32)[:, None, None], (100, 6, 5)).copy()
     assert set(np.unique(resample_image(labels, (0.4, 1.0, 1.0), order=0))) <= {0.0, 1.0, 2.0}
 

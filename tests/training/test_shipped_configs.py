@@ -52,7 +52,7 @@ def test_ablation_rows_add_one_thing_each():
 
 def test_every_paper_row_gets_the_papers_figures():
     """Tables 1 and 2 of Ganaye et al. give every row; rows with another DistBranch than the paper's get none."""
-    from brainseg.training.ablation import PAPER_RESULTS, format_table, row_label, AblationRow
+    from brainseg.training.ablation import PAPER_RESULTS, AblationRow, format_table, row_label
 
     expected = {
         "basenet": (0.694, 40.26, 1.74, 1_249_415),
@@ -71,5 +71,11 @@ def test_every_paper_row_gets_the_papers_figures():
     for name in ("dist_prob", "dist_prob_3d", "full"):
         label = row_label(load_config(ABLATION / "conv_rbf_distbranch" / f"{name}.yaml"))
         assert label not in PAPER_RESULTS and "conv, rbf" in label
-    row = AblationRow("full", row_label(load_config(ABLATION / "full.yaml")), {"a": {"dice": 0.5, "hausdorff": 9.0, "msd": 1.0}}, 5, 1.0)
+    row = AblationRow(
+        "full",
+        row_label(load_config(ABLATION / "full.yaml")),
+        {"a": {"dice": 0.5, "hausdorff": 9.0, "msd": 1.0}},
+        5,
+        1.0,
+    )
     assert "| 0.748 | 9.66 | 1.00 | 2,847,794 |" in format_table([row])

@@ -256,17 +256,23 @@ def register_affine(
             raise ValueError(f"{name} image must be a non-empty 3-D array, got shape {data.shape}")
     fixed_img = _to_sitk(reference, reference_affine)
     moving_img = _to_sitk(moving, moving_affine)
-    starts = [np.asarray(initial, float)] if initial is not None else initial_transforms(
-        moving, moving_affine, reference, reference_affine
+    starts = (
+        [np.asarray(initial, float)]
+        if initial is not None
+        else initial_transforms(moving, moving_affine, reference, reference_affine)
     )
     # Shrink factors 4, 2, 1 (smoothing 2, 1, 0 mm), skipping levels that would leave < 16 voxels on an axis.
     levels = [(f, sigma) for f, sigma in ((4, 2.0), (2, 1.0), (1, 0.0)) if min(reference.shape) >= 16 * f]
     levels = levels or [(1, 0.0)]
     shrink, sigmas = [f for f, _ in levels], [sigma for _, sigma in levels]
-    coarse = [_optimise(fixed_img, moving_img, s, shrink[:1], sigmas[:1], iterations, sampling_fraction, seed) for s in starts]
+    coarse = [
+        _optimise(fixed_img, moving_img, s, shrink[:1], sigmas[:1], iterations, sampling_fraction, seed) for s in starts
+    ]
     best, metric = min(coarse, key=lambda c: c[1])
     if len(levels) > 1:
-        best, metric = _optimise(fixed_img, moving_img, best, shrink[1:], sigmas[1:], iterations, sampling_fraction, seed)
+        best, metric = _optimise(
+            fixed_img, moving_img, best, shrink[1:], sigmas[1:], iterations, sampling_fraction, seed
+        )
     return AffineRegistration(best, metric)
 
 

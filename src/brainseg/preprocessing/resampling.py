@@ -7,7 +7,12 @@ from scipy import ndimage
 
 __all__ = [
     "anti_aliasing_sigma",
-    "needs_resampling", "isotropic_shape", "resample_from_isotropic", "resample_image", "resample_label_map"]
+    "needs_resampling",
+    "isotropic_shape",
+    "resample_from_isotropic",
+    "resample_image",
+    "resample_label_map",
+]
 
 TOLERANCE_MM = 1e-3
 

@@ -8,8 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from brainseg.config import Config
-from brainseg.inference.predictor import Predictor
 from brainseg.errors import InputError
+from brainseg.inference.predictor import Predictor
 from brainseg.io.atomic import atomic_write_text
 from brainseg.io.manifest import read_manifest
 from brainseg.io.nifti import load_volume

@@ -20,7 +20,17 @@ from brainseg.errors import InputError
 from brainseg.features.atlas import ProbabilisticAtlas
 from brainseg.io.atomic import atomic_path, atomic_write_text
 
-__all__ = ["ATLAS", "INFO", "MODEL_FILES", "TEMPLATE", "TRANSFORMS", "Reference", "copy_reference", "load_reference", "load_transforms"]
+__all__ = [
+    "ATLAS",
+    "INFO",
+    "MODEL_FILES",
+    "TEMPLATE",
+    "TRANSFORMS",
+    "Reference",
+    "copy_reference",
+    "load_reference",
+    "load_transforms",
+]
 
 TEMPLATE = "template.nii.gz"
 ATLAS = "atlas.npz"
@@ -124,5 +134,3 @@ def load_reference(path: str | Path) -> Reference:
     transforms = load_transforms(path)
     info = json.loads((path / INFO).read_text()) if (path / INFO).is_file() else {}
     return Reference(template, np.asarray(img.affine, float), atlas, transforms, info)
-
-
