@@ -13,9 +13,9 @@ from brainseg.cli.main import main
 from brainseg.training.checkpoint import load_checkpoint
 
 
-@pytest.fixture
-def tiny_setup(tmp_path, tiny_manifest):
-    config = {
+def _tiny_config(**training) -> dict:
+    """A tiny BaseNet trained on cases a and b of a ``cases.csv`` beside the config, validated on c."""
+    return {
         "model": {"num_classes": 135, "branch_widths": [4, 8], "mix_channels": 8, "fc_widths": [32], "dropout": 0.0},
         "training": {
             "manifest": "cases.csv",
@@ -27,10 +27,15 @@ def tiny_setup(tmp_path, tiny_manifest):
             "learning_rate": 0.05,
             "sampling": "mixed",
             "num_threads": 1,
+            **training,
         },
     }
+
+
+@pytest.fixture
+def tiny_setup(tmp_path, tiny_manifest):
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(_tiny_config()))
     return path
 
 
@@ -149,19 +154,7 @@ def test_model_card_scores_each_case_on_its_own_grid(tmp_path, capsys):
         for suffix, values in (("SS", image), ("glm", labels), ("mask", brain.astype(np.uint8))):
             nib.save(nib.Nifti1Image(values, affine), data / f"{case_id}_{suffix}.nii.gz")
     assert main(["manifest", str(data), "-o", str(tmp_path / "cases.csv")]) == 0
-    config = {
-        "model": {"num_classes": 135, "branch_widths": [4, 8], "mix_channels": 8, "fc_widths": [32], "dropout": 0.0},
-        "training": {
-            "manifest": "cases.csv",
-            "train_cases": ["a", "b"],
-            "validation_cases": ["c"],
-            "epochs": 1,
-            "samples_per_epoch": 512,
-            "batch_size": 64,
-            "learning_rate": 0.05,
-            "num_threads": 1,
-        },
-    }
+    config = _tiny_config(epochs=1)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "model"
     assert main(["train", str(tmp_path / "config.yaml"), "-o", str(out), "--no-progress", "--no-card"]) == 0

@@ -246,13 +246,13 @@ def test_downsampling_sub_millimetre_images_is_anti_aliased():
     # A smooth image is barely changed, and label maps (order 0) are never smoothed.
     ramp = np.broadcast_to(np.linspace(0, 10, 100, dtype=np.float32)[:, None, None], (100, 6, 5)).copy()
     np.testing.assert_allclose(
-        resample_image(ramp, (0.4, 1.0, 1.0))[2:-2], aliased_ramp(ramp, scale, offset), atol=1e-3
+        resample_image(ramp, (0.4, 1.0, 1.0))[2:-2], _plain_linear_ramp(ramp, scale, offset), atol=1e-3
     )
     labels = np.broadcast_to((np.arange(100) % 3).astype(np.float32)[:, None, None], (100, 6, 5)).copy()
     assert set(np.unique(resample_image(labels, (0.4, 1.0, 1.0), order=0))) <= {0.0, 1.0, 2.0}
 
 
-def aliased_ramp(ramp, scale, offset):
+def _plain_linear_ramp(ramp, scale, offset):
     from scipy import ndimage
 
     out = ndimage.affine_transform(ramp, scale, offset, output_shape=(40, 6, 5), order=1, mode="nearest")
