@@ -8,6 +8,7 @@ grid (shape, orientation, affine) with :func:`save_volume`.
 
 from __future__ import annotations
 
+import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 
 from brainseg.errors import InputError
 from brainseg.io.atomic import atomic_path
+from brainseg.io.validation import check_header, check_intensities
 
 __all__ = ["Grid", "Volume", "load_volume", "save_volume", "is_volume_path", "output_stem"]
 
@@ -107,43 +109,31 @@ def load_volume(path: str | Path, *, kind: str = "image") -> Volume:
     ------
     InputError
         If the file is missing, not a NIfTI/MGZ image, truncated or corrupt,
-        not 3-D, holds NaN/Inf, is all zero (images), or holds non-integer
-        labels. The message names the file and what to do.
+        or fails the validation gate (:mod:`brainseg.io.validation`: dimensions,
+        size, data type, affine, voxel size, memory, intensities). The message
+        names the file and what to do.
     """
     path = Path(path)
+    if kind not in ("image", "label_map", "mask"):
+        raise ValueError(f"kind must be 'image', 'label_map' or 'mask', got {kind!r}")
     if not path.is_file():
         raise InputError(f"{path}: no such file; give the path of a .nii, .nii.gz or .mgz image")
     try:
         img = nib.load(str(path))
-        raw = np.asarray(img.dataobj)
-    except (ImageFileError, EOFError, zlib.error, OSError, ValueError) as err:
+        header = check_header(path, img, kind)  # before any voxel is read
+        raw = np.asarray(img.dataobj).reshape(header.shape, order="A")
+    except InputError:
+        raise
+    except (ImageFileError, EOFError, zlib.error, OSError, ValueError, TypeError, MemoryError, struct.error) as err:
         raise InputError(
             f"{path}: cannot read it as NIfTI or MGZ ({type(err).__name__}); "
             "check that the file is complete and is a .nii, .nii.gz or .mgz image"
         ) from None
-    if raw.ndim == 4 and raw.shape[3] == 1:
-        raw = raw[..., 0]
-    if raw.ndim != 3:
-        raise InputError(
-            f"{path}: expected one 3-D volume, got shape {raw.shape}; "
-            "extract a single 3-D volume first (e.g. fslroi or nibabel)"
-        )
-    if min(raw.shape) < 2:
-        raise InputError(f"{path}: a 3-D volume needs >= 2 voxels along each axis, got shape {raw.shape}")
-    if kind == "image":
-        data = raw.astype(np.float32)
-        if not np.isfinite(data).all():
-            raise InputError(f"{path}: image holds NaN or Inf voxels; replace them (e.g. with 0) and retry")
-        if not data.any():
-            raise InputError(f"{path}: image is all zero; check that it is the right file")
-    elif kind in ("label_map", "mask"):
-        if not np.issubdtype(raw.dtype, np.integer):
-            if not np.isfinite(raw).all() or not np.array_equal(raw, np.round(raw)):
-                raise InputError(f"{path}: a {kind} must hold integer values")
-        data = raw.astype(np.int32)
-    else:
-        raise ValueError(f"kind must be 'image', 'label_map' or 'mask', got {kind!r}")
-    grid = Grid(tuple(int(n) for n in raw.shape), np.asarray(img.affine, dtype=np.float64))  # type: ignore[arg-type]
+    check_intensities(path, raw, kind)
+    data = raw.astype(np.float32) if kind == "image" else raw.astype(np.int32)
+    if kind == "image" and not np.isfinite(data).all():  # float64 values beyond the float32 range
+        raise InputError(f"{path}: intensities overflow float32; rescale the image and retry")
+    grid = Grid(header.shape, header.affine)
     canonical, affine = grid.to_canonical(data)
     return Volume(np.ascontiguousarray(canonical), affine, grid)
 
