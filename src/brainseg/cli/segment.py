@@ -1,24 +1,43 @@
-"""``brainseg segment IMAGE [IMAGE ...] -o OUTDIR``."""
+"""``brainseg segment INPUT [INPUT ...] -o OUTDIR``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from brainseg.cli import add_model_option
+
+#: ``brainseg.preprocessing.skull_strip.SKULL_STRIP_MODES``, named here so that building the parser imports no torch.
+SKULL_STRIP_CHOICES = ("auto", "always", "never")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the subcommand."""
     p = subparsers.add_parser(
         "segment",
-        help="segment skull-stripped T1 images",
-        description="Segment skull-stripped T1 images. Writes NAME_seg.nii.gz (label numbers on the input grid), "
-        "NAME_volumes.csv and NAME_qc.png per input.",
+        help="segment T1 images (skull-stripped or whole-head)",
+        description="Segment T1-weighted images. Writes NAME_seg.nii.gz (label numbers on the input grid), "
+        "NAME_brain_mask.nii.gz, NAME_volumes.csv, NAME_qc.png and the completion record NAME_seg.json per input; "
+        "a batch also writes segment_summary.csv. Exit status: 0 all done, 1 some cases of a batch failed, "
+        "2 bad input or arguments (nothing written).",
     )
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help=".nii, .nii.gz or .mgz image(s)")
+    p.add_argument(
+        "images",
+        nargs="+",
+        metavar="INPUT",
+        help="image(s) (.nii, .nii.gz, .mgz), quoted glob patterns, a manifest .csv or a .txt list of paths",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="output folder")
     add_model_option(p)
+    p.add_argument(
+        "--skull-strip",
+        choices=SKULL_STRIP_CHOICES,
+        default="auto",
+        help="brain extraction with deepbet: auto (default) detects whether each image is already "
+        "skull-stripped; always; never (the image is taken as skull-stripped)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs are already complete")
     p.add_argument("--probabilities", action="store_true", help="also write NAME_probabilities.nii.gz")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -26,17 +45,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Segment and print the written label maps."""
+    """Segment, print the written label maps; 1 if a case of a batch failed."""
     from brainseg.inference.segment import segment
 
-    outputs = segment(
+    results = segment(
         args.images,
         args.output,
         model=args.model,
         probabilities=args.probabilities,
+        skull_strip=args.skull_strip,
+        overwrite=args.overwrite,
         progress=not args.no_progress,
         num_threads=args.threads,
     )
-    for out in outputs:
-        print(out.label_map)
+    failed = [r for r in results if r.status == "failed"]
+    for r in results:
+        if r.status != "failed":
+            print(r.outputs.label_map)
+    if failed:
+        print(
+            f"brainseg segment: {len(failed)} of {len(results)} cases failed; see {args.output / 'segment_summary.csv'}",
+            file=sys.stderr,
+        )
+        return 1
     return 0

@@ -1,75 +1,130 @@
-"""``brainseg.segment``: segment image files and write label maps, volumes and QC figures."""
+"""``brainseg.segment``: segment image files and write label maps, brain masks, volumes and QC figures.
+
+One input goes: load and validate (:func:`brainseg.io.load_volume`) -> skull
+stripping where needed (:mod:`brainseg.preprocessing.skull_strip`) -> the
+model (:class:`~brainseg.inference.predictor.Predictor`) -> outputs on the
+input's grid, each written to a temporary file and renamed, then the case's
+completion record (:mod:`brainseg.inference.batch`).
+
+A batch (several inputs) goes on past a failed case: the failure is reported
+in ``segment_summary.csv`` and the log, and the case leaves no output. A
+re-run skips complete cases unless ``overwrite``.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
 from pathlib import Path
 
 import numpy as np
 
+from brainseg import __version__
 from brainseg.errors import InputError
+from brainseg.inference.batch import (
+    SUMMARY,
+    CaseResult,
+    SegmentInput,
+    SegmentOutputs,
+    expand_inputs,
+    is_complete,
+    plan_outputs,
+    remove_stale_temporaries,
+    sha256_file,
+    write_record,
+    write_summary,
+)
 from brainseg.inference.predictor import Predictor
-from brainseg.io.nifti import is_volume_path, load_volume, output_stem, save_volume
+from brainseg.io.nifti import Volume, load_volume, save_volume
+from brainseg.preprocessing.skull_strip import SKULL_STRIP_MODES, BrainExtractor, skull_strip
 from brainseg.reporting import qc_figure, save_qc_png, structure_volumes, write_volumes_csv
+from brainseg.reporting.volumes import voxel_volume_mm3
 
-__all__ = ["SegmentOutputs", "segment", "check_inputs"]
+__all__ = ["CaseResult", "SegmentOutputs", "segment", "segment_case"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SegmentOutputs:
-    """Files written for one input."""
+class _Extractor:
+    """deepbet, loaded on first use and kept for the rest of the batch."""
 
-    image: Path
-    label_map: Path
-    volumes: Path
-    qc: Path
-    probabilities: Path | None
+    def __init__(self) -> None:
+        self._extractor: BrainExtractor | None = None
 
-
-def output_paths(image: Path, output_dir: Path, probabilities: bool) -> SegmentOutputs:
-    """Where ``segment`` writes the outputs of ``image``."""
-    stem = output_stem(image)
-    return SegmentOutputs(
-        image,
-        output_dir / f"{stem}_seg.nii.gz",
-        output_dir / f"{stem}_volumes.csv",
-        output_dir / f"{stem}_qc.png",
-        output_dir / f"{stem}_probabilities.nii.gz" if probabilities else None,
-    )
+    def get(self) -> BrainExtractor:
+        if self._extractor is None:
+            self._extractor = BrainExtractor()
+        return self._extractor
 
 
-def check_inputs(images: list[Path], output_dir: Path, probabilities: bool = False) -> list[SegmentOutputs]:
-    """Validate every input and output path before anything is written.
+def segment_case(
+    outputs: SegmentOutputs,
+    predictor: Predictor,
+    *,
+    skull_strip_mode: str = "auto",
+    extractor: BrainExtractor | None = None,
+    header: list[str] | None = None,
+    progress: bool = False,
+) -> str:
+    """Segment one image file and write its outputs (not its completion record).
+
+    Parameters
+    ----------
+    outputs : SegmentOutputs
+        Where to write; ``outputs.probabilities`` None to skip them.
+    predictor : Predictor
+        The loaded model.
+    skull_strip_mode : {'auto', 'always', 'never'}
+        See :func:`brainseg.preprocessing.skull_strip.skull_strip`.
+    extractor : BrainExtractor, optional
+        deepbet, reused across cases (loaded here when needed and not given).
+    header : list of str, optional
+        Comment lines for the top of the volumes CSV.
+    progress : bool
+        Show the network's progress bar.
+
+    Returns
+    -------
+    str
+        The skull-stripping line (also logged and written in the volumes CSV header).
 
     Raises
     ------
     InputError
-        If an input is not a readable 3-D NIfTI/MGZ image, the output folder
-        is an existing file, two inputs would write the same outputs, or an
-        output would overwrite an input.
+        If the image fails the validation gate or deepbet finds no brain.
     """
-    if output_dir.exists() and not output_dir.is_dir():
-        raise InputError(f"{output_dir}: output folder is an existing file; give a folder with -o")
-    planned = []
-    inputs = {p.resolve() for p in images}
-    for image in images:
-        if image.is_file() and not is_volume_path(image):
-            raise InputError(f"{image}: not a .nii, .nii.gz or .mgz file; convert it to NIfTI first")
-        load_volume(image)  # raises InputError with the reason
-        outputs = output_paths(image, output_dir, probabilities)
-        for path in (outputs.label_map, outputs.volumes, outputs.qc, outputs.probabilities):
-            if path is not None and path.resolve() in inputs:
-                raise InputError(f"{path}: would overwrite an input; choose another output folder")
-        planned.append(outputs)
-    names = [p.label_map.name for p in planned]
-    if len(set(names)) != len(names):
-        raise InputError(
-            "two inputs share a file name and would write the same outputs; segment them into separate folders"
-        )
-    return planned
+    image = outputs.image
+    volume = load_volume(image)
+    voxel_ml = voxel_volume_mm3(volume.affine) / 1000
+    if skull_strip_mode != "never" and extractor is None:
+        extractor = BrainExtractor()
+    try:
+        stripping = skull_strip(volume.data, voxel_ml, skull_strip_mode, extractor)
+    except InputError as err:
+        raise InputError(f"{image}: {err}") from None
+    line = stripping.describe()
+    log.info("%s: %s", image, line)
+    brain = volume
+    if stripping.extracted:
+        brain = Volume(np.where(stripping.mask, volume.data, 0).astype(np.float32), volume.affine, volume.grid)
+    result = predictor.predict(brain, stripping.mask, probabilities=outputs.probabilities is not None, progress=progress)
+    outputs.label_map.parent.mkdir(parents=True, exist_ok=True)
+    save_volume(outputs.label_map, result.label_map, result.grid, dtype=np.int16)
+    save_volume(outputs.brain_mask, stripping.mask.astype(np.uint8), result.grid, dtype=np.uint8)
+    comments = [*(header or []), f"input: {image}", line]
+    write_volumes_csv(outputs.volumes, structure_volumes(result.label_map, result.labels, volume.affine), comments)
+    save_qc_png(outputs.qc, qc_figure(volume.data, result.label_map, result.spacing, outline=stripping.mask))
+    if outputs.probabilities is not None and result.probabilities is not None:
+        scaled = np.round(result.probabilities.astype(np.float32) * 255).astype(np.uint8)
+        save_volume(outputs.probabilities, scaled, result.grid, slope=1 / 255)
+    log.info("%s -> %s", image, outputs.label_map)
+    return line
+
+
+def _remove_outputs(outputs: SegmentOutputs) -> None:
+    for path in [outputs.record, *outputs.files()]:
+        path.unlink(missing_ok=True)
+    remove_stale_temporaries(outputs)
 
 
 def segment(
@@ -78,21 +133,29 @@ def segment(
     *,
     model: str | Path | None = None,
     probabilities: bool = False,
+    skull_strip: str = "auto",
+    overwrite: bool = False,
+    keep_going: bool | None = None,
     progress: bool = True,
     num_threads: int | None = None,
-) -> list[SegmentOutputs]:
-    """Segment skull-stripped T1 images and write the results.
+) -> list[CaseResult]:
+    """Segment T1 images (skull-stripped or whole-head) and write the results.
 
     For each input ``NAME.nii.gz`` this writes, on the input's grid:
-    ``NAME_seg.nii.gz`` (int16 protocol label numbers), ``NAME_volumes.csv``
-    (label, name, voxels, volume in mm^3), ``NAME_qc.png`` (overlays through the
-    brain centre) and, with ``probabilities``, ``NAME_probabilities.nii.gz``
-    (4-D, one volume per class, uint8 scaled by 1/255).
+    ``NAME_seg.nii.gz`` (int16 protocol label numbers), ``NAME_brain_mask.nii.gz``
+    (uint8, the mask segmented inside), ``NAME_volumes.csv`` (``#`` comment
+    lines saying what was done, then label, name, voxels, volume in mm^3),
+    ``NAME_qc.png`` (overlays through the brain centre, brain mask outlined),
+    with ``probabilities`` ``NAME_probabilities.nii.gz`` (4-D, one volume per
+    class, uint8 scaled by 1/255), and last ``NAME_seg.json``, the completion
+    record. A batch also writes ``segment_summary.csv``
+    (case, input, status, message, seconds).
 
     Parameters
     ----------
-    images : list of path
-        Input images (.nii, .nii.gz, .mgz).
+    images : list of path or str
+        Image files (.nii, .nii.gz, .mgz), glob patterns, manifest ``.csv``
+        files or ``.txt`` lists of paths (:func:`brainseg.inference.batch.expand_inputs`).
     output_dir : path
         Output folder, created if missing.
     model : path or str, optional
@@ -100,6 +163,13 @@ def segment(
         ``'basenet'``); None for the default.
     probabilities : bool
         Also write class probabilities.
+    skull_strip : {'auto', 'always', 'never'}
+        Brain extraction (:mod:`brainseg.preprocessing.skull_strip`): ``auto``
+        detects whether each image is already skull-stripped.
+    overwrite : bool
+        Redo cases whose outputs are complete (default: skip them).
+    keep_going : bool, optional
+        Go on past a failed case. Default: True for several inputs, False for one.
     progress : bool
         Show progress bars.
     num_threads : int, optional
@@ -107,28 +177,73 @@ def segment(
 
     Returns
     -------
-    list of SegmentOutputs
+    list of CaseResult
+        One per input, in order.
 
     Raises
     ------
     InputError
-        On bad inputs (checked before anything is written).
+        On bad arguments, an unusable model folder or output folder (before
+        anything is written), and on a failed case when not ``keep_going``.
     """
     from tqdm import tqdm
 
-    paths = [Path(p) for p in images]
+    if skull_strip not in SKULL_STRIP_MODES:
+        raise InputError(f"--skull-strip must be one of {', '.join(SKULL_STRIP_MODES)}, got {skull_strip!r}")
+    items: list[SegmentInput] = expand_inputs(list(images))
     output_dir = Path(output_dir)
-    planned = check_inputs(paths, output_dir, probabilities)
+    planned = plan_outputs(items, output_dir, probabilities)
+    batch = len(planned) > 1
+    keep_going = batch if keep_going is None else keep_going
     predictor = Predictor.from_model_dir(model, num_threads)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for outputs in tqdm(planned, desc="images", unit="image", disable=not progress or len(planned) < 2):
-        volume = load_volume(outputs.image)
-        result = predictor.predict(volume, probabilities=probabilities, progress=progress)
-        save_volume(outputs.label_map, result.label_map, result.grid, dtype=np.int16)
-        write_volumes_csv(outputs.volumes, structure_volumes(result.label_map, result.labels, volume.affine))
-        save_qc_png(outputs.qc, qc_figure(volume.data, result.label_map, result.spacing))
-        if outputs.probabilities is not None and result.probabilities is not None:
-            scaled = np.round(result.probabilities.astype(np.float32) * 255).astype(np.uint8)
-            save_volume(outputs.probabilities, scaled, result.grid, slope=1 / 255)
-        log.info("%s -> %s", outputs.image, outputs.label_map)
-    return planned
+    weights = sha256_file(predictor.model.path / "weights.safetensors")
+    settings = {"brainseg": __version__, "model_sha256": weights, "probabilities": probabilities}
+    settings["skull_strip"] = skull_strip
+    header = [f"brainseg {__version__}", f"model: {predictor.model.path}"]
+    extractor = _Extractor()
+    results: list[CaseResult] = []
+    for outputs in tqdm(planned, desc="images", unit="image", disable=not progress or not batch):
+        start = time.perf_counter()
+        try:
+            identity = {**settings, "input_sha256": sha256_file(outputs.image)} if outputs.image.is_file() else None
+            if identity is not None and not overwrite and is_complete(outputs, identity):
+                results.append(CaseResult(outputs, "skipped", "complete outputs kept", time.perf_counter() - start))
+                log.info("%s: complete outputs kept (use --overwrite to redo)", outputs.image)
+            else:
+                if identity is None:
+                    load_volume(outputs.image)  # raises the gate's message for a missing file
+                outputs.record.unlink(missing_ok=True)
+                remove_stale_temporaries(outputs)
+                line = segment_case(
+                    outputs,
+                    predictor,
+                    skull_strip_mode=skull_strip,
+                    extractor=extractor.get() if skull_strip != "never" else None,
+                    header=header,
+                    progress=progress and not batch,
+                )
+                write_record(outputs, identity, line)  # type: ignore[arg-type]
+                results.append(CaseResult(outputs, "ok", line, time.perf_counter() - start))
+        except Exception as err:  # one failed case must not stop a batch
+            _remove_outputs(outputs)
+            if not keep_going:
+                if isinstance(err, (InputError, OSError)):
+                    raise InputError(_failure(outputs, err)) from None
+                raise
+            log.debug("case %s failed", outputs.image, exc_info=True)
+            log.error("%s", _failure(outputs, err))
+            results.append(CaseResult(outputs, "failed", _failure(outputs, err), time.perf_counter() - start))
+        if batch:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            write_summary(output_dir / SUMMARY, results)
+    return results
+
+
+def _failure(outputs: SegmentOutputs, err: BaseException) -> str:
+    """One line for a failed case (InputError messages already name the file)."""
+    if isinstance(err, InputError):
+        return str(err)
+    if isinstance(err, OSError):
+        where = err.filename or outputs.label_map.parent
+        return f"{where}: cannot write ({err.strerror or err}); free disk space or check permissions and re-run"
+    return f"{outputs.image}: failed ({type(err).__name__}: {err}); run with -v for details and report it"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from brainseg.io.atomic import atomic_path
 
@@ -28,14 +29,24 @@ def label_colors(max_label: int) -> np.ndarray:
     return colors
 
 
-def _panel(image2d: np.ndarray, labels2d: np.ndarray, colors: np.ndarray, alpha: float) -> np.ndarray:
+OUTLINE_COLOR = np.array([255, 230, 0], np.uint8)  # brain mask outline: yellow
+
+
+def _panel(
+    image2d: np.ndarray, labels2d: np.ndarray, colors: np.ndarray, alpha: float, outline2d: np.ndarray | None = None
+) -> np.ndarray:
     # In-plane axes (first: left->right, second: bottom->top) -> display rows top->bottom.
     img = np.flipud(image2d.T)
     lab = np.flipud(labels2d.T)
     rgb = np.repeat(img[..., None], 3, axis=2).astype(np.float32)
     overlay = colors[lab].astype(np.float32)
     on = (lab > 0)[..., None]
-    return np.where(on, (1 - alpha) * rgb + alpha * overlay, rgb).astype(np.uint8)
+    panel = np.where(on, (1 - alpha) * rgb + alpha * overlay, rgb).astype(np.uint8)
+    if outline2d is not None:
+        inside = np.flipud(np.asarray(outline2d, bool).T)
+        edge = inside & ~ndimage.binary_erosion(inside, border_value=0)
+        panel[edge] = OUTLINE_COLOR
+    return panel
 
 
 def qc_figure(
@@ -45,6 +56,7 @@ def qc_figure(
     *,
     alpha: float = 0.45,
     pixel_mm: float = 0.5,
+    outline: np.ndarray | None = None,
 ) -> np.ndarray:
     """Axial, coronal and sagittal overlays through the centre of the labelled brain.
 
@@ -61,6 +73,8 @@ def qc_figure(
         Opacity of the label colours.
     pixel_mm : float
         Display pixel size in mm.
+    outline : ndarray of bool, shape (D, H, W), optional
+        A brain mask drawn as a one-pixel yellow outline (to check skull stripping).
 
     Returns
     -------
@@ -76,14 +90,14 @@ def qc_figure(
     scaled = np.clip((image - lo) / max(hi - lo, 1e-6) * 255, 0, 255)
     colors = label_colors(int(label_map.max(initial=0)))
     x, y, z = centre
-    views = [  # (2-D image, 2-D labels, in-plane spacing)
-        (scaled[:, :, z], label_map[:, :, z], (spacing[0], spacing[1])),  # axial
-        (scaled[:, y, :], label_map[:, y, :], (spacing[0], spacing[2])),  # coronal
-        (scaled[x, :, :], label_map[x, :, :], (spacing[1], spacing[2])),  # sagittal
-    ]
+    if outline is not None and outline.shape != image.shape:
+        raise ValueError(f"outline shape {outline.shape} != image shape {image.shape}")
+    cuts = [(slice(None), slice(None), z), (slice(None), y, slice(None)), (x, slice(None), slice(None))]
+    in_plane = [(spacing[0], spacing[1]), (spacing[0], spacing[2]), (spacing[1], spacing[2])]  # axial, coronal, sagittal
     panels = []
-    for img2d, lab2d, (sa, sb) in views:
-        panel = _panel(img2d, np.clip(lab2d, 0, None), colors, alpha)
+    for cut, (sa, sb) in zip(cuts, in_plane):
+        mask2d = None if outline is None else outline[cut]
+        panel = _panel(scaled[cut], np.clip(label_map[cut], 0, None), colors, alpha, mask2d)
         size = (max(int(round(panel.shape[1] * sa / pixel_mm)), 1), max(int(round(panel.shape[0] * sb / pixel_mm)), 1))
         panels.append(np.asarray(Image.fromarray(panel).resize(size, Image.NEAREST)))
     height = max(p.shape[0] for p in panels)

@@ -11,7 +11,7 @@ import numpy as np
 from brainseg.io.atomic import atomic_write_text
 from brainseg.labels import LabelTable
 
-__all__ = ["structure_volumes", "voxel_volume_mm3", "write_volumes_csv"]
+__all__ = ["read_volumes_csv", "structure_volumes", "voxel_volume_mm3", "write_volumes_csv"]
 
 
 def voxel_volume_mm3(affine: np.ndarray) -> float:
@@ -71,12 +71,44 @@ def structure_volumes(
     ]
 
 
-def write_volumes_csv(path: str | Path, rows: list[tuple[int, str, int, float]]) -> Path:
-    """Write ``label,name,voxels,volume_mm3`` rows atomically."""
+def write_volumes_csv(
+    path: str | Path, rows: list[tuple[int, str, int, float]], comments: list[str] | None = None
+) -> Path:
+    """Write ``label,name,voxels,volume_mm3`` rows atomically, after ``# comment`` lines.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output CSV.
+    rows : list of (label, name, voxels, volume_mm3)
+        From :func:`structure_volumes`.
+    comments : list of str, optional
+        Lines written first, each prefixed with ``# `` (what was done: brainseg
+        version, model, input, skull stripping). Read the file with
+        ``pandas.read_csv(path, comment="#")`` or :func:`read_volumes_csv`.
+    """
     path = Path(path)
     buf = io.StringIO()
+    for line in comments or []:
+        buf.write("# " + line.replace("\n", " ") + "\n")
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["label", "name", "voxels", "volume_mm3"])
     for label, name, voxels, volume in rows:
         writer.writerow([label, name, voxels, f"{volume:.3f}"])
     return atomic_write_text(path, buf.getvalue())
+
+
+def read_volumes_csv(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Read a volumes CSV written by :func:`write_volumes_csv`.
+
+    Returns
+    -------
+    comments : list of str
+        The ``#`` header lines, without the ``# ``.
+    rows : list of dict
+        ``label``, ``name``, ``voxels``, ``volume_mm3`` as strings.
+    """
+    lines = Path(path).read_text().splitlines()
+    comments = [line[2:] if line.startswith("# ") else line[1:] for line in lines if line.startswith("#")]
+    rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
+    return comments, rows
