@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from brainseg.cli.main import main
+from brainseg.reporting import read_volumes_csv
 from brainseg.config import Config, ModelConfig
 from brainseg.labels import LabelTable
 from brainseg.model_folder import save_model_folder
@@ -47,7 +48,10 @@ def _write(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Pa
 
 
 def _run(argv, capsys) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
+    argv = [str(a) for a in argv]
+    if argv[0] == "segment" and "--skull-strip" not in argv:
+        argv += ["--skull-strip", "never"]  # the synthetic ellipsoids are skull-stripped; deepbet is tested on real scans
+    code = main(argv)
     return code, capsys.readouterr().err
 
 
@@ -65,8 +69,7 @@ def test_segment_writes_outputs_on_input_grid(tmp_path, tiny_model, capsys):
     assert np.issubdtype(data.dtype, np.integer)
     assert set(np.unique(data)) <= {0, 4, 11, 23}
     assert not data[_brain() == 0].any()  # background outside the brain
-    with open(out / "sub-01_volumes.csv") as f:
-        rows = list(csv.DictReader(f))
+    comments, rows = read_volumes_csv(out / "sub-01_volumes.csv")
     assert [int(r["label"]) for r in rows] == [4, 11, 23]
     voxel_mm3 = 1.0 * 1.2 * 2.0
     for r in rows:
@@ -91,16 +94,17 @@ def test_python_api_matches_cli(tmp_path, tiny_model, capsys):
     import brainseg
 
     image = _write(tmp_path / "a.nii.gz", _brain())
-    outputs = brainseg.segment([image], tmp_path / "api", model=tiny_model, progress=False)
+    results = brainseg.segment([image], tmp_path / "api", model=tiny_model, progress=False, skull_strip="never")
+    outputs = results[0].outputs
     code, err = _run(["segment", image, "-o", tmp_path / "cli", "--model", tiny_model, "--no-progress"], capsys)
     assert code == 0, err
-    api_seg = nib.load(outputs[0].label_map)
+    api_seg = nib.load(outputs.label_map)
     cli_seg = nib.load(tmp_path / "cli" / "a_seg.nii.gz")
     np.testing.assert_array_equal(np.asarray(api_seg.dataobj), np.asarray(cli_seg.dataobj))
     np.testing.assert_allclose(api_seg.affine, cli_seg.affine)
     assert np.asarray(api_seg.dataobj).any()  # a real segmentation, not an empty map on both sides
-    assert outputs[0].volumes.read_text() == (tmp_path / "cli" / "a_volumes.csv").read_text()
-    api_qc, cli_qc = Image.open(outputs[0].qc), Image.open(tmp_path / "cli" / "a_qc.png")
+    assert outputs.volumes.read_text() == (tmp_path / "cli" / "a_volumes.csv").read_text()
+    api_qc, cli_qc = Image.open(outputs.qc), Image.open(tmp_path / "cli" / "a_qc.png")
     np.testing.assert_array_equal(np.asarray(api_qc), np.asarray(cli_qc))
 
 
@@ -148,12 +152,19 @@ def test_output_folder_is_existing_file(tmp_path, tiny_model, capsys):
     assert target.read_text() == "keep me"
 
 
-def test_bad_second_input_writes_nothing_for_the_first(tmp_path, tiny_model, capsys):
+def test_a_bad_case_in_a_batch_is_reported_and_the_others_go_on(tmp_path, tiny_model, capsys):
     good = _write(tmp_path / "a.nii.gz", _brain())
+    bad = _truncated(tmp_path)
+    last = _write(tmp_path / "c.nii.gz", _brain()[::-1].copy())
     out = tmp_path / "out"
-    code, _ = _run(["segment", good, tmp_path / "missing.nii.gz", "-o", out, "--model", tiny_model], capsys)
-    assert code == 2
-    assert not out.exists()
+    code, err = _run(["segment", good, bad, last, "-o", out, "--model", tiny_model, "--no-progress"], capsys)
+    assert code == 1 and "1 of 3 cases failed" in err and "Traceback" not in err
+    assert (out / "a_seg.nii.gz").is_file() and (out / "c_seg.nii.gz").is_file()
+    assert not list(out.glob("truncated*")) and not list(out.glob(".*"))
+    with open(out / "segment_summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["case"], r["status"]) for r in rows] == [("a", "ok"), ("truncated", "failed"), ("c", "ok")]
+    assert "truncated.nii.gz: cannot read it" in rows[1]["message"] and float(rows[0]["seconds"]) >= 0
 
 
 def test_never_overwrites_an_input(tmp_path, tiny_model, capsys):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from brainseg.cli.main import main
+from brainseg.reporting import read_volumes_csv
 from brainseg.inference.dense import predict_dense_at, predict_patches
 from brainseg.inference.predictor import Predictor
 from brainseg.io import load_volume
@@ -42,8 +43,7 @@ def test_demo_subject_end_to_end(tmp_path, capsys):
     np.testing.assert_allclose(seg.affine, source.affine)
     reference = np.asarray(nib.load(DEMO / "1000_glm.nii.gz").dataobj)
     assert _mean_dice(np.asarray(seg.dataobj), reference) > 0.6
-    with open(out / "1000_SS_volumes.csv") as f:
-        rows = list(csv.DictReader(f))
+    comments, rows = read_volumes_csv(out / "1000_SS_volumes.csv")
     assert len(rows) == 134
     total_ml = sum(float(r["volume_mm3"]) for r in rows) / 1000
     assert 900 < total_ml < 1800  # an adult brain

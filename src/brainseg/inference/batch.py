@@ -150,11 +150,17 @@ def _read_list(path: Path) -> list[SegmentInput]:
     except (OSError, UnicodeDecodeError):
         raise InputError(f"{path}: cannot read it as a text list of image paths") from None
     out = []
-    for line in lines:
+    for number, line in enumerate(lines, start=1):
         line = line.split("#", 1)[0].strip()
-        if line:
-            image = Path(line) if Path(line).is_absolute() else path.parent / line
-            out.append(SegmentInput(image, output_stem(image)))
+        if not line:
+            continue
+        if not is_volume_path(line):
+            raise InputError(
+                f"{path}: line {number} ({line[:40]!r}) is not a .nii, .nii.gz or .mgz path; "
+                "a .txt input is read as a list of image paths, one per line"
+            )
+        image = Path(line) if Path(line).is_absolute() else path.parent / line
+        out.append(SegmentInput(image, output_stem(image)))
     if not out:
         raise InputError(f"{path}: lists no image paths")
     return out

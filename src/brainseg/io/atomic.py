@@ -16,7 +16,9 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
 
     A reader never sees a partial file, and on error the temporary file is
-    removed and ``path`` is left as it was.
+    removed and ``path`` is left as it was. The file is flushed to disk
+    (fsync) before the rename. An ``OSError`` (e.g. disk full) is re-raised
+    naming ``path`` rather than the temporary file.
 
     Parameters
     ----------
@@ -32,10 +34,31 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.filename in (None, tmp, str(tmp)):  # name the file the user asked for, not the temporary one
+            raise type(err)(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: str | Path) -> None:
+    """Flush a file or folder to disk, so that a crash after the rename cannot leave an empty file."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on folders
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
