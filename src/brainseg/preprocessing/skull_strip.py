@@ -34,6 +34,7 @@ shipped models were trained on such masks); otherwise deepbet's mask is applied.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -112,7 +113,9 @@ class BrainExtractor:
             from deepbet import BrainExtraction
         except ImportError as err:  # pragma: no cover - deepbet is a dependency
             raise RuntimeError("deepbet is not installed: pip install deepbet (it keeps brainseg's torch)") from err
-        self._bet = BrainExtraction(no_gpu=True)
+        with warnings.catch_warnings():  # torch 2.13 deprecates torch.jit.load, which deepbet's TorchScript needs
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._bet = BrainExtraction(no_gpu=True)
         self.threshold = threshold
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
