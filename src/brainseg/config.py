@@ -14,8 +14,13 @@ from typing import Any
 import yaml
 
 from brainseg.errors import InputError
+from brainseg.io.atomic import atomic_write_text
 
-__all__ = ["ModelConfig", "TrainingConfig", "Config", "load_config", "save_config"]
+__all__ = ["FORMAT_VERSION", "ModelConfig", "TrainingConfig", "Config", "load_config", "save_config"]
+
+#: Version of the config format written into model folders (``format_version:``); raise it when a change
+#: would make an older brainseg misread a newer folder.
+FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -184,8 +189,11 @@ def _read_raw(path: Path, seen: set[Path]) -> dict[str, Any]:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise InputError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
-    if not isinstance(raw, dict) or set(raw) - {"model", "training", "extends"}:
-        raise InputError(f"{path}: expected the sections 'model' and 'training' (and optionally 'extends')")
+    if not isinstance(raw, dict) or set(raw) - {"model", "training", "extends", "format_version"}:
+        raise InputError(
+            f"{path}: expected the sections 'model' and 'training' (and optionally 'extends', 'format_version')"
+        )
+    _check_format(path, raw.get("format_version", 1))
     for key in ("manifest", "reference", "init_from"):  # paths are relative to the file that names them
         value = (raw.get("training") or {}).get(key)
         if value and not Path(value).is_absolute():
@@ -195,31 +203,67 @@ def _read_raw(path: Path, seen: set[Path]) -> dict[str, Any]:
     return raw
 
 
+def _check_format(path: Path, version: Any) -> None:
+    # A config written by a newer brainseg may mean settings this one would misread: refuse it by name.
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise InputError(f"{path}: format_version must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        from brainseg import __version__
+
+        raise InputError(
+            f"{path}: written by a newer brainseg (format_version {version}; brainseg {__version__} reads "
+            f"up to {FORMAT_VERSION}); upgrade brainseg (pip install -U brainseg)"
+        )
+
+
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return {section: {**(base.get(section) or {}), **(top.get(section) or {})} for section in ("model", "training")}
 
 
-def load_config(path: str | Path, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+def load_config(
+    path: str | Path, overrides: dict[str, dict[str, Any]] | None = None, *, model_folder: bool = False
+) -> Config:
     """Read a YAML config with ``model:`` and ``training:`` sections.
 
     A top-level ``extends: other.yaml`` (relative to the file) reads that
     config first and lets this file's settings override it, section by
-    section.
+    section. A top-level ``format_version`` (written into every model folder's
+    config) above :data:`FORMAT_VERSION` is refused.
+
+    Parameters
+    ----------
+    path : str or Path
+        The YAML file.
+    overrides : dict, optional
+        ``{'model': {...}, 'training': {...}}`` settings that win over the file's.
+    model_folder : bool
+        The file is a model folder's ``config.yaml``: an unknown setting is
+        reported as coming from a newer brainseg.
 
     Raises
     ------
     InputError
-        If the file is missing, is not YAML or names unknown settings.
+        If the file is missing, is not YAML, comes from a newer brainseg or
+        names unknown settings.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such config file")
     raw = _read_raw(path, set())
     overrides = overrides or {}
-    model = _build(ModelConfig, {**(raw.get("model") or {}), **overrides.get("model", {})}, f"{path}: model")
-    training = _build(
-        TrainingConfig, {**(raw.get("training") or {}), **overrides.get("training", {})}, f"{path}: training"
-    )
+    try:
+        model = _build(ModelConfig, {**(raw.get("model") or {}), **overrides.get("model", {})}, f"{path}: model")
+        training = _build(
+            TrainingConfig, {**(raw.get("training") or {}), **overrides.get("training", {})}, f"{path}: training"
+        )
+    except InputError as err:
+        if not model_folder:
+            raise
+        raise InputError(f"{err} (a model folder from a newer brainseg? upgrade brainseg)") from None
+    except (TypeError, ValueError) as err:  # a setting of the wrong type, e.g. a list where a number belongs
+        raise InputError(
+            f"{path}: a setting has the wrong type ({err}); compare it with the README's configs"
+        ) from None
     return Config(model, training)
 
 
@@ -233,5 +277,6 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    """Write a config as YAML."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    """Write a config as YAML (atomically), with the current :data:`FORMAT_VERSION`."""
+    text = yaml.safe_dump({"format_version": FORMAT_VERSION, **config_to_dict(config)}, sort_keys=False)
+    atomic_write_text(path, text)

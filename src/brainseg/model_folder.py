@@ -2,32 +2,51 @@
 
 Layout::
 
-    config.yaml          model and training settings
+    config.yaml          model and training settings (with the folder's format_version)
     labels.tsv           class index <-> protocol label number <-> name
     normalization.json   intensity normalisation applied before the network
     weights.safetensors  network weights (no pickle)
-    model_card.md        data, split, training budget, validation figures
     reference/           template.nii.gz, atlas.npz, reference.json (reference-space models only)
+    checksums.sha256     sha256 of each file above (``sha256sum -c checksums.sha256`` checks it too)
+    model_card.md        data, split, training budget, validation figures
+    history.json, training.json, validation.csv, validation.json, checkpoint.pt, ablation_row.json
+                         training records, never read to segment
+
+Model folders are data, not code
+--------------------------------
+A folder passed as ``--model`` may come from anywhere, so
+:func:`verify_model_folder` runs before anything in it is read: a file the
+layout above does not name is refused (another tool's ``model.pth`` is never
+looked at), the files inference reads must match ``checksums.sha256`` (written
+at training time: a truncated, edited or swapped file is refused), and nothing
+is ever unpickled: weights are safetensors, the atlas an ``.npz`` read with
+``allow_pickle=False``, the rest YAML (``safe_load``), JSON and TSV.
+``checkpoint.pt`` (training's resumable state) is read only by ``brainseg
+train --resume``, with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from brainseg.config import Config, load_config, save_config
 from brainseg.errors import InputError
-from brainseg.io.atomic import atomic_path
+from brainseg.io.atomic import atomic_path, atomic_write_text
 from brainseg.labels import LabelTable
 from brainseg.models import build_model
 from brainseg.preprocessing.intensity import IntensityNormalization
-from brainseg.preprocessing.reference import TEMPLATE, Reference, copy_reference, load_reference
+from brainseg.preprocessing.reference import MODEL_FILES, TEMPLATE, Reference, copy_reference, load_reference
 
 __all__ = [
+    "CHECKSUMS",
     "SHIPPED_MODELS",
     "LoadedModel",
     "default_model_dir",
@@ -36,10 +55,26 @@ __all__ = [
     "resolve_model_dir",
     "save_model_folder",
     "shipped_model_dir",
+    "verify_model_folder",
+    "write_checksums",
 ]
 
 FILES = ("config.yaml", "labels.tsv", "normalization.json", "weights.safetensors")
 REFERENCE = "reference"
+CHECKSUMS = "checksums.sha256"
+#: Files inference reads (relative paths): the checksums cover exactly these.
+PAYLOAD = FILES + tuple(f"{REFERENCE}/{name}" for name in MODEL_FILES)
+#: Files training writes beside them, never read to segment.
+RECORDS = (
+    CHECKSUMS,
+    "model_card.md",
+    "history.json",
+    "training.json",
+    "validation.csv",
+    "validation.json",
+    "checkpoint.pt",
+    "ablation_row.json",
+)
 
 
 @dataclass
@@ -128,7 +163,101 @@ def save_model_folder(
     state = {k: v.detach().contiguous() for k, v in network.state_dict().items()}
     with atomic_path(path / "weights.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "model": config.model.name})
+    write_checksums(path)
     return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(path: str | Path) -> Path:
+    """Write ``checksums.sha256``: the sha256 of every file inference reads, in ``sha256sum`` format.
+
+    Parameters
+    ----------
+    path : str or Path
+        A model folder; the files of :data:`PAYLOAD` present in it are listed.
+
+    Returns
+    -------
+    Path
+        The written ``checksums.sha256``.
+    """
+    path = Path(path)
+    lines = [f"{_sha256(path / name)}  {name}\n" for name in PAYLOAD if (path / name).is_file()]
+    return atomic_write_text(path / CHECKSUMS, "".join(lines))
+
+
+_CHECKSUM_LINE = re.compile(r"^([0-9a-f]{64}) [ *](\S.*)$")
+
+
+def verify_model_folder(path: str | Path) -> None:
+    """Check a model folder before reading anything in it (see "Model folders are data, not code").
+
+    Parameters
+    ----------
+    path : str or Path
+        The folder.
+
+    Raises
+    ------
+    InputError
+        If it is not a folder, lacks a file inference needs, holds a file a
+        model folder does not have (temporaries ``.NAME.*`` of an interrupted
+        write excepted), has no ``checksums.sha256``, or a file's sha256
+        differs from the recorded one (truncated, edited or swapped).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"{path}: no such model folder; pass --model DIR of a trained model or a shipped model's name")
+    missing = [f for f in FILES if not (path / f).is_file()]
+    if missing:
+        raise InputError(
+            f"{path}: not a model folder (missing {', '.join(missing)}); pass --model DIR of a trained model"
+        )
+    known = set(PAYLOAD) | set(RECORDS) | {REFERENCE}
+    unknown = []
+    for entry in sorted(path.rglob("*")):
+        name = entry.relative_to(path).as_posix()
+        temporary = entry.name.startswith(".") and any(
+            entry.name.startswith(f".{Path(k).name}.") for k in known if Path(k).parent == Path(name).parent
+        )
+        if name not in known and not temporary:
+            unknown.append(name)
+    if unknown:
+        raise InputError(
+            f"{path}: holds files a brainseg model folder does not have ({', '.join(unknown[:5])}"
+            f"{', ...' if len(unknown) > 5 else ''}); brainseg reads only its own files: remove these or "
+            "give the folder brainseg train wrote"
+        )
+    if not (path / CHECKSUMS).is_file():
+        raise InputError(
+            f"{path}: no {CHECKSUMS} (written at training time since brainseg 0.2); retrain or re-export the model, "
+            f"or, if you trust every file in it, record them with brainseg.model_folder.write_checksums"
+        )
+    recorded = {}
+    for number, line in enumerate((path / CHECKSUMS).read_text(errors="replace").splitlines(), 1):
+        match = _CHECKSUM_LINE.match(line)
+        if not match or match.group(2) not in PAYLOAD:
+            raise InputError(f"{path / CHECKSUMS}: line {number} is not 'SHA256  FILE' for a model file; restore it")
+        recorded[match.group(2)] = match.group(1)
+    for name in PAYLOAD:
+        if not (path / name).is_file():
+            if name in recorded:
+                raise InputError(f"{path}: {name} is missing (listed in {CHECKSUMS}); copy the whole model folder")
+            continue
+        if name not in recorded:
+            raise InputError(f"{path}: {name} is not listed in {CHECKSUMS}; it was added after training: remove it")
+        if _sha256(path / name) != recorded[name]:
+            raise InputError(
+                f"{path / name}: sha256 differs from {CHECKSUMS} (the file is truncated, edited or swapped); "
+                "copy the model folder again"
+            )
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -163,20 +292,42 @@ def load_model_folder(path: str | Path | None = None) -> LoadedModel:
         the configured network.
     """
     path = resolve_model_dir(path)
-    missing = [f for f in FILES if not (path / f).is_file()]
-    if missing:
-        raise InputError(
-            f"{path}: not a model folder (missing {', '.join(missing)}); pass --model DIR of a trained model"
-        )
-    config = load_config(path / "config.yaml")
+    verify_model_folder(path)
+    config = load_config(path / "config.yaml", model_folder=True)
     labels = LabelTable.from_tsv(path / "labels.tsv")
     if labels.num_classes != config.model.num_classes:
-        raise InputError(f"{path}: labels.tsv has {labels.num_classes} classes, config.yaml {config.model.num_classes}")
+        raise InputError(
+            f"{path}: labels.tsv has {labels.num_classes} classes but config.yaml's num_classes is "
+            f"{config.model.num_classes}; the folder mixes files of two models: copy it again"
+        )
     network = build_model(config.model)
     try:
-        network.load_state_dict(read_weights(path / "weights.safetensors"))
-    except (RuntimeError, OSError) as err:
-        raise InputError(f"{path}/weights.safetensors: does not fit the configured network ({err})") from None
+        weights = read_weights(path / "weights.safetensors")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise InputError(f"{path}/weights.safetensors: unreadable ({err}); copy the model folder again") from None
+    expected = network.state_dict()
+    wrong = [
+        f"{k} {tuple(v.shape)} (network {tuple(expected[k].shape)})"
+        for k, v in weights.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    missing_keys = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if wrong or missing_keys or unexpected:
+        detail = "; ".join(
+            part
+            for part in (
+                f"shapes differ: {', '.join(wrong[:3])}" if wrong else "",
+                f"missing: {', '.join(missing_keys[:3])}" if missing_keys else "",
+                f"unexpected: {', '.join(unexpected[:3])}" if unexpected else "",
+            )
+            if part
+        )
+        raise InputError(
+            f"{path}/weights.safetensors: does not fit the network config.yaml describes with the "
+            f"{labels.num_classes} classes of labels.tsv ({detail}); the files come from different models"
+        )
+    network.load_state_dict(weights)
     network.eval()
     reference = None
     if config.model.needs_reference:

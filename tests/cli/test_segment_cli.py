@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 
 from brainseg.cli.main import main
-from brainseg.reporting import read_volumes_csv
 from brainseg.config import Config, ModelConfig
 from brainseg.labels import LabelTable
 from brainseg.model_folder import save_model_folder
 from brainseg.models import build_model
 from brainseg.preprocessing.intensity import IntensityNormalization
+from brainseg.reporting import read_volumes_csv
 
 LABELS = LabelTable((0, 4, 11, 23), ("Background", "3rd Ventricle", "4th Ventricle", "Right Accumbens Area"))
 

@@ -110,7 +110,11 @@ def test_header_orientation_is_the_first_start(demo):
     candidates = initial_transforms(image, oblique, image, oblique)
     np.testing.assert_allclose(candidates[0][:3, :3], np.eye(3))
     result = register_affine(image, oblique, image, oblique)
-    np.testing.assert_allclose(result.matrix, np.eye(4), atol=0.05)
+    # The identity to well under a voxel (SimpleITK's multi-threaded metric sums are not bit-reproducible
+    # across machines: 0.03-0.05 mm of translation has been seen); a lost 40 degree turn would be tens of mm.
+    brain = _apply(oblique, np.argwhere(image > 0)[::200].astype(float))
+    assert np.linalg.norm(_apply(result.matrix, brain) - brain, axis=1).max() < 0.25
+    assert rotation_angle_deg(result.matrix) < 0.25
 
 
 def test_principal_axes_of_a_turned_ellipsoid():

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from brainseg.cli.main import main
-from brainseg.reporting import read_volumes_csv
 from brainseg.inference.dense import predict_dense_at, predict_patches
 from brainseg.inference.predictor import Predictor
 from brainseg.io import load_volume
@@ -22,6 +21,7 @@ from brainseg.labels import LabelTable
 from brainseg.metrics.overlap import dice_per_class
 from brainseg.model_folder import default_model_dir, load_model_folder
 from brainseg.preprocessing.pipeline import prepare_image
+from brainseg.reporting import read_volumes_csv
 from brainseg.sampling.patches import to_plane
 
 DEMO = default_model_dir().parent / "demo"

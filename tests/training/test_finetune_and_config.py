@@ -7,10 +7,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from brainseg.config import ModelConfig, load_config
+from brainseg.config import Config, ModelConfig, load_config
 from brainseg.errors import InputError
-from brainseg.model_folder import read_weights
+from brainseg.labels import LabelTable
+from brainseg.model_folder import read_weights, save_model_folder
 from brainseg.models import build_model
+from brainseg.preprocessing.intensity import IntensityNormalization
 from brainseg.training.trainer import initialise_from
 
 SMALL = dict(branch_widths=(4, 8), mix_channels=8, fc_widths=(16, 12), num_classes=7)
@@ -51,7 +53,8 @@ def test_needs_reference():
 def test_initialise_from_basenet_keeps_outputs(tmp_path):
     torch.manual_seed(0)
     base = build_model(ModelConfig(**SMALL, dropout=0.0)).eval()
-    save_file({k: v.contiguous() for k, v in base.state_dict().items()}, str(tmp_path / "weights.safetensors"))
+    labels = LabelTable(tuple(range(7)), tuple(f"s{i}" for i in range(7)))
+    save_model_folder(tmp_path, Config(ModelConfig(**SMALL, dropout=0.0)), labels, IntensityNormalization(), base)
     full = build_model(
         ModelConfig(
             **SMALL,
@@ -73,8 +76,11 @@ def test_initialise_from_basenet_keeps_outputs(tmp_path):
     )
     # New input columns start at zero and the ProbBranch's last layer too: same logits as the BaseNet.
     torch.testing.assert_close(full(patches, **extras), base(patches), atol=1e-5, rtol=0)
-    with pytest.raises(InputError, match="no weights"):
+    with pytest.raises(InputError, match="no such model folder"):
         initialise_from(full, tmp_path / "missing")
+    (tmp_path / "weights.safetensors").write_bytes((tmp_path / "weights.safetensors").read_bytes()[:-8])
+    with pytest.raises(InputError, match="sha256 differs"):  # a damaged source is refused, not half copied
+        initialise_from(full, tmp_path)
 
 
 def test_read_weights_renames_version_0_1_layers(tmp_path):

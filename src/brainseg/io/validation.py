@@ -272,7 +272,7 @@ def _mm(values: tuple[float, ...]) -> str:
 
 
 def _checked_affine(path: Path, img: nib.spatialimages.SpatialImage) -> np.ndarray:
-    """nibabel's affine, checked: finite, invertible, from a valid pixdim, in mm."""
+    """Nibabel's affine, checked: finite, invertible, from a valid pixdim, in mm."""
     affine = np.asarray(img.affine, dtype=np.float64)
     raw = _raw_nifti_header(path, img)
     scale = 1.0

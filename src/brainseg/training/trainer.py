@@ -29,7 +29,7 @@ from brainseg.io.atomic import atomic_write_text
 from brainseg.io.manifest import read_manifest
 from brainseg.labels import LabelTable
 from brainseg.metrics.overlap import dice_per_class
-from brainseg.model_folder import read_weights, save_model_folder
+from brainseg.model_folder import read_weights, save_model_folder, verify_model_folder
 from brainseg.models import build_model, count_parameters
 from brainseg.preprocessing.intensity import IntensityNormalization
 from brainseg.preprocessing.reference import load_reference
@@ -125,12 +125,11 @@ def initialise_from(network: torch.nn.Module, model_dir: str | Path) -> int:
     Raises
     ------
     InputError
-        If ``model_dir`` has no ``weights.safetensors``.
+        If ``model_dir`` is not an intact model folder
+        (:func:`brainseg.model_folder.verify_model_folder`).
     """
-    file = Path(model_dir) / "weights.safetensors"
-    if not file.is_file():
-        raise InputError(f"{model_dir}: no weights.safetensors to initialise from (training.init_from)")
-    source = read_weights(file)
+    verify_model_folder(model_dir)
+    source = read_weights(Path(model_dir) / "weights.safetensors")
     state = network.state_dict()
     copied = 0
     with torch.no_grad():
