@@ -24,7 +24,7 @@ def tiny_images_allowed(request, monkeypatch):
 
     from brainseg.io import validation
 
-    monkeypatch.setattr(validation, "LIMITS", replace(validation.LIMITS, min_field_of_view_mm=8.0))
+    monkeypatch.setattr(validation, "LIMITS", replace(validation.LIMITS, min_field_of_view_mm=8.0, min_brain_ml=0.0))
 
 
 @pytest.fixture

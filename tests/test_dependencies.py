@@ -12,7 +12,9 @@ PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 def test_installed_torch_is_the_pinned_one_and_no_cuda_was_pulled():
     pinned = re.search(r'"torch==([^"]+)"', PYPROJECT.read_text()).group(1)
     assert metadata.version("torch").split("+")[0] == pinned
-    cuda = sorted(d.metadata["Name"] for d in metadata.distributions() if d.metadata["Name"].lower().startswith("nvidia-"))
+    cuda = sorted(
+        d.metadata["Name"] for d in metadata.distributions() if d.metadata["Name"].lower().startswith("nvidia-")
+    )
     assert not cuda, f"CUDA packages were installed: {cuda}"
 
 

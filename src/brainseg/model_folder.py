@@ -214,7 +214,10 @@ def verify_model_folder(path: str | Path) -> None:
     """
     path = Path(path)
     if not path.is_dir():
-        raise InputError(f"{path}: no such model folder; pass --model DIR of a trained model or a shipped model's name")
+        raise InputError(
+            f"{path}: not a model folder (no such folder); pass --model DIR of a trained model or the name of a "
+            f"shipped model ({', '.join(SHIPPED_MODELS)})"
+        )
     missing = [f for f in FILES if not (path / f).is_file()]
     if missing:
         raise InputError(

@@ -50,7 +50,10 @@ def _write(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Pa
 def _run(argv, capsys) -> tuple[int, str]:
     argv = [str(a) for a in argv]
     if argv[0] == "segment" and "--skull-strip" not in argv:
-        argv += ["--skull-strip", "never"]  # the synthetic ellipsoids are skull-stripped; deepbet is tested on real scans
+        argv += [
+            "--skull-strip",
+            "never",
+        ]  # the synthetic ellipsoids are skull-stripped; deepbet is tested on real scans
     code = main(argv)
     return code, capsys.readouterr().err
 

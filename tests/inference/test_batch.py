@@ -169,7 +169,9 @@ def test_disk_full_leaves_no_partial_output(tmp_path, tiny_model, capsys, monkey
 
 
 def _segment_raw(image, out, model) -> int:
-    return main(["segment", str(image), "-o", str(out), "--skull-strip", "never", "--model", str(model), "--no-progress"])
+    return main(
+        ["segment", str(image), "-o", str(out), "--skull-strip", "never", "--model", str(model), "--no-progress"]
+    )
 
 
 def _check_visible_files_are_whole(out: Path) -> None:

@@ -138,7 +138,9 @@ def test_units_in_metres_and_microns_are_converted_to_mm(tmp_path):
     vol = load_volume(write_raw_nifti(tmp_path / "m.nii.gz", brain_like(), xyzt_units=1, **metres))  # NIFTI_UNITS_METER
     assert vol.spacing == pytest.approx((1.0, 1.0, 1.5))
     microns = dict(SFORM, srow_x=[1000, 0, 0, 0], srow_y=[0, 1000, 0, 0], srow_z=[0, 0, 1000, 0])
-    vol = load_volume(write_raw_nifti(tmp_path / "u.nii.gz", brain_like(), xyzt_units=3, **microns))  # NIFTI_UNITS_MICRON
+    vol = load_volume(
+        write_raw_nifti(tmp_path / "u.nii.gz", brain_like(), xyzt_units=3, **microns)
+    )  # NIFTI_UNITS_MICRON
     assert vol.spacing == pytest.approx((1.0, 1.0, 1.0))
 
 
@@ -180,7 +182,9 @@ def test_huge_header_is_refused_before_reading(tmp_path, monkeypatch):
 
     monkeypatch.setattr(nib.arrayproxy.ArrayProxy, "__array__", no_read)
     monkeypatch.setattr(nib.arrayproxy.ArrayProxy, "get_unscaled", no_read)
-    with pytest.raises(InputError, match=r"huge\.nii: segmenting 10000x10000x10000 voxels needs about [\d.]+ GB of memory"):
+    with pytest.raises(
+        InputError, match=r"huge\.nii: segmenting 10000x10000x10000 voxels needs about [\d.]+ GB of memory"
+    ):
         load_volume(path)
 
 
@@ -247,3 +251,37 @@ def test_limits_are_relaxed_only_for_unmarked_tests():
 @pytest.mark.real_limits
 def test_shipped_limits_in_marked_tests():
     assert validation.LIMITS == ImageLimits()
+
+
+def test_mgz_with_an_unknown_data_type_is_one_line(tmp_path):
+    """Found by atheris: nibabel raised KeyError on an MGH type code it does not know."""
+    img = nib.MGHImage(np.ones((10, 10, 10), np.int16), np.eye(4))
+    raw = bytearray(img.header.binaryblock + np.ones((10, 10, 10), ">i2").tobytes())
+    raw[20:24] = (678256).to_bytes(4, "big")  # the 'type' field of the MGH header
+    path = tmp_path / "scan.mgz"
+    path.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(InputError, match="scan.mgz: cannot read it as NIfTI or MGZ"):
+        load_volume(path)
+
+
+@pytest.mark.real_limits
+def test_brain_mask_too_small_or_constant_inside_is_refused():
+    from brainseg.io.validation import check_brain_mask
+
+    data = np.random.default_rng(0).uniform(50, 150, (40, 40, 40)).astype(np.float32)
+    mask = np.zeros(data.shape, bool)
+    mask[:30, :30, :30] = True  # 27,000 voxels of 2 ul = 54 ml: a (small) brain
+    check_brain_mask("a.nii", data, mask, voxel_ml=0.002)
+    with pytest.raises(InputError, match=r"a.nii: the brain mask holds 27000 voxels \(43.2 ml\)"):
+        check_brain_mask("a.nii", data, mask, voxel_ml=0.0016)  # 43 ml < 50 ml
+    with pytest.raises(InputError, match="holds 7 voxels"):
+        check_brain_mask("a.nii", data, _seven(mask), voxel_ml=10.0)  # 70 ml, but 7 voxels cannot be normalised
+    flat = np.where(mask, 80.0, data)
+    with pytest.raises(InputError, match=r"constant \(80\)"):
+        check_brain_mask("a.nii", flat, mask, voxel_ml=0.002)
+
+
+def _seven(mask):
+    seven = np.zeros_like(mask)
+    seven.flat[:7] = True
+    return seven

@@ -76,7 +76,7 @@ def test_initialise_from_basenet_keeps_outputs(tmp_path):
     )
     # New input columns start at zero and the ProbBranch's last layer too: same logits as the BaseNet.
     torch.testing.assert_close(full(patches, **extras), base(patches), atol=1e-5, rtol=0)
-    with pytest.raises(InputError, match="no such model folder"):
+    with pytest.raises(InputError, match="not a model folder"):
         initialise_from(full, tmp_path / "missing")
     (tmp_path / "weights.safetensors").write_bytes((tmp_path / "weights.safetensors").read_bytes()[:-8])
     with pytest.raises(InputError, match="sha256 differs"):  # a damaged source is refused, not half copied

@@ -38,6 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    # nibabel reports the header fields it repairs on its own stderr handler; brainseg's validation gate
+    # judges those headers itself, so its notes go through brainseg's log, shown with -v.
+    nibabel_log = logging.getLogger("nibabel.global")
+    nibabel_log.handlers.clear()
+    nibabel_log.propagate = True
+    nibabel_log.setLevel(logging.INFO if args.verbose else logging.ERROR + 1)
     try:
         return int(args.run(args) or 0)
     except InputError as err:

@@ -36,6 +36,7 @@ from brainseg.inference.batch import (
 )
 from brainseg.inference.predictor import Predictor
 from brainseg.io.nifti import Volume, load_volume, save_volume
+from brainseg.io.validation import check_brain_mask
 from brainseg.preprocessing.skull_strip import SKULL_STRIP_MODES, BrainExtractor, skull_strip
 from brainseg.reporting import qc_figure, save_qc_png, structure_volumes, write_volumes_csv
 from brainseg.reporting.volumes import voxel_volume_mm3
@@ -104,10 +105,13 @@ def segment_case(
         raise InputError(f"{image}: {err}") from None
     line = stripping.describe()
     log.info("%s: %s", image, line)
+    check_brain_mask(image, volume.data, stripping.mask, voxel_ml)
     brain = volume
     if stripping.extracted:
         brain = Volume(np.where(stripping.mask, volume.data, 0).astype(np.float32), volume.affine, volume.grid)
-    result = predictor.predict(brain, stripping.mask, probabilities=outputs.probabilities is not None, progress=progress)
+    result = predictor.predict(
+        brain, stripping.mask, probabilities=outputs.probabilities is not None, progress=progress
+    )
     outputs.label_map.parent.mkdir(parents=True, exist_ok=True)
     save_volume(outputs.label_map, result.label_map, result.grid, dtype=np.int16)
     save_volume(outputs.brain_mask, stripping.mask.astype(np.uint8), result.grid, dtype=np.uint8)

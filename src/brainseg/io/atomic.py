@@ -17,7 +17,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 
     A reader never sees a partial file, and on error the temporary file is
     removed and ``path`` is left as it was. The file is flushed to disk
-    (fsync) before the rename. An ``OSError`` (e.g. disk full) is re-raised
+    (fsync) before the rename; missing parent folders are created. An ``OSError`` (e.g. disk full) is re-raised
     naming ``path`` rather than the temporary file.
 
     Parameters
@@ -29,6 +29,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         format from it).
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:

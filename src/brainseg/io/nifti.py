@@ -8,21 +8,22 @@ grid (shape, orientation, affine) with :func:`save_volume`.
 
 from __future__ import annotations
 
-import struct
-import zlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+from nibabel.spatialimages import HeaderDataError, HeaderTypeError, ImageDataError
 
 from brainseg.errors import InputError
 from brainseg.io.atomic import atomic_path
 from brainseg.io.validation import check_header, check_intensities
 
 __all__ = ["Grid", "Volume", "load_volume", "save_volume", "is_volume_path", "output_stem"]
+
+log = logging.getLogger(__name__)
 
 SUFFIXES = (".nii.gz", ".nii", ".mgz")
 _RAS = axcodes2ornt("RAS")
@@ -124,7 +125,13 @@ def load_volume(path: str | Path, *, kind: str = "image") -> Volume:
         raw = np.asarray(img.dataobj).reshape(header.shape, order="A")
     except InputError:
         raise
-    except (ImageFileError, EOFError, zlib.error, OSError, ValueError, TypeError, MemoryError, struct.error) as err:
+    except (HeaderDataError, HeaderTypeError, ImageDataError) as err:  # nibabel's word on a broken header
+        raise InputError(
+            f"{path}: invalid header ({str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__}); "
+            "repair or re-export the image"
+        ) from None
+    except Exception as err:  # nibabel parsing untrusted bytes may raise anything (KeyError on an unknown MGH type)
+        log.debug("reading %s failed", path, exc_info=True)
         raise InputError(
             f"{path}: cannot read it as NIfTI or MGZ ({type(err).__name__}); "
             "check that the file is complete and is a .nii, .nii.gz or .mgz image"

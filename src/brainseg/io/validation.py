@@ -30,6 +30,9 @@ What is accepted and what is refused
   checked against the available RAM before any voxel is read (a header that
   claims 10,000^3 voxels is refused at once). Truncated uncompressed files are
   refused from their size.
+* **Brain mask** (:func:`check_brain_mask`, once the mask is known: after
+  skull stripping, or the non-zero voxels): at least ``limits.min_brain_ml``
+  ml, and intensities inside it that are not all equal.
 * **Intensities** (images): finite, not all zero, not constant, and not a label
   map or mask given as the image (integer-valued, few distinct values and
   piecewise constant: refused, since segmenting a label map gives nonsense).
@@ -53,6 +56,7 @@ __all__ = [
     "ImageLimits",
     "CheckedHeader",
     "available_memory_bytes",
+    "check_brain_mask",
     "check_header",
     "check_intensities",
     "estimate_memory_bytes",
@@ -84,6 +88,9 @@ class ImageLimits:
         (normalised image, patches, distances, class scores).
     fixed_bytes : int
         Memory taken regardless of the image (torch, the model).
+    min_brain_ml : float
+        Smallest brain mask segmented, in ml (a newborn's brain is about
+        350 ml; a mask of a few ml means a wrong voxel size or no brain).
     """
 
     min_voxels: int = 8
@@ -94,6 +101,7 @@ class ImageLimits:
     bytes_per_input_voxel: int = 24
     bytes_per_mm3: int = 96
     fixed_bytes: int = 600 * 2**20
+    min_brain_ml: float = 50.0
 
 
 #: The limits in force (tests of tiny synthetic volumes replace it; see tests/conftest.py).
@@ -392,7 +400,7 @@ def check_intensities(path: str | Path, data: np.ndarray, kind: str = "image") -
     ------
     InputError
         Images: NaN/Inf, all zero, constant, or a label map/mask given as an
-        image. Label maps and masks: non-integer or non-finite values.
+        image. Label maps and masks: non-integer, non-finite or negative values.
     """
     path = Path(path)
     if kind == "image":
@@ -411,7 +419,51 @@ def check_intensities(path: str | Path, data: np.ndarray, kind: str = "image") -
     elif kind in ("label_map", "mask"):
         if data.dtype.kind == "f" and (not np.isfinite(data).all() or not np.array_equal(data, np.round(data))):
             raise InputError(f"{path}: a {kind.replace('_', ' ')} must hold integer values")
+        if data.size and data.min() < 0:
+            raise InputError(
+                f"{path}: a {kind.replace('_', ' ')} holds negative numbers (e.g. {data.min():g}); "
+                "label numbers are >= 0: check that it is the right file"
+            )
         if np.abs(data).max(initial=0) > np.iinfo(np.int32).max:
             raise InputError(f"{path}: label numbers exceed the int32 range; renumber the labels")
     else:
         raise ValueError(f"kind must be 'image', 'label_map' or 'mask', got {kind!r}")
+
+
+def check_brain_mask(
+    path: str | Path, data: np.ndarray, mask: np.ndarray, voxel_ml: float, limits: ImageLimits | None = None
+) -> None:
+    """Check the brain mask an image will be segmented inside, before any network runs.
+
+    Parameters
+    ----------
+    path : str or Path
+        The image file (named in messages).
+    data : ndarray, shape (D, H, W)
+        Intensities.
+    mask : ndarray of bool, shape (D, H, W)
+        The brain mask (skull stripping's, or the non-zero voxels).
+    voxel_ml : float
+        Volume of one voxel in ml.
+    limits : ImageLimits, optional
+        Default :data:`LIMITS` (``min_brain_ml``).
+
+    Raises
+    ------
+    InputError
+        If the mask holds fewer than 8 voxels or less than ``min_brain_ml``
+        ml, or the intensities inside it are all equal.
+    """
+    limits = limits or LIMITS
+    count = int(np.count_nonzero(mask))
+    if count < 8 or count * voxel_ml < limits.min_brain_ml:
+        raise InputError(
+            f"{path}: the brain mask holds {count} voxels ({count * voxel_ml:.3g} ml), too few for a brain "
+            f"(needs >= {limits.min_brain_ml:g} ml); give a T1-weighted brain image or check the header's voxel size"
+        )
+    values = data[mask]
+    if float(values.min()) == float(values.max()):
+        raise InputError(
+            f"{path}: intensities inside the brain mask are constant ({float(values[0]):g}); "
+            "give a T1-weighted brain image"
+        )

@@ -47,6 +47,7 @@ def zscore_in_mask(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, flo
     values = image[mask]
     if values.size < 2:
         raise ValueError("the brain mask is empty")
+    values = values.astype(np.float64)  # float32 sums of large intensities overflow
     mean, std = float(values.mean()), float(values.std())
     if std <= 0:
         raise ValueError("intensities inside the brain mask are constant")

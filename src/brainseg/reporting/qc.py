@@ -93,7 +93,11 @@ def qc_figure(
     if outline is not None and outline.shape != image.shape:
         raise ValueError(f"outline shape {outline.shape} != image shape {image.shape}")
     cuts = [(slice(None), slice(None), z), (slice(None), y, slice(None)), (x, slice(None), slice(None))]
-    in_plane = [(spacing[0], spacing[1]), (spacing[0], spacing[2]), (spacing[1], spacing[2])]  # axial, coronal, sagittal
+    in_plane = [
+        (spacing[0], spacing[1]),
+        (spacing[0], spacing[2]),
+        (spacing[1], spacing[2]),
+    ]  # axial, coronal, sagittal
     panels = []
     for cut, (sa, sb) in zip(cuts, in_plane):
         mask2d = None if outline is None else outline[cut]
