@@ -27,8 +27,7 @@ with atheris.instrument_imports():
     import numpy as np
 
     from brainseg.errors import InputError
-    from brainseg.io import load_volume
-    from brainseg.io import validation
+    from brainseg.io import load_volume, validation
 
 SUFFIXES = (".nii", ".nii.gz", ".mgz")
 FOLDER = Path(tempfile.mkdtemp(prefix="brainseg-atheris-"))
