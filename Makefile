@@ -27,7 +27,7 @@ bench: install
 TRAIN_CASES := 1001 1002 1006 1007 1009 1010 1011 1012 1014 1015
 
 runs/reference/template.nii.gz:
-	$(PYTHON) -m brainseg atlas build configs/miccai2012_manifest.csv -o runs/reference --cases $(TRAIN_CASES)
+	$(PYTHON) -m brainseg atlas build configs/miccai2012_manifest.csv -o runs/reference --labels miccai2012 --cases $(TRAIN_CASES)
 
 reference: runs/reference/template.nii.gz
 

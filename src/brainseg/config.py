@@ -15,6 +15,7 @@ import yaml
 
 from brainseg.errors import InputError
 from brainseg.io.atomic import atomic_write_text
+from brainseg.labels import SHIPPED_TABLES
 
 __all__ = ["FORMAT_VERSION", "ModelConfig", "TrainingConfig", "Config", "load_config", "save_config"]
 
@@ -32,7 +33,9 @@ class ModelConfig:
     name : str
         Registered model name (``'basenet'``).
     num_classes : int
-        Classes including background.
+        Classes including background; 0 (the default) means "from the label
+        table" (``TrainingConfig.labels``), which fills it in when training
+        starts. A value that disagrees with the table is refused.
     plane : str
         Plane of the 2-D patches: ``'axial'``, ``'coronal'`` or ``'sagittal'``.
     scales : tuple of int
@@ -60,7 +63,7 @@ class ModelConfig:
     """
 
     name: str = "basenet"
-    num_classes: int = 135
+    num_classes: int = 0
     plane: str = "axial"
     scales: tuple[int, ...] = (1, 2, 3)
     branch_widths: tuple[int, ...] = (32, 64)
@@ -128,6 +131,13 @@ class TrainingConfig:
         Range of the scale factor (paper: 0.9-1.1).
     augment_rotation_deg : float
         Rotations are drawn in [-this, this] degrees (paper: 10).
+    labels : str
+        The label protocol: ``'auto'`` (every label number present in the
+        label maps of the training and validation cases, see ``brainseg
+        labels``), a shipped table's name (``'miccai2012'``) or a TSV file
+        (relative to the config file).
+    lut : str
+        Colour table naming the classes of an ``'auto'`` table (optional).
     init_from : str
         Model folder whose weights initialise the network (fine-tuning):
         layers of the same shape are copied; layers that gained inputs (a
@@ -155,6 +165,8 @@ class TrainingConfig:
     augment_scale: tuple[float, ...] = (0.9, 1.1)
     augment_rotation_deg: float = 10.0
     init_from: str = ""
+    labels: str = "auto"
+    lut: str = ""
 
 
 @dataclass(frozen=True)
@@ -194,8 +206,10 @@ def _read_raw(path: Path, seen: set[Path]) -> dict[str, Any]:
             f"{path}: expected the sections 'model' and 'training' (and optionally 'extends', 'format_version')"
         )
     _check_format(path, raw.get("format_version", 1))
-    for key in ("manifest", "reference", "init_from"):  # paths are relative to the file that names them
+    for key in ("manifest", "reference", "init_from", "labels", "lut"):  # paths are relative to the file naming them
         value = (raw.get("training") or {}).get(key)
+        if key == "labels" and (value in SHIPPED_TABLES or value == "auto"):
+            continue
         if value and not Path(value).is_absolute():
             raw["training"][key] = str((path.parent / value).resolve())
     if raw.get("extends"):

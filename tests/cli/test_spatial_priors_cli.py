@@ -14,7 +14,6 @@ from brainseg.model_folder import load_model_folder
 from brainseg.preprocessing.reference import load_reference
 
 SMALL = {
-    "num_classes": 135,
     "branch_widths": [4, 8],
     "mix_channels": 8,
     "fc_widths": [32, 16],
@@ -79,7 +78,9 @@ def test_atlas_build_writes_reference(reference):
     assert info_registered_to(reference) == "final template (every case, atlas cases included)"
     # The grid is the union of the brains plus the 15 mm margin, not clipped to the first case's grid.
     assert np.all(ref.affine[:3, 3] < 0)
-    assert ref.atlas is not None and ref.atlas.num_classes == 135 and ref.atlas.shape == ref.shape
+    assert (
+        ref.atlas is not None and ref.atlas.num_classes == 3
+    )  # 'auto': background, 4 and 11 and ref.atlas.shape == ref.shape
     voxels = np.argwhere(np.ones(ref.shape, bool))
     probs = ref.atlas.lookup(voxels)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)

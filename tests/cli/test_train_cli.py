@@ -16,7 +16,7 @@ from brainseg.training.checkpoint import load_checkpoint
 def _tiny_config(**training) -> dict:
     """A tiny BaseNet trained on cases a and b of a ``cases.csv`` beside the config, validated on c."""
     return {
-        "model": {"num_classes": 135, "branch_widths": [4, 8], "mix_channels": 8, "fc_widths": [32], "dropout": 0.0},
+        "model": {"branch_widths": [4, 8], "mix_channels": 8, "fc_widths": [32], "dropout": 0.0},
         "training": {
             "manifest": "cases.csv",
             "train_cases": ["a", "b"],
@@ -69,7 +69,8 @@ def test_train_writes_model_folder_and_resumes(tiny_setup, capsys):
     second = load_file(str(out / "weights.safetensors"))
     assert any(not np.array_equal(first[k].numpy(), second[k].numpy()) for k in first)
     card = (out / "model_card.md").read_text()
-    assert "Validation cases (1): c" in card and "Neuromorphometrics" in card
+    assert "Validation cases (1): c" in card and "label table auto" in card
+    assert "Neuromorphometrics" not in card  # the MICCAI credit only for the MICCAI protocol
 
 
 def _with(config_path, name, **training_or_model):

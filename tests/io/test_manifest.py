@@ -118,3 +118,82 @@ def test_manifest_missing_or_bad_columns(tmp_path):
     path.write_text("")
     with pytest.raises(InputError, match="columns"):
         read_manifest(path)
+
+
+# --- datasets as people keep them: patterns and BIDS ---------------------------------------------------
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+
+from brainseg.cli.main import main  # noqa: E402
+from brainseg.io.manifest import pair_by_patterns, scan_bids  # noqa: E402
+
+
+def _nifti(path: Path, shape=(6, 7, 5), affine=None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.int16), np.eye(4) if affine is None else affine), path)
+    return path
+
+
+def test_patterns_pair_images_and_labels_in_separate_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for sub in ("sub-01", "sub-02"):
+        _nifti(tmp_path / "imgs" / f"{sub}_T1w.nii.gz")
+        _nifti(tmp_path / "labs" / f"{sub}_dseg.nii.gz")
+    cases = pair_by_patterns("imgs/*_T1w.nii.gz", "labs/*_dseg.nii.gz")
+    assert [c.case_id for c in cases] == ["sub-01", "sub-02"]
+    assert cases[1].label_map == Path("labs/sub-02_dseg.nii.gz")
+    assert main(["manifest", "--images", "imgs/*_T1w.nii.gz", "--labels", "labs/*_dseg.nii.gz", "-o", "m.csv"]) == 0
+    assert [c.case_id for c in read_manifest(tmp_path / "m.csv")] == ["sub-01", "sub-02"]
+
+
+def test_patterns_across_folders_and_images_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _nifti(tmp_path / "data" / "a" / "scan.nii.gz")
+    _nifti(tmp_path / "data" / "b" / "scan.nii.gz")
+    cases = pair_by_patterns("data/*/scan.nii.gz")  # file names repeat: the folder wildcard names the case
+    assert [c.case_id for c in cases] == ["a", "b"] and cases[0].label_map is None
+
+
+def test_every_unmatched_file_is_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _nifti(tmp_path / "imgs" / "sub-01_T1w.nii.gz")
+    _nifti(tmp_path / "imgs" / "sub-02_T1w.nii.gz")
+    _nifti(tmp_path / "labs" / "sub-01_dseg.nii.gz")
+    _nifti(tmp_path / "labs" / "sub-03_dseg.nii.gz")
+    code = main(["manifest", "--images", "imgs/*_T1w.nii.gz", "--labels", "labs/*_dseg.nii.gz", "-o", "m.csv"])
+    err = capsys.readouterr().err
+    assert code == 2 and "imgs/sub-02_T1w.nii.gz" in err and "labs/sub-03_dseg.nii.gz" in err and "2 file(s)" in err
+    assert not (tmp_path / "m.csv").exists()
+    assert main(["manifest", "--images", "nothing/*.nii.gz", "-o", "m.csv"]) == 2
+    assert "matches no file" in capsys.readouterr().err
+
+
+def test_label_map_on_another_grid_names_both_grids(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _nifti(tmp_path / "imgs" / "s1_T1w.nii.gz", affine=np.diag([1.0, 1.0, 1.2, 1.0]))
+    _nifti(tmp_path / "labs" / "s1_dseg.nii.gz", shape=(6, 7, 6))
+    with pytest.raises(
+        InputError,
+        match=r"s1_dseg.nii.gz \(6x7x6 voxels of 1 x 1 x 1 mm.*grid of its image .*s1_T1w.nii.gz \(6x7x5 voxels of 1 x 1 x 1.2 mm",
+    ):
+        pair_by_patterns("imgs/*_T1w.nii.gz", "labs/*_dseg.nii.gz")
+
+
+def test_bids_dataset_with_derivatives(tmp_path):
+    root = tmp_path / "bids"
+    _nifti(root / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    _nifti(root / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_T1w.nii.gz")
+    _nifti(root / "sub-02" / "ses-2" / "anat" / "sub-02_ses-2_run-1_T1w.nii.gz")
+    (root / "sub-01" / "anat" / "sub-01_T2w.nii.gz").write_bytes(b"")  # not a T1w: ignored
+    deriv = root / "derivatives" / "manual"
+    _nifti(deriv / "sub-01" / "anat" / "sub-01_desc-manual_dseg.nii.gz")
+    _nifti(deriv / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_space-orig_dseg.nii.gz")
+    cases = scan_bids(root)
+    assert [c.case_id for c in cases] == ["sub-01", "sub-02_ses-1", "sub-02_ses-2_run-1"]
+    assert cases[0].label_map.name == "sub-01_desc-manual_dseg.nii.gz"
+    assert cases[1].label_map.name == "sub-02_ses-1_space-orig_dseg.nii.gz" and cases[2].label_map is None
+    _nifti(deriv / "sub-03" / "anat" / "sub-03_dseg.nii.gz")  # no such subject
+    with pytest.raises(InputError, match="sub-03_dseg.nii.gz"):
+        scan_bids(root)
+    assert main(["manifest", str(root), "--bids", "--derivatives", "nope", "-o", str(tmp_path / "m.csv")]) == 2

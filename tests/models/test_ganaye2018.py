@@ -12,7 +12,7 @@ from brainseg.models.ganaye2018 import PATCH_SIZE, BaseNet, ConvBranch
 
 def test_forward_shape():
     torch.manual_seed(0)
-    model = BaseNet().eval()
+    model = BaseNet(135).eval()
     with torch.no_grad():
         out = model(torch.randn(4, 3, PATCH_SIZE, PATCH_SIZE))
     assert out.shape == (4, 135)
@@ -30,7 +30,7 @@ def test_branch_shapes():
 @pytest.mark.parametrize("shape", [(4, 2, 25, 25), (4, 4, 25, 25), (3, 25, 25), (4, 3, 25, 25, 1)])
 def test_wrong_input_shape(shape):
     with pytest.raises(ValueError, match="expected patches"):
-        BaseNet()(torch.randn(*shape))
+        BaseNet(135)(torch.randn(*shape))
 
 
 def test_too_few_classes():
@@ -50,7 +50,7 @@ def test_parameter_count_by_hand():
     fc3 = 256 * 135 + 135  # 34,695
     expected = 3 * branch + mix + fc1 + fc2 + fc3
     assert expected == 641_031
-    assert count_parameters(BaseNet()) == expected
+    assert count_parameters(BaseNet(135)) == expected
 
 
 def test_parameter_count_with_batch_norm():

@@ -15,7 +15,7 @@ ABLATION = CONFIGS / "ablation"
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_shipped_config_loads(path):
     config = load_config(path)
-    assert config.model.num_classes == 135
+    assert config.training.labels == "miccai2012" and config.model.num_classes == 0  # from the table
     assert config.training.manifest.endswith("miccai2012_manifest.csv")
 
 

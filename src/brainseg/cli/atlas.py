@@ -30,7 +30,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="build from every labelled case of the manifest (validation cases too: only when none are held out)",
     )
     b.add_argument("--iterations", type=int, default=2, help="template averaging passes (default 2)")
-    b.add_argument("--labels", type=Path, help="label table TSV (default: the MICCAI 2012 protocol)")
+    b.add_argument(
+        "--labels",
+        default="auto",
+        metavar="TSV|auto|miccai2012",
+        help="label table of the atlas: a TSV (brainseg labels), a shipped table, or auto (default): every label "
+        "number in the atlas cases' label maps; use the table the model will train with",
+    )
     b.add_argument("--sigma-mm", type=float, default=1.0, help="atlas smoothing, mm (default 1)")
     b.add_argument("--floor", type=float, default=1e-4, help="atlas probability floor (default 1e-4)")
     b.add_argument("--margin-mm", type=int, default=15, help="template margin around the brains, mm (default 15)")
@@ -42,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     """Build and write the reference folder."""
     from brainseg.errors import InputError
     from brainseg.io.manifest import read_manifest
-    from brainseg.labels import LabelTable
+    from brainseg.io.nifti import load_volume
+    from brainseg.labels import LabelCounts, build_label_table, resolve_label_table
     from brainseg.preprocessing.intensity import IntensityNormalization
     from brainseg.preprocessing.reference import TEMPLATE, build_reference
     from brainseg.training.data import load_prepared_case
@@ -51,12 +58,18 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--iterations must be at least 1, got {args.iterations}")
     if (args.output / TEMPLATE).exists():
         raise InputError(f"{args.output}: already holds a reference; choose another folder")
-    labels = LabelTable.from_tsv(args.labels) if args.labels else LabelTable.miccai2012()
     cases = read_manifest(args.manifest)
     atlas_ids = set(args.cases) if args.cases else {c.case_id for c in cases if c.label_map is not None}
     unknown = atlas_ids - {c.case_id for c in cases}
     if unknown:
         raise InputError(f"{args.manifest}: no case(s) {sorted(unknown)}")
+    if args.labels == "auto":
+        atlas_cases = [c for c in cases if c.case_id in atlas_ids and c.label_map is not None]
+        labels = build_label_table(
+            LabelCounts.count(load_volume(c.label_map, kind="label_map").data for c in atlas_cases)
+        )
+    else:
+        labels = resolve_label_table(args.labels)
     normalization = IntensityNormalization()
     loaded = []
     for case in cases:

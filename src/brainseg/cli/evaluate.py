@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from brainseg.cli import add_model_option
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the subcommand."""
@@ -19,7 +21,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("reference", type=Path, nargs="?", help="reference label map on the same grid")
     p.add_argument("--manifest", type=Path, help="manifest CSV: evaluate every case with a label_map")
     p.add_argument("--predictions", type=Path, help="folder of predicted label maps (with --manifest)")
-    p.add_argument("--labels", type=Path, help="label table TSV (default: MICCAI 2012)")
+    p.add_argument(
+        "--labels",
+        metavar="TSV|auto|miccai2012",
+        help="label table scored: a TSV (brainseg labels, or a model folder's labels.tsv), a shipped table, or auto: "
+        "every label number in the reference label maps (default: the table of --model)",
+    )
+    add_model_option(p)
     p.add_argument("-o", "--output", type=Path, help="CSV to write (one row per structure and case, then a mean row)")
     p.add_argument("--json", type=Path, help="JSON to write")
     p.add_argument("--no-distances", action="store_true", help="Dice and volume similarity only")
@@ -60,15 +68,25 @@ def run(args: argparse.Namespace) -> int:
 
     from brainseg.errors import InputError
     from brainseg.io.nifti import load_volume
-    from brainseg.labels import LabelTable
+    from brainseg.labels import LabelCounts, LabelTable, build_label_table, resolve_label_table
     from brainseg.metrics.report import evaluate_label_maps, summarize, write_scores_csv, write_scores_json
+    from brainseg.model_folder import resolve_model_dir, verify_model_folder
 
     for out in (args.output, args.json):
         if out is not None and out.is_dir():
             raise InputError(f"{out}: is a folder; give a file name")
-    labels = LabelTable.from_tsv(args.labels) if args.labels else LabelTable.miccai2012()
+    pairs = _pairs(args)
+    if args.labels == "auto":
+        references = (load_volume(ref_path, kind="label_map").data for _, _, ref_path in pairs)
+        labels = build_label_table(LabelCounts.count(references))
+    elif args.labels:
+        labels = resolve_label_table(args.labels)
+    else:
+        folder = resolve_model_dir(args.model)
+        verify_model_folder(folder)
+        labels = LabelTable.from_tsv(folder / "labels.tsv")
     scores = []
-    for case_id, pred_path, ref_path in _pairs(args):
+    for case_id, pred_path, ref_path in pairs:
         prediction = load_volume(pred_path, kind="label_map")
         reference = load_volume(ref_path, kind="label_map")
         if prediction.data.shape != reference.data.shape or not np.allclose(

@@ -28,6 +28,11 @@ def run(args: argparse.Namespace) -> int:
     if model.reference is not None:
         print(f"reference template: {model.reference.shape} voxels of 1 mm ({model.path / 'reference'})")
     print(f"parameters: {count_parameters(model.network):,} (paper's BaseNet: {PAPER_PARAMETER_COUNT:,})")
-    print(f"classes: {model.labels.num_classes} (background + {model.labels.num_classes - 1} structures)")
+    table = model.labels
+    examples = ", ".join(f"{table.labels[c]} {table.names[c]}" for c in range(1, min(table.num_classes, 4)))
+    print(
+        f"classes: {table.num_classes} (background + {table.num_classes - 1} structures; label numbers "
+        f"{min(table.labels[1:], default=0)}-{max(table.labels)}: {examples}, ...; {model.path / 'labels.tsv'})"
+    )
     print(f"normalisation: {model.normalization.method}")
     return 0

@@ -11,10 +11,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "manifest",
         help="write a case manifest for a data folder",
-        description="List the cases of a folder laid out like MICCAI 2012 (ID_SS.nii.gz, ID_glm.nii.gz, "
-        "ID_mask.nii.gz) in a CSV with columns case_id,image,label_map,mask.",
+        description="Write a CSV with columns case_id,image,label_map,mask listing the cases of: a folder laid "
+        "out like MICCAI 2012 (ID_SS.nii.gz, ID_glm.nii.gz, ID_mask.nii.gz); images and label maps matched by "
+        "glob patterns (--images, --labels, --masks; the case id is what the wildcards matched in the file "
+        "name); or a BIDS dataset (--bids: sub-*/[ses-*/]anat/*_T1w.nii[.gz] with the *_dseg label maps of "
+        "derivatives/).",
     )
-    p.add_argument("folder", type=Path)
+    p.add_argument("folder", type=Path, nargs="?", help="data folder (MICCAI 2012 layout, or a BIDS root with --bids)")
+    p.add_argument("--images", metavar="PATTERN", help="glob of the images, e.g. 'imgs/*_T1w.nii.gz' (quoted)")
+    p.add_argument("--labels", metavar="PATTERN", help="glob of the label maps, e.g. 'labs/*_dseg.nii.gz'")
+    p.add_argument("--masks", metavar="PATTERN", help="glob of the brain masks")
+    p.add_argument("--bids", action="store_true", help="FOLDER is a BIDS dataset (T1w images, dseg label maps)")
+    p.add_argument("--derivatives", metavar="NAME", help="with --bids: the derivatives folder holding the label maps")
     p.add_argument("-o", "--output", type=Path, required=True, help="manifest CSV to write")
     p.add_argument(
         "--pattern", default=r"(?P<case_id>.+)_SS\.nii(\.gz)?$", help="regex of image names with a case_id group"
@@ -27,11 +35,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Scan and write."""
     from brainseg.errors import InputError
-    from brainseg.io.manifest import scan_folder, write_manifest
+    from brainseg.io.manifest import pair_by_patterns, scan_bids, scan_folder, write_manifest
 
     if args.output.is_dir():
         raise InputError(f"{args.output}: is a folder; give the CSV file to write")
-    cases = scan_folder(args.folder, args.pattern, args.label_suffix, args.mask_suffix)
+    if args.images:
+        if args.folder or args.bids:
+            raise InputError("give either FOLDER (with --bids for a BIDS dataset) or --images PATTERN, not both")
+        cases = pair_by_patterns(args.images, args.labels, args.masks)
+    elif args.labels or args.masks:
+        raise InputError("--labels and --masks patterns need --images PATTERN")
+    elif args.folder is None:
+        raise InputError("give a data FOLDER, a BIDS root with --bids, or --images PATTERN [--labels PATTERN]")
+    elif args.bids:
+        cases = scan_bids(args.folder, args.derivatives)
+    else:
+        cases = scan_folder(args.folder, args.pattern, args.label_suffix, args.mask_suffix)
     write_manifest(args.output, cases)
     print(f"{args.output}: {len(cases)} cases")
     return 0

@@ -117,7 +117,10 @@ def segment_case(
     save_volume(outputs.brain_mask, stripping.mask.astype(np.uint8), result.grid, dtype=np.uint8)
     comments = [*(header or []), f"input: {image}", line]
     write_volumes_csv(outputs.volumes, structure_volumes(result.label_map, result.labels, volume.affine), comments)
-    save_qc_png(outputs.qc, qc_figure(volume.data, result.label_map, result.spacing, outline=stripping.mask))
+    save_qc_png(
+        outputs.qc,
+        qc_figure(volume.data, result.label_map, result.spacing, outline=stripping.mask, labels=result.labels),
+    )
     if outputs.probabilities is not None and result.probabilities is not None:
         scaled = np.round(result.probabilities.astype(np.float32) * 255).astype(np.uint8)
         save_volume(outputs.probabilities, scaled, result.grid, slope=1 / 255)

@@ -11,7 +11,7 @@ from pathlib import Path
 from brainseg.errors import InputError
 from brainseg.io.atomic import atomic_write_text
 
-__all__ = ["Case", "read_manifest", "write_manifest", "scan_folder"]
+__all__ = ["Case", "check_same_grid", "pair_by_patterns", "read_manifest", "scan_bids", "scan_folder", "write_manifest"]
 
 COLUMNS = ("case_id", "image", "label_map", "mask")
 
@@ -103,4 +103,211 @@ def scan_folder(
         cases.append(Case(case_id, image, label if label.exists() else None, mask if mask.exists() else None))
     if not cases:
         raise InputError(f"{folder}: no image matches {image_pattern!r}; pass --pattern")
+    return cases
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """A glob pattern as a regex whose groups capture what each wildcard matched (``**/`` spans folders)."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern[i] == "*":
+            out.append("([^/]*)")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("([^/])")
+            i += 1
+        elif pattern[i] == "[":
+            end = pattern.find("]", i)
+            if end < 0:
+                out.append(re.escape(pattern[i]))
+                i += 1
+            else:
+                out.append("(" + pattern[i : end + 1].replace("[!", "[^") + ")")
+                i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + "$")
+
+
+def _matches(pattern: str, what: str) -> dict[str, Path]:
+    """Files matching a glob pattern, by case id: the wildcards' matches in the file name joined by '_'."""
+    import glob as globbing
+
+    regex = _pattern_regex(Path(pattern).as_posix())
+    files = sorted(p for p in globbing.glob(pattern, recursive=True) if Path(p).is_file())
+    if not files:
+        raise InputError(f"{what} pattern {pattern!r} matches no file; check the pattern (quote it in the shell)")
+    name_groups = _pattern_regex(Path(pattern).name).groups
+    by_id: dict[str, Path] = {}
+    for file in files:
+        match = regex.match(Path(file).as_posix())
+        if match is None:  # pragma: no cover - glob and the regex agree
+            continue
+        groups = [g for g in match.groups() if g]
+        case_id = "_".join(groups[len(groups) - name_groups :] if name_groups else groups) or Path(file).name
+        if case_id in by_id:
+            case_id = "_".join(groups)
+        if case_id in by_id:
+            raise InputError(
+                f"{what} {file} and {by_id[case_id]} give the same case id {case_id!r}; "
+                "make the pattern's wildcards cover what tells cases apart"
+            )
+        by_id[case_id] = Path(file)
+    return by_id
+
+
+def check_same_grid(image: Path, label_map: Path) -> None:
+    """Refuse a label map that is not on its image's grid (headers only; no voxel read).
+
+    Raises
+    ------
+    InputError
+        Naming both files and both grids (shape and voxel-to-world matrix).
+    """
+    import nibabel as nib
+    import numpy as np
+
+    try:
+        a, b = nib.load(str(image)), nib.load(str(label_map))
+        grids = [(tuple(x.shape[:3]), np.asarray(x.affine, float)) for x in (a, b)]
+    except Exception:  # unreadable files are reported, with the reason, when they are loaded
+        return
+    (shape_a, affine_a), (shape_b, affine_b) = grids
+    if shape_a != shape_b or not np.allclose(affine_a, affine_b, atol=1e-3):
+
+        def describe(shape, affine):
+            spacing = np.linalg.norm(affine[:3, :3], axis=0)
+            return f"{'x'.join(map(str, shape))} voxels of {' x '.join(f'{s:.3g}' for s in spacing)} mm, origin {np.round(affine[:3, 3], 2).tolist()}"
+
+        raise InputError(
+            f"{label_map} ({describe(shape_b, affine_b)}) is not on the grid of its image {image} "
+            f"({describe(shape_a, affine_a)}); resample the label map onto the image (nearest neighbour)"
+        )
+
+
+def pair_by_patterns(images: str, labels: str | None = None, masks: str | None = None) -> list[Case]:
+    """Cases from glob patterns of images, label maps and masks kept in separate folders.
+
+    The case id is what the wildcards of a pattern matched in the file name
+    (``'imgs/*_T1w.nii.gz'`` and ``'labs/*_dseg.nii.gz'`` pair
+    ``imgs/sub-01_T1w.nii.gz`` with ``labs/sub-01_dseg.nii.gz`` as case
+    ``sub-01``); folder wildcards join in when file names alone repeat.
+
+    Parameters
+    ----------
+    images : str
+        Glob pattern of the images (``**`` spans folders).
+    labels, masks : str, optional
+        Glob patterns of the label maps and brain masks.
+
+    Returns
+    -------
+    list of Case
+        In case-id order.
+
+    Raises
+    ------
+    InputError
+        If a pattern matches nothing, two files give one case id, a label map
+        or mask has no image or an image has no label map (every unmatched file
+        is named), or a label map or mask is not on its image's grid.
+    """
+    found_images = _matches(images, "image")
+    found_labels = _matches(labels, "label map") if labels else {}
+    found_masks = _matches(masks, "mask") if masks else {}
+    unmatched = [str(p) for k, p in {**found_labels, **found_masks}.items() if k not in found_images]
+    if labels:
+        unmatched += [str(p) for k, p in found_images.items() if k not in found_labels]
+    if unmatched:
+        raise InputError(
+            f"{len(unmatched)} file(s) have no partner with the same case id: {', '.join(sorted(unmatched))}; "
+            "fix the patterns or move the files"
+        )
+    cases = []
+    for case_id in sorted(found_images):
+        image, label, mask = found_images[case_id], found_labels.get(case_id), found_masks.get(case_id)
+        for other in (label, mask):
+            if other is not None:
+                check_same_grid(image, other)
+        cases.append(Case(case_id, image, label, mask))
+    return cases
+
+
+_BIDS_NAME = re.compile(r"^(?P<entities>(?:[a-zA-Z0-9]+-[a-zA-Z0-9]+_)+)(?P<suffix>[a-zA-Z0-9]+)\.nii(?:\.gz)?$")
+#: Entities that tell acquisitions apart (a derivative's own ``space``, ``desc``, ``res``, ``label`` are not compared).
+_BIDS_KEYS = ("sub", "ses", "task", "acq", "ce", "rec", "run", "echo", "part")
+
+
+def _bids_entities(name: str) -> tuple[dict[str, str], str] | None:
+    match = _BIDS_NAME.match(name)
+    if not match:
+        return None
+    pairs = [e.split("-", 1) for e in match.group("entities").rstrip("_").split("_")]
+    return dict(pairs), match.group("suffix")
+
+
+def scan_bids(root: str | Path, derivatives: str | None = None, suffix: str = "dseg") -> list[Case]:
+    """Cases of a BIDS dataset: T1w images and the label maps of a derivatives folder.
+
+    The rule (a small subset of BIDS, no pybids needed): images are
+    ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]`` under ``root``; label maps are
+    ``*_<suffix>.nii[.gz]`` (default ``dseg``) under
+    ``root/derivatives/<derivatives>/`` (every derivatives folder when None),
+    in an ``anat`` folder, and belong to the image whose entities ``sub``,
+    ``ses``, ``acq``, ``ce``, ``rec``, ``run`` (and ``task``, ``echo``,
+    ``part``) they share; their ``space``, ``desc``, ``res`` entities are not
+    compared. The case id is the image's entities (``sub-01_ses-1``).
+    Images without a label map are listed without one.
+
+    Raises
+    ------
+    InputError
+        If ``root`` holds no T1w image, a label map matches no image or a
+        second one for the same image (each such file is named), or is not on
+        its image's grid.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such folder")
+    images = {}
+    for path in sorted(root.glob("sub-*/**/anat/*_T1w.nii*")) + sorted(root.glob("sub-*/anat/*_T1w.nii*")):
+        parsed = _bids_entities(path.name)
+        if parsed is None or "derivatives" in path.relative_to(root).parts:
+            continue
+        entities = parsed[0]
+        key = tuple(entities.get(k) for k in _BIDS_KEYS)
+        images[key] = (path, "_".join(f"{k}-{entities[k]}" for k in _BIDS_KEYS if k in entities))
+    if not images:
+        raise InputError(f"{root}: no sub-*/[ses-*/]anat/*_T1w.nii[.gz] image; is it a BIDS dataset?")
+    base = root / "derivatives" / derivatives if derivatives else root / "derivatives"
+    if derivatives and not base.is_dir():
+        raise InputError(f"{base}: no such derivatives folder")
+    labels: dict[tuple, Path] = {}
+    unmatched = []
+    for path in sorted(base.glob(f"**/anat/*_{suffix}.nii*")) if base.is_dir() else []:
+        parsed = _bids_entities(path.name)
+        if parsed is None:
+            continue
+        entities = parsed[0]
+        label_key = tuple(entities.get(k) for k in _BIDS_KEYS)
+        candidates = [k for k in images if k == label_key]
+        if len(candidates) != 1 or candidates[0] in labels:
+            unmatched.append(str(path))
+            continue
+        labels[candidates[0]] = path
+    if unmatched:
+        raise InputError(
+            f"label map(s) that match no single T1w image (or a second one for it): {', '.join(unmatched)}; "
+            "give --derivatives NAME or remove the extra files"
+        )
+    cases = []
+    for key, (image, case_id) in sorted(images.items(), key=lambda kv: kv[1][1]):
+        label = labels.get(key)
+        if label is not None:
+            check_same_grid(image, label)
+        cases.append(Case(case_id, image, label))
     return cases

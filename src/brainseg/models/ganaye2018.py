@@ -10,7 +10,7 @@ BaseNet (paper section 2.1) classifies the centre voxel of three co-centred
 2-D patches of 25 x 25 samples taken at three scales. Each scale has its own
 convolutional branch; the branch outputs are concatenated, mixed by a 1 x 1
 convolution and classified by three fully connected layers with ReLU and
-dropout and a softmax over the 135 MICCAI 2012 classes.
+dropout and a softmax over the classes of the label table (135 for MICCAI 2012).
 
 The spatial priors (sections 2.2-2.3) are optional branches of the same
 network, :class:`GanayeNet`: DistBranch (distances in mm from the voxel to
@@ -378,7 +378,7 @@ class GanayeNet(nn.Module):
 
     def __init__(
         self,
-        num_classes: int = 135,
+        num_classes: int,
         scales: Sequence[int] = (1, 2, 3),
         branch_widths: Sequence[int] = (32, 64),
         mix_channels: int = 64,
@@ -510,7 +510,7 @@ class GanayeNet(nn.Module):
 
 
 def BaseNet(  # noqa: N802  (a factory named like the paper's network)
-    num_classes: int = 135,
+    num_classes: int,
     scales: Sequence[int] = (1, 2, 3),
     branch_widths: Sequence[int] = (32, 64),
     mix_channels: int = 64,

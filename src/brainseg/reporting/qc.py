@@ -10,6 +10,7 @@ from PIL import Image
 from scipy import ndimage
 
 from brainseg.io.atomic import atomic_path
+from brainseg.labels import LabelTable
 
 __all__ = ["label_colors", "qc_figure", "save_qc_png"]
 
@@ -57,6 +58,7 @@ def qc_figure(
     alpha: float = 0.45,
     pixel_mm: float = 0.5,
     outline: np.ndarray | None = None,
+    labels: LabelTable | None = None,
 ) -> np.ndarray:
     """Axial, coronal and sagittal overlays through the centre of the labelled brain.
 
@@ -75,6 +77,9 @@ def qc_figure(
         Display pixel size in mm.
     outline : ndarray of bool, shape (D, H, W), optional
         A brain mask drawn as a one-pixel yellow outline (to check skull stripping).
+    labels : LabelTable, optional
+        Its colours (from a colour table) replace brainseg's palette for its
+        label numbers.
 
     Returns
     -------
@@ -88,7 +93,10 @@ def qc_figure(
     centre = np.round(np.argwhere(fg).mean(axis=0)).astype(int) if fg.any() else np.array(image.shape) // 2
     lo, hi = np.percentile(image[image != 0], [1, 99.5]) if (image != 0).any() else (0.0, 1.0)
     scaled = np.clip((image - lo) / max(hi - lo, 1e-6) * 255, 0, 255)
-    colors = label_colors(int(label_map.max(initial=0)))
+    colors = label_colors(max(int(label_map.max(initial=0)), max(labels.labels) if labels else 0))
+    if labels is not None and labels.colors is not None:
+        for c in range(1, labels.num_classes):
+            colors[labels.labels[c]] = labels.colors[c]
     x, y, z = centre
     if outline is not None and outline.shape != image.shape:
         raise ValueError(f"outline shape {outline.shape} != image shape {image.shape}")

@@ -13,6 +13,7 @@ from brainseg.inference.predictor import Predictor
 from brainseg.io.atomic import atomic_write_text
 from brainseg.io.manifest import read_manifest
 from brainseg.io.nifti import load_volume
+from brainseg.labels import LabelTable
 from brainseg.metrics.report import StructureScore, evaluate_label_maps, summarize, write_scores_csv, write_scores_json
 from brainseg.model_folder import LoadedModel, load_model_folder
 from brainseg.models import count_parameters
@@ -127,13 +128,14 @@ def write_model_card(model_dir: str | Path, progress: bool = False, scores: list
     lines = [
         f"# Model card: {cfg.name} ({model_dir.name})",
         "",
-        f"Ganaye et al. (2018) {describe_model(model.config)}, trained on MICCAI 2012 "
-        f"({cfg.num_classes} classes: background + {cfg.num_classes - 1} structures).",
+        f"Ganaye et al. (2018) {describe_model(model.config)}, trained on the cases of "
+        f"{Path(tc.manifest).name} ({cfg.num_classes} classes: background + {cfg.num_classes - 1} structures; "
+        f"label table {tc.labels if tc.labels in ('auto', 'miccai2012') else Path(tc.labels).name}, in labels.tsv).",
         "",
         "## Data",
         f"- Training cases ({len(tc.train_cases)}): {', '.join(tc.train_cases)}",
         f"- Validation cases ({len(tc.validation_cases)}): {', '.join(tc.validation_cases)}",
-        f"- {CREDIT}",
+        *([f"- {CREDIT}"] if model.labels == LabelTable.miccai2012() else []),
         "",
         "## Training",
         f"- Parameters: {count_parameters(model.network):,} (paper's BaseNet: {PAPER_PARAMETER_COUNT:,})",

@@ -26,8 +26,9 @@ from brainseg.config import Config, TrainingConfig, config_to_dict, save_config
 from brainseg.errors import InputError
 from brainseg.inference.dense import predict_dense
 from brainseg.io.atomic import atomic_write_text
-from brainseg.io.manifest import read_manifest
-from brainseg.labels import LabelTable
+from brainseg.io.manifest import Case, read_manifest
+from brainseg.io.nifti import load_volume
+from brainseg.labels import LabelCounts, LabelTable, build_label_table, read_lut, resolve_label_table
 from brainseg.metrics.overlap import dice_per_class
 from brainseg.model_folder import read_weights, save_model_folder, verify_model_folder
 from brainseg.models import build_model, count_parameters
@@ -106,6 +107,32 @@ def validate(network: torch.nn.Module, cases: list[TrainingCase], num_classes: i
         "per_case": per_case,
         "per_class": [None if np.isnan(v) else float(v) for v in classes],
     }
+
+
+def training_label_table(tc: TrainingConfig, cases: list[Case]) -> LabelTable:
+    """The label table a run trains with (``training.labels``).
+
+    Parameters
+    ----------
+    tc : TrainingConfig
+        ``labels`` is ``'auto'``, a shipped table's name or a TSV path;
+        ``lut`` optionally names the classes of an ``'auto'`` table.
+    cases : list of Case
+        The training and validation cases; an ``'auto'`` table has a class
+        for every label number their label maps hold.
+
+    Raises
+    ------
+    InputError
+        If the table cannot be read, or a case has no label map.
+    """
+    if tc.labels != "auto":
+        return resolve_label_table(tc.labels)
+    missing = [c.case_id for c in cases if c.label_map is None]
+    if missing:
+        raise InputError(f"{tc.manifest}: case(s) {missing} have no label_map to train on")
+    counts = LabelCounts.count(load_volume(c.label_map, kind="label_map").data for c in cases)  # type: ignore[arg-type]
+    return build_label_table(counts, read_lut(tc.lut) if tc.lut else None)
 
 
 def initialise_from(network: torch.nn.Module, model_dir: str | Path) -> int:
@@ -223,14 +250,19 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
 
-    labels = LabelTable.miccai2012() if config.model.num_classes == 135 else None
-    if labels is None or labels.num_classes != config.model.num_classes:
-        raise InputError(f"no label table for {config.model.num_classes} classes (only the MICCAI 2012 protocol ships)")
     normalization = IntensityNormalization()
     by_id = {c.case_id: c for c in read_manifest(tc.manifest)}
     unknown = [i for i in tc.train_cases + tc.validation_cases if i not in by_id]
     if unknown:
         raise InputError(f"{tc.manifest}: no case(s) {unknown}")
+    labels = training_label_table(tc, [by_id[i] for i in tc.train_cases + tc.validation_cases])
+    if config.model.num_classes not in (0, labels.num_classes):
+        raise InputError(
+            f"model.num_classes is {config.model.num_classes} but the label table ({tc.labels}) has "
+            f"{labels.num_classes} classes; remove num_classes from the config (it follows from the table)"
+        )
+    config = replace(config, model=replace(config.model, num_classes=labels.num_classes))
+    log.info("label table %s: %d classes", tc.labels, labels.num_classes)
     reference = None
     if config.model.needs_reference:
         if not tc.reference:
@@ -241,6 +273,12 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
         reference = load_reference(tc.reference)
         if config.model.prob_branch and reference.atlas is None:
             raise InputError(f"{tc.reference}: has no atlas.npz; the ProbBranch needs one")
+        if config.model.prob_branch and reference.atlas.num_classes != labels.num_classes:
+            raise InputError(
+                f"{tc.reference}: its atlas has {reference.atlas.num_classes} classes, the label table "
+                f"({tc.labels}) {labels.num_classes}; build the atlas with the same table "
+                "(brainseg atlas build ... --labels TABLE)"
+            )
     load = lambda ids: [  # noqa: E731
         load_training_case(by_id[i], labels, config.model, normalization, reference) for i in ids
     ]
