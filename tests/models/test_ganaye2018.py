@@ -55,7 +55,7 @@ def test_parameter_count_by_hand():
 
 def test_parameter_count_with_batch_norm():
     # Each BatchNorm2d adds a scale and a shift per channel: (32 + 64 + 64) * 2 per branch.
-    assert count_parameters(BaseNet(batch_norm=True)) == 641_031 + 3 * (32 + 64 + 64) * 2
+    assert count_parameters(BaseNet(135, batch_norm=True)) == 641_031 + 3 * (32 + 64 + 64) * 2
 
 
 def test_training_loss_falls():
