@@ -7,6 +7,8 @@ Layout::
     normalization.json   intensity normalisation applied before the network
     weights.safetensors  network weights (no pickle)
     reference/           template.nii.gz, atlas.npz, reference.json (reference-space models only)
+    class_prior.json     class frequencies of the brain and of the training sampler, and the strength of
+                         the correction applied at inference (brainseg.postprocessing.prior)
     checksums.sha256     sha256 of each file above (``sha256sum -c checksums.sha256`` checks it too)
     model_card.md        data, split, training budget, validation figures
     history.json, training.json, validation.csv, validation.json, checkpoint.pt, ablation_row.json
@@ -42,6 +44,7 @@ from brainseg.errors import InputError
 from brainseg.io.atomic import atomic_path, atomic_write_text
 from brainseg.labels import LabelTable
 from brainseg.models import build_model
+from brainseg.postprocessing.prior import PRIOR_FILE, ClassPrior
 from brainseg.preprocessing.intensity import IntensityNormalization
 from brainseg.preprocessing.reference import MODEL_FILES, TEMPLATE, Reference, copy_reference, load_reference
 
@@ -63,7 +66,7 @@ FILES = ("config.yaml", "labels.tsv", "normalization.json", "weights.safetensors
 REFERENCE = "reference"
 CHECKSUMS = "checksums.sha256"
 #: Files inference reads (relative paths): the checksums cover exactly these.
-PAYLOAD = FILES + tuple(f"{REFERENCE}/{name}" for name in MODEL_FILES)
+PAYLOAD = FILES + (PRIOR_FILE,) + tuple(f"{REFERENCE}/{name}" for name in MODEL_FILES)
 #: Files training writes beside them, never read to segment.
 RECORDS = (
     CHECKSUMS,
@@ -87,6 +90,7 @@ class LoadedModel:
     network: torch.nn.Module
     path: Path
     reference: Reference | None = None
+    prior: ClassPrior | None = None
 
 
 #: Model folders shipped inside the package, by the name ``--model`` accepts.
@@ -140,6 +144,7 @@ def save_model_folder(
     normalization: IntensityNormalization,
     network: torch.nn.Module,
     reference: str | Path | None = None,
+    prior: ClassPrior | None = None,
 ) -> Path:
     """Write a model folder (weights written to a temp file, then renamed).
 
@@ -152,6 +157,8 @@ def save_model_folder(
     reference : str or Path, optional
         Reference folder (``brainseg atlas build``) whose template, atlas and
         build record are copied to ``path/reference`` (once).
+    prior : ClassPrior, optional
+        Class frequencies of the brain and the sampler (``class_prior.json``).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -160,6 +167,8 @@ def save_model_folder(
     save_config(config, path / "config.yaml")
     labels.to_tsv(path / "labels.tsv")
     normalization.save(path / "normalization.json")
+    if prior is not None:
+        prior.save(path / PRIOR_FILE)
     state = {k: v.detach().contiguous() for k, v in network.state_dict().items()}
     with atomic_path(path / "weights.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "model": config.model.name})
@@ -338,4 +347,11 @@ def load_model_folder(path: str | Path | None = None) -> LoadedModel:
         if config.model.prob_branch and reference.atlas is None:
             raise InputError(f"{path / REFERENCE}: has no atlas.npz, which this model's ProbBranch needs")
     normalization = IntensityNormalization.load(path / "normalization.json")
-    return LoadedModel(config, labels, normalization, network, path, reference)
+    prior = None
+    if (path / PRIOR_FILE).is_file():
+        prior = ClassPrior.load(path / PRIOR_FILE)
+        if prior.num_classes != labels.num_classes:
+            raise InputError(
+                f"{path / PRIOR_FILE}: {prior.num_classes} classes, labels.tsv {labels.num_classes}; copy the folder again"
+            )
+    return LoadedModel(config, labels, normalization, network, path, reference, prior)

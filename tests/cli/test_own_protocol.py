@@ -17,6 +17,8 @@ import yaml
 
 from brainseg.cli.main import main
 from brainseg.labels import LabelTable, read_lut
+from brainseg.model_folder import write_checksums
+from brainseg.postprocessing.prior import ClassPrior
 from brainseg.reporting import read_volumes_csv
 
 LUT = """# a FreeSurfer-style colour table
@@ -30,7 +32,7 @@ LUT = """# a FreeSurfer-style colour table
 AFFINE = np.array([[0.0, -1.2, 0.0, 30.0], [1.0, 0.0, 0.0, -20.0], [0.0, 0.0, 2.0, 5.0], [0.0, 0.0, 0.0, 1.0]])
 
 
-def _case(folder, case_id, seed, extra_label=None):
+def _case(folder, case_id, seed, extra_label=None, affine=AFFINE):
     """A 22 x 18 x 12 ellipsoid split in four quadrants labelled 2, 41, 1002, 2035, with intensities per label."""
     rng = np.random.default_rng(seed)
     shape = (22, 18, 12)
@@ -43,8 +45,8 @@ def _case(folder, case_id, seed, extra_label=None):
     means = {0: 0.0, 2: 60.0, 41: 100.0, 1002: 140.0, 2035: 180.0, extra_label: 220.0}
     image = np.vectorize(means.get)(labels).astype(np.float32)
     image = np.where(brain, image + 4 * rng.standard_normal(shape), 0).astype(np.float32)
-    nib.save(nib.Nifti1Image(image, AFFINE), folder / f"{case_id}_SS.nii.gz")
-    nib.save(nib.Nifti1Image(labels, AFFINE), folder / f"{case_id}_glm.nii.gz")
+    nib.save(nib.Nifti1Image(image, affine), folder / f"{case_id}_SS.nii.gz")
+    nib.save(nib.Nifti1Image(labels, affine), folder / f"{case_id}_glm.nii.gz")
 
 
 @pytest.fixture
@@ -178,3 +180,49 @@ def test_train_segment_evaluate_an_unseen_protocol(dataset, capsys, labels_setti
     by_name = {r["name"]: float(r["dice"]) for r in rows if r["name"]}
     assert set(by_name) >= {"Left-Cerebral-White-Matter", "ctx-rh-insula"}
     assert by_name["ctx-rh-insula"] > 0.7  # four intensity-coded quadrants: an easy task
+
+
+def test_training_records_the_class_prior_and_segment_applies_its_strength(tmp_path, capsys):
+    # 1 mm voxels (axes permuted and flipped): the network's grid is the label maps' grid, so the
+    # frequencies can be checked by hand on the files.
+    dataset, one_mm = tmp_path, np.array([[0.0, -1, 0, 30], [1, 0, 0, -20], [0, 0, 1, 5], [0, 0, 0, 1]])
+    (dataset / "data").mkdir()
+    for i, case_id in enumerate(("s1", "s2", "s3")):
+        _case(dataset / "data", case_id, i, affine=one_mm)
+    assert main(["manifest", str(dataset / "data"), "-o", str(dataset / "cases.csv")]) == 0
+    config = {
+        "model": {"branch_widths": [4, 8], "mix_channels": 8, "fc_widths": [32], "dropout": 0.0},
+        "training": {
+            "manifest": "cases.csv",
+            "train_cases": ["s1", "s2"],
+            "epochs": 1,
+            "samples_per_epoch": 1024,
+            "batch_size": 64,
+            "sampling": "balanced",
+            "num_threads": 1,
+        },
+    }
+    (dataset / "config.yaml").write_text(yaml.safe_dump(config))
+    model = dataset / "model"
+    assert main(["train", str(dataset / "config.yaml"), "-o", str(model), "--no-progress", "--no-card"]) == 0
+    prior = ClassPrior.load(model / "class_prior.json")
+    # By hand: each case's share of its brain voxels per label, averaged over the two cases; balanced: 1/4 each.
+    shares = []
+    for case_id in ("s1", "s2"):
+        labels = np.asarray(nib.load(dataset / "data" / f"{case_id}_glm.nii.gz").dataobj)
+        shares.append([np.mean(labels[labels > 0] == n) for n in (2, 41, 1002, 2035)])
+    np.testing.assert_allclose(prior.brain, [0.0, *np.mean(shares, axis=0)], atol=1e-9)
+    np.testing.assert_allclose(prior.sampling, [0.0, 0.25, 0.25, 0.25, 0.25], atol=1e-12)
+    assert prior.strength == 0.0  # no correction until a strength is chosen on validation data
+
+    image = dataset / "data" / "s3_SS.nii.gz"
+
+    def count_2035(out):
+        argv = ["segment", str(image), "-o", str(dataset / out), "--model", str(model), "--skull-strip", "never"]
+        assert main(argv + ["--no-progress"]) == 0
+        return int((np.asarray(nib.load(dataset / out / "s3_SS_seg.nii.gz").dataobj) == 2035).sum())
+
+    before = count_2035("out0")
+    ClassPrior(np.array([0.0, 0.01, 0.01, 0.01, 0.97]), prior.sampling, 3.0).save(model / "class_prior.json")
+    write_checksums(model)
+    assert count_2035("out1") > before  # a strong prior for 2035 grows it

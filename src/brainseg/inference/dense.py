@@ -59,6 +59,7 @@ def predict_patches(
     *,
     spatial: SpatialInputs | None = None,
     batch_size: int = 512,
+    logit_bias: np.ndarray | None = None,
 ) -> np.ndarray:
     """Classify voxels one patch at a time (the slow reference).
 
@@ -74,6 +75,9 @@ def predict_patches(
         Inputs of the spatial priors (required when the network has any).
     batch_size : int
         Patches per forward pass.
+    logit_bias : ndarray of float, shape (num_classes,), optional
+        Added to the logits before the softmax (the sampling prior's
+        correction, :mod:`brainseg.postprocessing.prior`).
 
     Returns
     -------
@@ -81,13 +85,24 @@ def predict_patches(
         Softmax probabilities.
     """
     _check_spatial(model, spatial)
+    bias = _bias(model, logit_bias)
     out = []
     for start in range(0, len(indices), batch_size):
         batch = indices[start : start + batch_size]
         patches = torch.from_numpy(extract_patches(stack, batch))
         extras = _extras(spatial, plane_to_volume_indices(batch, stack.plane))
-        out.append(torch.softmax(model(patches, **extras), dim=1).numpy())
+        out.append(torch.softmax(model(patches, **extras) + bias, dim=1).numpy())
     return np.concatenate(out) if out else np.zeros((0, model.num_classes), np.float32)
+
+
+def _bias(model: GanayeNet, logit_bias: np.ndarray | None) -> torch.Tensor:
+    """The logit shift as a tensor (zeros when None)."""
+    if logit_bias is None:
+        return torch.zeros(model.num_classes)
+    bias = torch.as_tensor(np.asarray(logit_bias, np.float32))
+    if bias.shape != (model.num_classes,):
+        raise ValueError(f"logit_bias has shape {tuple(bias.shape)}, the network {model.num_classes} classes")
+    return bias
 
 
 class _DenseBaseNet:
@@ -154,6 +169,7 @@ def _slice_probabilities(
     spatial: SpatialInputs | None = None,
     features_3d: _Dense3d | None = None,
     atlas: _DenseAtlas | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     cell = ConvBranch.CELL_STRIDE * np.arange(3)
@@ -175,7 +191,8 @@ def _slice_probabilities(
         extras["features_3d"] = features_3d.at(voxels)
     if atlas is not None:
         extras["atlas"] = atlas.at(voxels)
-    return torch.softmax(net.head(mixed, extras), dim=1)
+    logits = net.head(mixed, extras)
+    return torch.softmax(logits if bias is None else logits + bias, dim=1)
 
 
 class _BrainRows:
@@ -243,6 +260,7 @@ def predict_dense(
     probabilities: bool = False,
     probability_dtype: type = np.float16,
     progress: bool = False,
+    logit_bias: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Classify every brain voxel of a volume with a fully convolutional pass per slice.
 
@@ -263,6 +281,9 @@ def predict_dense(
         Storage type of the probabilities (float16 keeps a 1 mm brain under 2 GB).
     progress : bool
         Show a tqdm progress bar over slices.
+    logit_bias : ndarray of float, shape (num_classes,), optional
+        Added to the logits before the softmax (the sampling prior's
+        correction, :mod:`brainseg.postprocessing.prior`).
 
     Returns
     -------
@@ -283,6 +304,7 @@ def predict_dense(
         probs = np.zeros((model.num_classes,) + stack.shape, probability_dtype)
         probs[0] = 1
     net = _DenseBaseNet(model)
+    bias = _bias(model, logit_bias)
     brain = _BrainRows(mask) if (model.branch_3d is not None or model.prob_branch is not None) else None
     dense_3d = dense_atlas = None
     if brain is not None and len(brain.voxels):
@@ -293,7 +315,7 @@ def predict_dense(
     slices = [i for i in range(stack.shape[0]) if mask_p[i].any()]
     for i in tqdm(slices, desc="slices", unit="slice", disable=not progress, leave=False):
         rows, cols = np.nonzero(mask_p[i])
-        p = _slice_probabilities(net, stack, i, rows, cols, spatial, dense_3d, dense_atlas)
+        p = _slice_probabilities(net, stack, i, rows, cols, spatial, dense_3d, dense_atlas, bias)
         classes[i, rows, cols] = p.argmax(dim=1).numpy().astype(np.uint8)
         if probs is not None:
             probs[:, i, rows, cols] = p.numpy().T
@@ -305,7 +327,12 @@ def predict_dense(
 
 @torch.no_grad()
 def predict_dense_at(
-    model: GanayeNet, stack: MultiScaleStack, indices: np.ndarray, *, spatial: SpatialInputs | None = None
+    model: GanayeNet,
+    stack: MultiScaleStack,
+    indices: np.ndarray,
+    *,
+    spatial: SpatialInputs | None = None,
+    logit_bias: np.ndarray | None = None,
 ) -> np.ndarray:
     """Dense inference restricted to given voxels: the counterpart of :func:`predict_patches`.
 
@@ -322,6 +349,8 @@ def predict_dense_at(
         Voxels in the plane's ``(S, A, B)`` order.
     spatial : SpatialInputs, optional
         Inputs of the spatial priors (required when the network has any).
+    logit_bias : ndarray of float, shape (num_classes,), optional
+        Added to the logits before the softmax.
 
     Returns
     -------
@@ -334,6 +363,7 @@ def predict_dense_at(
     indices = np.asarray(indices, dtype=np.int64).reshape(-1, 3)
     out = np.zeros((len(indices), model.num_classes), np.float32)
     net = _DenseBaseNet(model)
+    bias = _bias(model, logit_bias)
     dense_3d = None
     if model.branch_3d is not None and len(indices):
         mask = np.zeros(stack.shape, bool)
@@ -343,5 +373,5 @@ def predict_dense_at(
     for i in np.unique(indices[:, 0]):
         which = np.flatnonzero(indices[:, 0] == i)
         rows, cols = indices[which, 1], indices[which, 2]
-        out[which] = _slice_probabilities(net, stack, int(i), rows, cols, spatial, dense_3d).numpy()
+        out[which] = _slice_probabilities(net, stack, int(i), rows, cols, spatial, dense_3d, None, bias).numpy()
     return out

@@ -108,6 +108,7 @@ class Predictor:
             spatial=spatial,
             probabilities=probabilities,
             progress=progress,
+            logit_bias=self.model.prior.logit_bias() if self.model.prior is not None else None,
         )
         if registered is not None:
             classes = registered.to_native(classes)

@@ -35,11 +35,52 @@ class VoxelSampler:
         order = np.argsort(voxel_classes, kind="stable")
         self._by_class = self.indices[order]
         counts = np.bincount(voxel_classes, minlength=1)
+        self.counts = counts
         self.present = np.flatnonzero(counts)
         self._starts = np.concatenate([[0], np.cumsum(counts)])
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def class_frequencies(self, num_classes: int, mode: str = "uniform") -> np.ndarray:
+        """Expected class frequencies of the voxels :meth:`sample` draws (exact, not estimated).
+
+        Parameters
+        ----------
+        num_classes : int
+            Length of the result.
+        mode : {'uniform', 'balanced', 'mixed'}
+            The sampling mode.
+
+        Returns
+        -------
+        ndarray of float64, shape (num_classes,)
+            Sums to 1. ``'uniform'`` gives the classes' shares of the
+            sampled region (the brain's frequencies), ``'balanced'`` 1/K for
+            each of the K classes present, ``'mixed'`` their mean.
+
+        Raises
+        ------
+        ValueError
+            If ``mode`` is unknown.
+
+        Examples
+        --------
+        >>> classes = np.array([[[0, 0, 0, 1, 1, 1, 1, 1, 1, 2]]])
+        >>> VoxelSampler(classes, np.ones_like(classes, bool)).class_frequencies(3, "mixed").round(3).tolist()
+        [0.317, 0.467, 0.217]
+        """
+        uniform = np.zeros(num_classes)
+        uniform[: len(self.counts)] = self.counts / self.counts.sum()
+        balanced = np.zeros(num_classes)
+        balanced[self.present] = 1.0 / len(self.present)
+        if mode == "uniform":
+            return uniform
+        if mode == "balanced":
+            return balanced
+        if mode == "mixed":
+            return (uniform + balanced) / 2
+        raise ValueError(f"sampling mode must be one of {SAMPLING_MODES}, got {mode!r}")
 
     def sample(self, n: int, rng: np.random.Generator, mode: str = "uniform") -> np.ndarray:
         """Draw ``n`` voxel indices, shape (n, 3), int32, with replacement."""

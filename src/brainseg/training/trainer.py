@@ -32,6 +32,7 @@ from brainseg.labels import LabelCounts, LabelTable, build_label_table, read_lut
 from brainseg.metrics.overlap import dice_per_class
 from brainseg.model_folder import read_weights, save_model_folder, verify_model_folder
 from brainseg.models import build_model, count_parameters
+from brainseg.postprocessing.prior import ClassPrior
 from brainseg.preprocessing.intensity import IntensityNormalization
 from brainseg.preprocessing.reference import load_reference
 from brainseg.sampling.augmentation import augment_largest_patch
@@ -107,6 +108,24 @@ def validate(network: torch.nn.Module, cases: list[TrainingCase], num_classes: i
         "per_case": per_case,
         "per_class": [None if np.isnan(v) else float(v) for v in classes],
     }
+
+
+def sampling_prior(cases: list[TrainingCase], num_classes: int, mode: str) -> ClassPrior:
+    """Class frequencies of the brain and of the training sampler over some training cases.
+
+    Cases are drawn uniformly (:func:`_draw_batch`), so both are means over
+    cases: the brain's is each class's share of the sampled region (what
+    ``'uniform'`` sampling draws), the sampler's the exact expectation of
+    ``mode`` (:meth:`~brainseg.sampling.samplers.VoxelSampler.class_frequencies`).
+    The strength starts at 0 (no correction) until chosen on validation data.
+
+    Returns
+    -------
+    ClassPrior
+    """
+    brain = np.mean([c.sampler.class_frequencies(num_classes, "uniform") for c in cases], axis=0)
+    sampling = np.mean([c.sampler.class_frequencies(num_classes, mode) for c in cases], axis=0)
+    return ClassPrior(brain, sampling, 0.0)
 
 
 def training_label_table(tc: TrainingConfig, cases: list[Case]) -> LabelTable:
@@ -284,6 +303,7 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
     ]
     log.info("loading %d training and %d validation cases", len(tc.train_cases), len(tc.validation_cases))
     train_cases, val_cases = load(tc.train_cases), load(tc.validation_cases)
+    prior = sampling_prior(train_cases, labels.num_classes, tc.sampling)
 
     torch.manual_seed(tc.seed)
     network = build_model(config.model)
@@ -356,7 +376,7 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
         scheduler.step()
         atomic_write_text(output / "history.json", json.dumps(history, indent=2) + "\n")
         network.eval()
-        save_model_folder(output, config, labels, normalization, network, reference=tc.reference or None)
+        save_model_folder(output, config, labels, normalization, network, reference=tc.reference or None, prior=prior)
     atomic_write_text(
         output / "training.json",
         json.dumps(
