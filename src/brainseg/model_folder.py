@@ -11,7 +11,8 @@ Layout::
                          the correction applied at inference (brainseg.postprocessing.prior)
     checksums.sha256     sha256 of each file above (``sha256sum -c checksums.sha256`` checks it too)
     model_card.md        data, split, training budget, validation figures
-    history.json, training.json, validation.csv, validation.json, checkpoint.pt, ablation_row.json
+    history.json, training.json, validation.csv, validation.json, checkpoint.pt, ablation_row.json,
+    prior_calibration.csv
                          training records, never read to segment
 
 Model folders are data, not code
@@ -77,6 +78,7 @@ RECORDS = (
     "validation.json",
     "checkpoint.pt",
     "ablation_row.json",
+    "prior_calibration.csv",
 )
 
 

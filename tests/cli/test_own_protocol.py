@@ -195,6 +195,7 @@ def test_training_records_the_class_prior_and_segment_applies_its_strength(tmp_p
         "training": {
             "manifest": "cases.csv",
             "train_cases": ["s1", "s2"],
+            "validation_cases": ["s3"],
             "epochs": 1,
             "samples_per_epoch": 1024,
             "batch_size": 64,
@@ -223,6 +224,34 @@ def test_training_records_the_class_prior_and_segment_applies_its_strength(tmp_p
         return int((np.asarray(nib.load(dataset / out / "s3_SS_seg.nii.gz").dataobj) == 2035).sum())
 
     before = count_2035("out0")
+    # calibrate: its strength-0 row scores what segment wrote, as brainseg evaluate does
+    capsys.readouterr()
+    assert main(["calibrate", str(model), "--strengths", "0,3", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    with open(model / "prior_calibration.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["strength"]) for r in rows] == [0.0, 3.0] and sum(r["chosen"] == "yes" for r in rows) == 1
+    chosen = float(next(r["strength"] for r in rows if r["chosen"] == "yes"))
+    assert ClassPrior.load(model / "class_prior.json").strength == chosen and "<- chosen" in printed
+    scores = dataset / "scores.csv"
+    assert (
+        main(
+            [
+                "evaluate",
+                str(dataset / "out0" / "s3_SS_seg.nii.gz"),
+                str(dataset / "data" / "s3_glm.nii.gz"),
+                "--model",
+                str(model),
+                "--no-distances",
+                "-o",
+                str(scores),
+            ]
+        )
+        == 0
+    )
+    with open(scores) as f:
+        mean_row = [r for r in csv.DictReader(f) if r["case_id"] == "mean"][0]
+    assert float(rows[0]["dice"]) == pytest.approx(float(mean_row["dice"]), abs=1e-4)
     ClassPrior(np.array([0.0, 0.01, 0.01, 0.01, 0.97]), prior.sampling, 3.0).save(model / "class_prior.json")
     write_checksums(model)
     assert count_2035("out1") > before  # a strong prior for 2035 grows it

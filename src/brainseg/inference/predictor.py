@@ -78,6 +78,7 @@ class Predictor:
         matrix: np.ndarray | None = None,
         probabilities: bool = False,
         progress: bool = False,
+        probability_dtype: type = np.float16,
     ) -> tuple[np.ndarray, np.ndarray | None, RegisteredImage | None]:
         """Segment a prepared image; reference-space models register it (or use ``matrix``) first.
 
@@ -90,12 +91,15 @@ class Predictor:
             Known transform template mm -> the scan's 1 mm-grid mm (skips registration).
         probabilities, progress : bool
             As in :meth:`predict`.
+        probability_dtype : numpy dtype
+            Storage type of the probabilities (float16 halves the memory;
+            float32 keeps their arg-max equal to ``classes``).
 
         Returns
         -------
         classes : ndarray of uint8, shape of ``prepared.mask``
             Class indices on the scan's 1 mm grid.
-        probabilities : ndarray of float16, shape (C, D, H, W) on the working grid, or None
+        probabilities : ndarray of ``probability_dtype``, shape (C, D, H, W) on the working grid, or None
             On the template grid for reference-space models (see ``registered``).
         registered : RegisteredImage or None
             The scan in the reference space (reference-space models).
@@ -108,6 +112,7 @@ class Predictor:
             spatial=spatial,
             probabilities=probabilities,
             progress=progress,
+            probability_dtype=probability_dtype,
             logit_bias=self.model.prior.logit_bias() if self.model.prior is not None else None,
         )
         if registered is not None:
