@@ -207,6 +207,8 @@ def segment(
     settings = {"brainseg": __version__, "model_sha256": weights, "probabilities": probabilities}
     settings["skull_strip"] = skull_strip
     header = [f"brainseg {__version__}", f"model: {predictor.model.path}"]
+    if predictor.model.prior is not None:
+        header.append(f"sampling prior correction: strength {predictor.model.prior.strength:g}")
     extractor = _Extractor()
     results: list[CaseResult] = []
     for outputs in tqdm(planned, desc="images", unit="image", disable=not progress or not batch):
