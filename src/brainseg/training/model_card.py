@@ -145,6 +145,16 @@ def write_model_card(model_dir: str | Path, progress: bool = False, scores: list
         f"- Intensities: {model.normalization.method}",
         f"- Training time: {training.get('elapsed_s', float('nan')) / 60:.1f} min on {training.get('machine', 'unknown')}",
     ]
+    if model.prior is not None:
+        lines.append(
+            f"- Sampling prior correction at inference: strength {model.prior.strength:g} of "
+            "log(brain / sampling class frequency) added to the logits"
+            + (
+                " (chosen by `brainseg calibrate` on the validation cases: prior_calibration.csv)"
+                if model.prior.strength
+                else ""
+            )
+        )
     if tc.init_from:
         lines.append(
             f"- Fine-tuned from the model folder `{tc.init_from}` (its layers copied, new inputs starting at zero): "
