@@ -30,7 +30,6 @@ train --resume``, with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -42,7 +41,7 @@ from safetensors.torch import load_file, save_file
 
 from brainseg.config import Config, load_config, save_config
 from brainseg.errors import InputError
-from brainseg.io.atomic import atomic_path, atomic_write_text
+from brainseg.io.atomic import atomic_path, atomic_write_text, sha256_file
 from brainseg.labels import LabelTable
 from brainseg.models import build_model
 from brainseg.postprocessing.prior import PRIOR_FILE, ClassPrior
@@ -178,14 +177,6 @@ def save_model_folder(
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_checksums(path: str | Path) -> Path:
     """Write ``checksums.sha256``: the sha256 of every file inference reads, in ``sha256sum`` format.
 
@@ -200,7 +191,7 @@ def write_checksums(path: str | Path) -> Path:
         The written ``checksums.sha256``.
     """
     path = Path(path)
-    lines = [f"{_sha256(path / name)}  {name}\n" for name in PAYLOAD if (path / name).is_file()]
+    lines = [f"{sha256_file(path / name)}  {name}\n" for name in PAYLOAD if (path / name).is_file()]
     return atomic_write_text(path / CHECKSUMS, "".join(lines))
 
 
@@ -267,7 +258,7 @@ def verify_model_folder(path: str | Path) -> None:
             continue
         if name not in recorded:
             raise InputError(f"{path}: {name} is not listed in {CHECKSUMS}; it was added after training: remove it")
-        if _sha256(path / name) != recorded[name]:
+        if sha256_file(path / name) != recorded[name]:
             raise InputError(
                 f"{path / name}: sha256 differs from {CHECKSUMS} (the file is truncated, edited or swapped); "
                 "copy the model folder again"

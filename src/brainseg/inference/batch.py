@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import csv
 import glob
-import hashlib
 import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from brainseg.errors import InputError
-from brainseg.io.atomic import atomic_write_text
+from brainseg.io.atomic import atomic_write_text, sha256_file
 from brainseg.io.manifest import read_manifest
 from brainseg.io.nifti import is_volume_path, output_stem
 
@@ -210,15 +209,6 @@ def plan_outputs(items: list[SegmentInput], output_dir: Path, probabilities: boo
             "or list them in a manifest .csv with distinct case ids"
         )
     return planned
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_record(outputs: SegmentOutputs, identity: dict[str, object], message: str) -> None:

@@ -1,14 +1,15 @@
-"""Atomic file writes: write to a temporary name beside the target, then rename."""
+"""Atomic file writes (a temporary name beside the target, then rename) and file digests."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_text", "sha256_file"]
 
 
 @contextmanager
@@ -74,3 +75,12 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         with open(tmp, "w", newline="") as f:
             f.write(text)
     return Path(path)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in ``chunk``-byte blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
