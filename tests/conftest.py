@@ -118,3 +118,38 @@ def tiny_manifest(tmp_path):
     manifest = tmp_path / "cases.csv"
     assert main(["manifest", str(data), "-o", str(manifest)]) == 0
     return manifest
+
+
+def _tiny_config(**training) -> dict:
+    """A tiny BaseNet trained on cases a and b of a ``cases.csv`` beside the config, validated on c."""
+    return {
+        "model": {"branch_widths": [4, 8], "mix_channels": 8, "fc_widths": [32], "dropout": 0.0},
+        "training": {
+            "manifest": "cases.csv",
+            "train_cases": ["a", "b"],
+            "validation_cases": ["c"],
+            "epochs": 2,
+            "samples_per_epoch": 512,
+            "batch_size": 64,
+            "learning_rate": 0.05,
+            "sampling": "mixed",
+            "num_threads": 1,
+            **training,
+        },
+    }
+
+
+@pytest.fixture
+def tiny_config():
+    """The factory of tiny BaseNet configs: ``tiny_config(**training_settings) -> dict``."""
+    return _tiny_config
+
+
+@pytest.fixture
+def tiny_setup(tmp_path, tiny_manifest):
+    """``config.yaml`` of a tiny BaseNet (:func:`_tiny_config`) beside the manifest of :func:`tiny_manifest`."""
+    import yaml
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(_tiny_config()))
+    return path

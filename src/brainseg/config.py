@@ -143,6 +143,16 @@ class TrainingConfig:
         layers of the same shape are copied; layers that gained inputs (a
         prior merged into them) keep the old columns and start the new ones
         at zero; new branches start from their random initialisation.
+    stop_min_gain : float
+        Stop early when a validation's mean Dice exceeds the best one from at
+        least ``stop_epochs`` epochs before by less than this (0 = never stop
+        early). Changing it on ``--resume`` is allowed.
+    stop_epochs : int
+        The window of ``stop_min_gain``, in epochs.
+    keep_best : bool
+        Write the model folder only after validations that beat every earlier
+        one, so it holds the best validated epoch's weights (the checkpoint
+        still follows every epoch, for ``--resume``).
     """
 
     manifest: str = ""
@@ -167,6 +177,9 @@ class TrainingConfig:
     init_from: str = ""
     labels: str = "auto"
     lut: str = ""
+    stop_min_gain: float = 0.0
+    stop_epochs: int = 2
+    keep_best: bool = False
 
 
 @dataclass(frozen=True)

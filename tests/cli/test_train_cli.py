@@ -13,32 +13,6 @@ from brainseg.cli.main import main
 from brainseg.training.checkpoint import load_checkpoint
 
 
-def _tiny_config(**training) -> dict:
-    """A tiny BaseNet trained on cases a and b of a ``cases.csv`` beside the config, validated on c."""
-    return {
-        "model": {"branch_widths": [4, 8], "mix_channels": 8, "fc_widths": [32], "dropout": 0.0},
-        "training": {
-            "manifest": "cases.csv",
-            "train_cases": ["a", "b"],
-            "validation_cases": ["c"],
-            "epochs": 2,
-            "samples_per_epoch": 512,
-            "batch_size": 64,
-            "learning_rate": 0.05,
-            "sampling": "mixed",
-            "num_threads": 1,
-            **training,
-        },
-    }
-
-
-@pytest.fixture
-def tiny_setup(tmp_path, tiny_manifest):
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(_tiny_config()))
-    return path
-
-
 def test_manifest_lists_cases(tiny_setup):
     text = (tiny_setup.parent / "cases.csv").read_text().splitlines()
     assert text[0] == "case_id,image,label_map,mask" and len(text) == 4
@@ -132,7 +106,7 @@ def test_unknown_setting_is_an_input_error(tmp_path, capsys):
     assert "unknown setting" in capsys.readouterr().err
 
 
-def test_model_card_scores_each_case_on_its_own_grid(tmp_path, capsys):
+def test_model_card_scores_each_case_on_its_own_grid(tmp_path, capsys, tiny_config):
     """Validation scores of a model card are those `brainseg evaluate` gives for the written label map, on the
     case's own anisotropic grid (1 x 1 x 2 mm), not on the 1 mm grid the network works on."""
     import csv
@@ -155,7 +129,7 @@ def test_model_card_scores_each_case_on_its_own_grid(tmp_path, capsys):
         for suffix, values in (("SS", image), ("glm", labels), ("mask", brain.astype(np.uint8))):
             nib.save(nib.Nifti1Image(values, affine), data / f"{case_id}_{suffix}.nii.gz")
     assert main(["manifest", str(data), "-o", str(tmp_path / "cases.csv")]) == 0
-    config = _tiny_config(epochs=1)
+    config = tiny_config(epochs=1)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "model"
     assert main(["train", str(tmp_path / "config.yaml"), "-o", str(out), "--no-progress", "--no-card"]) == 0

@@ -139,7 +139,18 @@ def write_model_card(model_dir: str | Path, progress: bool = False, scores: list
         "",
         "## Training",
         f"- Parameters: {count_parameters(model.network):,} (paper's BaseNet: {PAPER_PARAMETER_COUNT:,})",
-        f"- {tc.epochs} epochs x {tc.samples_per_epoch:,} patches, batch {tc.batch_size}, sampling '{tc.sampling}'",
+        f"- {training.get('epochs', tc.epochs)} epochs x {tc.samples_per_epoch:,} patches, batch {tc.batch_size}, "
+        f"sampling '{tc.sampling}'"
+        + (
+            f"; stopped when validation mean Dice gained less than {tc.stop_min_gain:g} over {tc.stop_epochs} epochs"
+            if tc.stop_min_gain
+            else ""
+        )
+        + (
+            f"; the weights are epoch {training['weights_epoch']}'s (best validation mean Dice)"
+            if tc.keep_best and "weights_epoch" in training
+            else ""
+        ),
         f"- SGD momentum {tc.momentum}, learning rate {tc.learning_rate} with poly decay (power {tc.poly_power}) "
         f"per epoch, weight decay {tc.weight_decay}, dropout {cfg.dropout}, batch norm {cfg.batch_norm}, seed {tc.seed}",
         f"- Intensities: {model.normalization.method}",

@@ -200,7 +200,43 @@ def initialise_from(network: torch.nn.Module, model_dir: str | Path) -> int:
 
 
 #: Settings a resumed run may change: how long it runs, and on how many threads.
-RESUMABLE_CHANGES = ("epochs", "num_threads")
+RESUMABLE_CHANGES = ("epochs", "num_threads", "stop_min_gain", "stop_epochs")
+
+
+def should_stop(history: list[dict], min_gain: float, window: int) -> bool:
+    """Whether the last validation gained less than ``min_gain`` over the best one ``window`` epochs before.
+
+    Parameters
+    ----------
+    history : list of dict
+        Epoch records (``epoch``, and ``val_mean_dice`` where validated), oldest first.
+    min_gain : float
+        Mean Dice gain required to go on; 0 never stops.
+    window : int
+        Epochs back: the last validation is compared with the best validation
+        at epoch ``<= last epoch - window``.
+
+    Returns
+    -------
+    bool
+        False when ``min_gain`` is 0, the last epoch was not validated, or no
+        validation lies far enough back.
+    """
+    if min_gain <= 0 or not history or "val_mean_dice" not in history[-1]:
+        return False
+    last = history[-1]
+    earlier = [
+        h["val_mean_dice"] for h in history[:-1] if "val_mean_dice" in h and h["epoch"] <= last["epoch"] - window
+    ]
+    return bool(earlier) and last["val_mean_dice"] - max(earlier) < min_gain
+
+
+def _is_best(history: list[dict]) -> bool:
+    # Whether the last epoch's validation beats every earlier one (True when none validated yet and this one is not).
+    scores = [h["val_mean_dice"] for h in history if "val_mean_dice" in h]
+    if "val_mean_dice" not in history[-1]:
+        return not scores
+    return history[-1]["val_mean_dice"] >= max(scores)
 
 
 def _resume_settings(config: Config) -> str:
@@ -336,6 +372,10 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
     log.info("%s: %d parameters", config.model.name, count_parameters(network))
 
     steps = max(tc.samples_per_epoch // tc.batch_size, 1)
+    best_epoch = start_epoch
+    if should_stop(history, tc.stop_min_gain, tc.stop_epochs):
+        log.info("this run already stopped early (history.json); nothing to do")
+        start_epoch = tc.epochs
     for epoch in range(start_epoch, tc.epochs):
         t0 = time.time()
         lr = float(scheduler.get_last_lr()[0])
@@ -376,12 +416,25 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
         scheduler.step()
         atomic_write_text(output / "history.json", json.dumps(history, indent=2) + "\n")
         network.eval()
-        save_model_folder(output, config, labels, normalization, network, reference=tc.reference or None, prior=prior)
+        if not tc.keep_best or _is_best(history):
+            save_model_folder(
+                output, config, labels, normalization, network, reference=tc.reference or None, prior=prior
+            )
+            best_epoch = epoch + 1
+        if should_stop(history, tc.stop_min_gain, tc.stop_epochs):
+            log.info(
+                "stopping after epoch %d: validation mean Dice gained less than %g over %d epochs",
+                epoch + 1,
+                tc.stop_min_gain,
+                tc.stop_epochs,
+            )
+            break
     atomic_write_text(
         output / "training.json",
         json.dumps(
             {
-                "epochs": tc.epochs,
+                "epochs": len(history),
+                "weights_epoch": _weights_epoch(history, tc.keep_best, best_epoch),
                 "elapsed_s": elapsed,
                 "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
                 "parameters": count_parameters(network),
@@ -391,6 +444,14 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
         + "\n",
     )
     return output
+
+
+def _weights_epoch(history: list[dict], keep_best: bool, fallback: int) -> int:
+    # The epoch whose weights the model folder holds.
+    if not keep_best:
+        return len(history) and history[-1]["epoch"]
+    scored = [h for h in history if "val_mean_dice" in h]
+    return max(reversed(scored), key=lambda h: h["val_mean_dice"])["epoch"] if scored else fallback
 
 
 def with_overrides(config: Config, **training: object) -> Config:
