@@ -197,3 +197,41 @@ def test_bids_dataset_with_derivatives(tmp_path):
     with pytest.raises(InputError, match="sub-03_dseg.nii.gz"):
         scan_bids(root)
     assert main(["manifest", str(root), "--bids", "--derivatives", "nope", "-o", str(tmp_path / "m.csv")]) == 2
+
+
+def test_pattern_case_id_is_the_stretch_the_wildcards_cover(tmp_path, monkeypatch):
+    """'IBSR_??' names IBSR_01 '01' (one stretch, not '0_1'); folders with repeated set names do not leak in."""
+    monkeypatch.chdir(tmp_path)
+    for folder, case in (("Training_Set", "01"), ("Training_Set", "03"), ("Validation_Set", "11")):
+        _nifti(tmp_path / folder / f"IBSR_{case}" / f"IBSR_{case}.nii.gz")
+        _nifti(tmp_path / folder / f"IBSR_{case}" / f"IBSR_{case}_seg.nii.gz")
+    cases = pair_by_patterns("*_Set/*/IBSR_??.nii.gz", "*_Set/*/IBSR_??_seg.nii.gz")
+    assert [c.case_id for c in cases] == ["01", "03", "11"]
+    assert all(c.label_map.name == f"IBSR_{c.case_id}_seg.nii.gz" for c in cases)
+
+
+def test_write_manifest_relative_paths_move_with_the_csv(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _nifti(tmp_path / "data" / "imgs" / "s1_T1w.nii.gz")
+    _nifti(tmp_path / "data" / "labs" / "s1_dseg.nii.gz")
+    (tmp_path / "data" / "lists").mkdir()
+    csv_path = tmp_path / "data" / "lists" / "m.csv"
+    assert (
+        main(
+            [
+                "manifest",
+                "--images",
+                "data/imgs/*_T1w.nii.gz",
+                "--labels",
+                "data/labs/*_dseg.nii.gz",
+                "-o",
+                str(csv_path),
+                "--relative",
+            ]
+        )
+        == 0
+    )
+    assert csv_path.read_text().splitlines()[1] == "s1,../imgs/s1_T1w.nii.gz,../labs/s1_dseg.nii.gz,"
+    (tmp_path / "data").rename(tmp_path / "moved")
+    (case,) = read_manifest(tmp_path / "moved" / "lists" / "m.csv")
+    assert case.image.resolve() == (tmp_path / "moved" / "imgs" / "s1_T1w.nii.gz").resolve() and case.image.is_file()

@@ -29,6 +29,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--label-suffix", default="_glm", help="label map name: CASE_ID + suffix + extension")
     p.add_argument("--mask-suffix", default="_mask", help="mask name: CASE_ID + suffix + extension")
+    p.add_argument(
+        "--relative",
+        action="store_true",
+        help="write paths relative to the CSV's folder (a manifest that moves with the data); absolute by default",
+    )
     p.set_defaults(run=run)
 
 
@@ -51,6 +56,6 @@ def run(args: argparse.Namespace) -> int:
         cases = scan_bids(args.folder, args.derivatives)
     else:
         cases = scan_folder(args.folder, args.pattern, args.label_suffix, args.mask_suffix)
-    write_manifest(args.output, cases)
+    write_manifest(args.output, cases, relative=args.relative)
     print(f"{args.output}: {len(cases)} cases")
     return 0

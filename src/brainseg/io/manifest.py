@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,13 +61,31 @@ def read_manifest(path: str | Path) -> list[Case]:
     return cases
 
 
-def write_manifest(path: str | Path, cases: list[Case]) -> Path:
-    """Write cases to a manifest CSV atomically (absolute paths)."""
+def write_manifest(path: str | Path, cases: list[Case], *, relative: bool = False) -> Path:
+    """Write cases to a manifest CSV atomically.
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV to write.
+    cases : list of Case
+        Its rows.
+    relative : bool
+        Write paths relative to the CSV's folder (a manifest that moves with
+        the data, e.g. committed beside a config); absolute paths otherwise.
+    """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COLUMNS)
+    folder = Path(path).resolve().parent
+
+    def written(p: Path | None) -> str:
+        if not p:
+            return ""
+        return os.path.relpath(Path(p).resolve(), folder) if relative else str(Path(p).resolve())
+
     for c in cases:
-        writer.writerow([c.case_id] + [str(Path(p).resolve()) if p else "" for p in (c.image, c.label_map, c.mask)])
+        writer.writerow([c.case_id] + [written(p) for p in (c.image, c.label_map, c.mask)])
     return atomic_write_text(path, buf.getvalue())
 
 
@@ -133,24 +152,38 @@ def _pattern_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + "$")
 
 
+def _name_id(name_regex: re.Pattern[str], name: str) -> str:
+    # The stretch of a file name from the first wildcard's match to the last one's ('IBSR_??.nii.gz' -> '01').
+    match = name_regex.match(name)
+    spans = [match.span(i) for i in range(1, name_regex.groups + 1) if match and match.group(i)] if match else []
+    return name[spans[0][0] : spans[-1][1]] if spans else ""
+
+
 def _matches(pattern: str, what: str) -> dict[str, Path]:
-    """Files matching a glob pattern, by case id: the wildcards' matches in the file name joined by '_'."""
+    """Files matching a glob pattern, by case id.
+
+    The case id is the stretch of the file name from the first wildcard's match to the last one's
+    (``'imgs/*_T1w.nii.gz'`` names ``sub-01_T1w.nii.gz`` ``'sub-01'``; ``'IBSR_??.nii.gz'`` names
+    ``IBSR_01.nii.gz`` ``'01'``); where file names repeat across folders, the folder wildcards' matches
+    come first, joined by ``'_'`` (``'data/*/scan.nii.gz'`` names ``data/a/scan.nii.gz`` ``'a'``).
+    """
     import glob as globbing
 
     regex = _pattern_regex(Path(pattern).as_posix())
     files = sorted(p for p in globbing.glob(pattern, recursive=True) if Path(p).is_file())
     if not files:
         raise InputError(f"{what} pattern {pattern!r} matches no file; check the pattern (quote it in the shell)")
-    name_groups = _pattern_regex(Path(pattern).name).groups
+    name_regex = _pattern_regex(Path(pattern).name)
     by_id: dict[str, Path] = {}
     for file in files:
         match = regex.match(Path(file).as_posix())
         if match is None:  # pragma: no cover - glob and the regex agree
             continue
-        groups = [g for g in match.groups() if g]
-        case_id = "_".join(groups[len(groups) - name_groups :] if name_groups else groups) or Path(file).name
+        name_id = _name_id(name_regex, Path(file).name)
+        folder_groups = [g for g in match.groups()[: len(match.groups()) - name_regex.groups] if g]
+        case_id = name_id or "_".join(folder_groups) or Path(file).name
         if case_id in by_id:
-            case_id = "_".join(groups)
+            case_id = "_".join(folder_groups + ([name_id] if name_id else []))
         if case_id in by_id:
             raise InputError(
                 f"{what} {file} and {by_id[case_id]} give the same case id {case_id!r}; "
