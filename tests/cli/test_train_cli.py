@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -161,3 +162,16 @@ def test_validate_every_zero_skips_validation_during_training(tiny_setup):
     assert main(["train", str(config), "-o", str(out), "--no-progress", "--no-card"]) == 0
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 1 and "val_mean_dice" not in history[0]
+
+
+def test_device_is_checked_before_any_data_are_read(tiny_setup, capsys):
+    out = tiny_setup.parent / "run"
+    args = ["train", str(tiny_setup), "-o", str(out), "--no-progress", "--no-card"]
+    assert main([*args, "--device", "tpu9"]) == 2
+    assert "not a torch device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*args, "--device", "cuda:0"]) == 2
+        err = capsys.readouterr().err
+        assert "CUDA device" in err and "--device cpu" in err
+    assert not out.exists()
+    assert main([*args, "--epochs", "1", "--device", "cpu"]) == 0

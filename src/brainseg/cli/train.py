@@ -19,6 +19,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
     p.add_argument("--epochs", type=int, help="override training.epochs")
     p.add_argument("--threads", type=int, help="override training.num_threads")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device the network trains on: cpu (default), cuda, cuda:1, ... (validation and the model "
+        "card run on the CPU)",
+    )
     p.add_argument("--no-card", action="store_true", help="skip the final evaluation and model card")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(run=run)
@@ -36,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         overrides["training"]["num_threads"] = args.threads
     config = load_config(args.config, overrides)
-    folder = train(config, args.output, resume=args.resume, progress=not args.no_progress)
+    folder = train(config, args.output, resume=args.resume, progress=not args.no_progress, device=args.device)
     if not args.no_card:
         write_model_card(folder, progress=not args.no_progress)
     print(folder)

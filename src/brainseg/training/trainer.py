@@ -265,7 +265,38 @@ def _check_resumable(state: dict, settings: str, path: Path) -> None:
         )
 
 
-def train(config: Config, output: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
+def training_device(name: str) -> torch.device:
+    """The torch device a run trains on, checked before any data are loaded.
+
+    Parameters
+    ----------
+    name : str
+        ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or another torch device string.
+
+    Raises
+    ------
+    InputError
+        If the string names no device, or a CUDA device that this machine lacks.
+    """
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device {name!r}: not a torch device; give cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise InputError(
+                f"--device {name}: this machine has {count} CUDA device(s) (torch {torch.__version__}); "
+                "train with --device cpu"
+            )
+    elif device.type != "cpu":
+        raise InputError(f"--device {name}: only cpu and cuda devices are supported")
+    return device
+
+
+def train(
+    config: Config, output: str | Path, *, resume: bool = False, progress: bool = True, device: str = "cpu"
+) -> Path:
     """Train a model and write its model folder.
 
     Parameters
@@ -278,6 +309,10 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
         Continue from ``output/checkpoint.pt``.
     progress : bool
         Show tqdm progress bars.
+    device : str
+        Torch device of the training steps (:func:`training_device`); the
+        network moves to the CPU for validation and for writing the model
+        folder, so everything written is the same on any device.
 
     Returns
     -------
@@ -292,6 +327,7 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
     """
     output = Path(output)
     tc = config.training
+    on = training_device(device)
     checkpoint_path = output / CHECKPOINT
     if checkpoint_path.exists() and not resume:
         raise InputError(
@@ -346,6 +382,7 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
     if tc.init_from and not resume:
         copied = initialise_from(network, tc.init_from)
         log.info("initialised %d tensors from %s", copied, tc.init_from)
+    network.to(on)  # before the optimiser, so that its state lives where the parameters do
     optimizer = torch.optim.SGD(
         network.parameters(), lr=tc.learning_rate, momentum=tc.momentum, weight_decay=tc.weight_decay
     )
@@ -381,11 +418,14 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
         lr = float(scheduler.get_last_lr()[0])
         rng = np.random.default_rng([tc.seed, epoch])
         torch.manual_seed(tc.seed * 100_003 + epoch)
-        network.train()
+        network.to(on).train()
         losses = []
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress, unit="batch")
         for _ in bar:
             batch, targets = _draw_batch(train_cases, tc.batch_size, rng, tc)
+            if on.type != "cpu":
+                batch = {name: value.to(on, non_blocking=True) for name, value in batch.items()}
+                targets = targets.to(on, non_blocking=True)
             loss = _loss(network, batch, targets, tc)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -395,6 +435,7 @@ def train(config: Config, output: str | Path, *, resume: bool = False, progress:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.2e}")
         record = {"epoch": epoch + 1, "lr": lr, "loss": float(np.mean(losses)), "train_s": time.time() - t0}
         last = epoch + 1 == tc.epochs
+        network.to("cpu")
         if val_cases and tc.validate_every and ((epoch + 1) % tc.validate_every == 0 or last):
             t1 = time.time()
             scores = validate(network, val_cases, config.model.num_classes, progress=progress)
