@@ -121,9 +121,12 @@ def score_strengths(
             prepared, matrix=transforms.get(case_id), probabilities=True, probability_dtype=np.float32
         )
         inside = registered.mask if registered is not None else prepared.mask  # brain voxels of the working grid
+        grid = probs.shape[1:]
+        brain = probs[:, inside]  # (classes, brain voxels): a fifth of the volume's probabilities, kept alone
+        del probs
         for j, w in enumerate(weights):
-            classes = np.zeros(probs.shape[1:], np.uint8)
-            classes[inside] = np.argmax(probs[:, inside] * w[:, None], axis=0)
+            classes = np.zeros(grid, np.uint8)
+            classes[inside] = np.argmax(brain * w[:, None], axis=0)
             if registered is not None:
                 classes = registered.to_native(classes)
             figures[j, k] = _case_figures(prepared.to_source_grid(classes), reference, model.labels.num_classes)
