@@ -226,8 +226,14 @@ def test_training_records_the_class_prior_and_segment_applies_its_strength(tmp_p
     before = count_2035("out0")
     # calibrate: its strength-0 row scores what segment wrote, as brainseg evaluate does
     capsys.readouterr()
+    (model / "model_card.md").write_text("# old card\n\n## Known limitations\n\n- a note by hand\n\n## Data\n- old\n")
     assert main(["calibrate", str(model), "--strengths", "0,3", "--no-progress"]) == 0
     printed = capsys.readouterr().out
+    card = (model / "model_card.md").read_text()  # rescored with the chosen strength; the note by hand kept
+    assert (
+        "# old card" not in card and "- old" not in card and card.endswith("## Known limitations\n\n- a note by hand\n")
+    )
+    assert "Sampling prior correction at inference: strength" in card and "| VS |" in card
     with open(model / "prior_calibration.csv") as f:
         rows = list(csv.DictReader(f))
     assert [float(r["strength"]) for r in rows] == [0.0, 3.0] and sum(r["chosen"] == "yes" for r in rows) == 1

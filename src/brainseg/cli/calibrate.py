@@ -24,20 +24,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Segment the validation cases of a model folder once, score each candidate strength of the "
         "logit adjustment strength * log(brain / sampling class frequency) on them (mean Dice, volumetric "
         "similarity, structures > 1.25x or < 0.8x their reference volume) and write the best (by mean Dice) into "
-        "the folder's class_prior.json; the table goes to prior_calibration.csv.",
+        "the folder's class_prior.json; the table goes to prior_calibration.csv, and the model card is rescored "
+        "with the chosen strength.",
     )
     p.add_argument("model", type=Path, metavar="MODEL_DIR", help="a trained model folder (written in place)")
     p.add_argument(
         "--strengths", type=_strengths, default=[0.0, 0.25, 0.5, 0.75, 1.0], metavar="S,S,...", help="candidates"
     )
     p.add_argument("--cases", nargs="+", metavar="ID", help="cases to score (default: the config's validation cases)")
+    p.add_argument(
+        "--no-card",
+        action="store_true",
+        help="do not rescore the validation cases and rewrite model_card.md with the chosen strength",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Calibrate and print the table."""
+    from brainseg.model_folder import write_checksums
     from brainseg.training.calibration import calibrate_prior
+    from brainseg.training.model_card import write_model_card
 
     chosen, scores = calibrate_prior(args.model, args.strengths, args.cases, progress=not args.no_progress)
     print("strength  mean Dice  mean VS  >1.25x  <0.8x")
@@ -46,4 +54,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{s.strength:8.2f}  {s.dice:9.4f}  {s.volumetric_similarity:7.4f}  {s.too_large:6.1f}  {s.too_small:5.1f}{mark}"
         )
+    if not args.no_card:
+        write_model_card(args.model, progress=not args.no_progress)
+        write_checksums(args.model)
+        print(f"{args.model / 'model_card.md'}: rescored with strength {chosen:g}")
     return 0

@@ -204,13 +204,35 @@ def write_model_card(model_dir: str | Path, progress: bool = False, scores: list
         "",
         "### Per structure (mean over validation cases)",
         "",
-        "| label | structure | Dice | HD (mm) | HD95 (mm) | MSD (mm) |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| label | structure | Dice | HD (mm) | HD95 (mm) | MSD (mm) | VS |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for (label, name), rows in by_structure.items():
         m = summarize(rows)
         lines.append(
-            f"| {label} | {name} | {_fmt(m['dice'])} | {_fmt(m['hausdorff'], 2)} | {_fmt(m['hd95'], 2)} | {_fmt(m['msd'])} |"
+            f"| {label} | {name} | {_fmt(m['dice'])} | {_fmt(m['hausdorff'], 2)} | {_fmt(m['hd95'], 2)} "
+            f"| {_fmt(m['msd'])} | {_fmt(m['volumetric_similarity'])} |"
         )
     path = model_dir / "model_card.md"
-    return atomic_write_text(path, "\n".join(lines) + "\n")
+    kept = _hand_written_sections(path)
+    return atomic_write_text(path, "\n".join(lines + ([""] + kept if kept else [])) + "\n")
+
+
+#: Sections of a model card written by people, carried over when the card is rewritten.
+HAND_WRITTEN_SECTIONS = ("## Known limitations", "## Lineage")
+
+
+def _hand_written_sections(card: Path) -> list[str]:
+    """The lines of an existing card's hand-written sections (:data:`HAND_WRITTEN_SECTIONS`), in their order."""
+    if not card.is_file():
+        return []
+    kept: list[str] = []
+    keeping = False
+    for line in card.read_text().splitlines():
+        if line.startswith("## "):
+            keeping = line.strip() in HAND_WRITTEN_SECTIONS
+        if keeping:
+            kept.append(line)
+    while kept and not kept[-1].strip():
+        kept.pop()
+    return kept
