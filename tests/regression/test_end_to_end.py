@@ -76,7 +76,8 @@ def test_dense_equals_patches_on_real_subject(miccai_dir):
     model = load_model_folder()
     cfg = model.config.model
     prepared = prepare_image(load_volume(miccai_dir / "1008_SS.nii.gz"), None, model.normalization)
-    stack, mask, spatial, _ = Predictor(model).working_inputs(prepared)
+    inputs, mask, _ = Predictor(model).working_inputs(prepared)
+    stack, spatial = inputs.stack, inputs.spatial
     mask_p = to_plane(mask, cfg.plane)
     rng = np.random.default_rng(0)
     centre = int(np.argwhere(mask_p).mean(axis=0)[0])

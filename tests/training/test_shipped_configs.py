@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from brainseg.config import config_to_dict, load_config
+from brainseg.io.manifest import read_manifest
+from brainseg.labels import LabelTable, resolve_label_table
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 ABLATION = CONFIGS / "ablation"
@@ -15,8 +18,31 @@ ABLATION = CONFIGS / "ablation"
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_shipped_config_loads(path):
     config = load_config(path)
-    assert config.training.labels == "miccai2012" and config.model.num_classes == 0  # from the table
-    assert config.training.manifest.endswith("miccai2012_manifest.csv")
+    tc = config.training
+    assert config.model.num_classes == 0  # from the table
+    table = resolve_label_table(tc.labels)  # a shipped table or a TSV beside the config
+    assert table.num_classes >= 4
+    cases = {c.case_id for c in read_manifest(tc.manifest)}
+    assert set(tc.train_cases) <= cases and set(tc.validation_cases) <= cases
+    assert not set(tc.train_cases) & set(tc.validation_cases)
+
+
+def test_coarse_miccai_protocol_merges_every_structure_once():
+    coarse = LabelTable.from_tsv(CONFIGS / "miccai2012_coarse_labels.tsv")
+    fine = LabelTable.miccai2012()
+    sources = [n for c in range(1, coarse.num_classes) for n in coarse.sources(c)]
+    assert coarse.num_classes == 28 and len(sources) == len(set(sources))
+    assert set(sources) - {1001, 1002, 1003, 1004, 1005, 2001, 2002, 2003, 2004, 2005} == set(fine.labels[1:])
+    # left cortical parcels (odd MICCAI numbers >= 101) go to left classes (1001-1005), right ones to 2001-2005
+    for c in range(1, coarse.num_classes):
+        parcels = [n for n in coarse.sources(c) if n >= 100 and n < 1000]
+        if coarse.labels[c] in range(1001, 1006):
+            assert parcels and all(n % 2 == 1 for n in parcels), coarse.names[c]
+        if coarse.labels[c] in range(2001, 2006):
+            assert parcels and all(n % 2 == 0 for n in parcels), coarse.names[c]
+    # a MICCAI label map maps onto the coarse classes: the left hippocampus and amygdala share one class
+    merged = coarse.to_classes(np.array([48, 32, 47, 0, 5]))
+    assert merged[0] == merged[1] != merged[2] and merged[3] == merged[4] == 0
 
 
 def _changes(a: Path, b: Path) -> dict:
@@ -52,7 +78,8 @@ def test_ablation_rows_add_one_thing_each():
 
 def test_every_paper_row_gets_the_papers_figures():
     """Tables 1 and 2 of Ganaye et al. give every row; rows with another DistBranch than the paper's get none."""
-    from brainseg.training.ablation import PAPER_RESULTS, AblationRow, format_table, row_label
+    from brainseg.families.ganaye2018 import PAPER_RESULTS
+    from brainseg.training.ablation import AblationRow, format_table, row_label
 
     expected = {
         "basenet": (0.694, 40.26, 1.74, 1_249_415),
@@ -78,4 +105,4 @@ def test_every_paper_row_gets_the_papers_figures():
         5,
         1.0,
     )
-    assert "| 0.748 | 9.66 | 1.00 | 2,847,794 |" in format_table([row])
+    assert "| 0.748 | 9.66 | 1.00 | 2,847,794 |" in format_table([row], paper_results=PAPER_RESULTS)

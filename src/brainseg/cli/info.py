@@ -16,9 +16,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print architecture, parameter count and classes."""
+    from brainseg.families import family_of
     from brainseg.model_folder import load_model_folder
     from brainseg.models import count_parameters
-    from brainseg.models.ganaye2018 import PAPER_PARAMETER_COUNT
     from brainseg.training.model_card import describe_model
 
     model = load_model_folder(args.model)
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"network: {cfg.name}: {describe_model(model.config)}")
     if model.reference is not None:
         print(f"reference template: {model.reference.shape} voxels of 1 mm ({model.path / 'reference'})")
-    print(f"parameters: {count_parameters(model.network):,} (paper's BaseNet: {PAPER_PARAMETER_COUNT:,})")
+    print(f"parameters: {count_parameters(model.network):,} ({family_of(cfg).paper_parameters})")
     table = model.labels
     examples = ", ".join(f"{table.labels[c]} {table.names[c]}" for c in range(1, min(table.num_classes, 4)))
     print(

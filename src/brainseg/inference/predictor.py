@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from brainseg.features.spatial import SpatialInputs, spatial_inputs_for
-from brainseg.inference.dense import predict_dense
+from brainseg.families import family_of
 from brainseg.io.nifti import Grid, Volume, load_volume
 from brainseg.labels import LabelTable
 from brainseg.model_folder import LoadedModel, load_model_folder
 from brainseg.preprocessing.pipeline import PreparedImage, prepare_image
 from brainseg.preprocessing.reference import RegisteredImage, register_to_reference
-from brainseg.sampling.patches import MultiScaleStack, build_stack
 
 __all__ = ["Predictor", "Segmentation"]
 
@@ -104,12 +103,11 @@ class Predictor:
         registered : RegisteredImage or None
             The scan in the reference space (reference-space models).
         """
-        stack, mask, spatial, registered = self.working_inputs(prepared, matrix)
-        classes, probs = predict_dense(
-            self.model.network,  # type: ignore[arg-type]
-            stack,
+        inputs, mask, registered = self.working_inputs(prepared, matrix)
+        classes, probs = family_of(self.model.config.model).predict(
+            self.model.network,
+            inputs,
             mask,
-            spatial=spatial,
             probabilities=probabilities,
             progress=progress,
             probability_dtype=probability_dtype,
@@ -121,17 +119,15 @@ class Predictor:
 
     def working_inputs(
         self, prepared: PreparedImage, matrix: np.ndarray | None = None
-    ) -> tuple[MultiScaleStack, np.ndarray, SpatialInputs | None, RegisteredImage | None]:
+    ) -> tuple[Any, np.ndarray, RegisteredImage | None]:
         """What the network reads for a prepared image: on its 1 mm grid, or registered to the reference.
 
         Returns
         -------
-        stack : MultiScaleStack
-            2-D patch source on the working grid.
+        inputs
+            The family's inputs on the working grid (:meth:`brainseg.families.Family.case_inputs`).
         mask : ndarray of bool
             Brain mask on the working grid.
-        spatial : SpatialInputs or None
-            Inputs of the spatial priors (None for a plain BaseNet).
         registered : RegisteredImage or None
             For reference-space models; maps results back with :meth:`RegisteredImage.to_native`.
         """
@@ -142,9 +138,8 @@ class Predictor:
         else:
             registered = register_to_reference(prepared, reference, matrix)
             image, mask, affine, atlas = registered.image, registered.mask, reference.affine, reference.atlas
-        stack = build_stack(image, cfg.plane, cfg.scales, prepared.background)
-        spatial = spatial_inputs_for(cfg, image, affine, prepared.background, atlas)
-        return stack, mask, spatial, registered
+        inputs = family_of(cfg).case_inputs(cfg, image, affine, prepared.background, atlas)
+        return inputs, mask, registered
 
     def predict(
         self,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,30 +23,15 @@ import numpy as np
 
 from brainseg.config import Config, config_to_dict, load_config
 from brainseg.errors import InputError
+from brainseg.families import family_of
 from brainseg.io.atomic import atomic_write_text
 from brainseg.metrics.report import StructureScore, summarize, write_scores_csv, write_scores_json
 from brainseg.model_folder import load_model_folder
 from brainseg.models import count_parameters
-from brainseg.models.ganaye2018 import PAPER_PARAMETER_COUNT
 from brainseg.training.model_card import evaluate_validation, write_model_card
 from brainseg.training.trainer import train, with_overrides
 
-__all__ = ["AblationRow", "PAPER_RESULTS", "format_table", "row_label", "run_ablation"]
-
-#: Ganaye et al. (2018), Tables 1 and 2 (MICCAI 2012 test set): (mean Dice, mean Hausdorff mm, mean MSD mm,
-#: parameters); None where the paper's table has no such column. Table 2's rows are the DistBranch alone.
-PAPER_RESULTS: dict[str, tuple[float | None, float | None, float | None, int | None]] = {
-    "BaseNet": (0.694, 40.26, 1.74, PAPER_PARAMETER_COUNT),
-    "+Dist (conv, no rbf)": (0.720, 10.09, 1.10, 1_508_511),
-    "+Prob": (0.700, 32.38, 1.50, 1_304_090),
-    "+Dist+Prob": (0.723, 9.95, 1.10, 1_563_186),
-    "+Dist+Prob+3d": (0.733, 9.99, 1.07, 2_847_794),
-    "Full (+aux. losses, augmentation)": (0.748, 9.66, 1.00, 2_847_794),
-    "U-Net": (0.708, 51.92, 2.14, 599_040),
-    "+Dist (no conv, no rbf)": (0.703, 15.84, None, None),
-    "+Dist (no conv, rbf)": (0.452, 66.02, None, None),
-    "+Dist (conv, rbf)": (0.718, 10.42, None, None),
-}
+__all__ = ["AblationRow", "format_table", "row_label", "run_ablation"]
 
 
 @dataclass(frozen=True)
@@ -80,27 +65,8 @@ class AblationRow:
 
 
 def row_label(config: Config) -> str:
-    """The paper's row name for a configuration (Tables 1 and 2)."""
-    m, t = config.model, config.training
-    parts = []
-    if m.landmarks:
-        parts.append("Dist")
-    if m.prob_branch:
-        parts.append("Prob")
-    if m.branch_3d_widths:
-        parts.append("3d")
-    if not parts:
-        return "BaseNet"
-    distbranch = f"{'conv' if m.distance_conv else 'no conv'}, {'rbf' if m.distance_rbf else 'no rbf'}"
-    if parts == ["Dist"]:
-        return f"+Dist ({distbranch})"
-    if m.branch_3d_widths and m.landmarks and m.prob_branch and m.auxiliary and t.augment:
-        label = "Full (+aux. losses, augmentation)"
-    else:
-        label = "+" + "+".join(parts)
-    if m.landmarks and (m.distance_rbf or not m.distance_conv):
-        label += f" [DistBranch {distbranch}]"  # not the paper's DistBranch (conv, no rbf): not its row
-    return label
+    """The name of a configuration's row in its paper's ablation table (its family's :meth:`~brainseg.families.Family.row_label`)."""
+    return family_of(config.model).row_label(config)
 
 
 def _per_case(scores: list[StructureScore]) -> dict[str, dict[str, float]]:
@@ -220,7 +186,7 @@ def run_ablation(
             f"learning rate {tc.learning_rate}, on this machine's CPU; validation cases: "
             f"{', '.join(tc.validation_cases)}."
         )
-    table = format_table(rows, budget)
+    table = format_table(rows, budget, family_of(first.model).paper_results if first is not None else None)
     atomic_write_text(output / "ablation.md", table)
     atomic_write_text(
         output / "ablation.json",
@@ -248,16 +214,23 @@ def _pm(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def format_table(rows: Sequence[AblationRow], budget: str = "") -> str:
+def format_table(
+    rows: Sequence[AblationRow],
+    budget: str = "",
+    paper_results: Mapping[str, tuple[float | None, float | None, float | None, int | None]] | None = None,
+) -> str:
     """A Markdown table shaped like the paper's: Dice, Hausdorff, MSD (mean ± std over subjects), parameters.
 
-    The paper's columns come from :data:`PAPER_RESULTS` ("–" where its table has no such figure).
+    The paper's columns come from ``paper_results`` (the family's
+    :attr:`~brainseg.families.Family.paper_results`, by row label; "–" where
+    its table has no such figure).
 
     Examples
     --------
+    >>> from brainseg.families.ganaye2018 import PAPER_RESULTS
     >>> row = AblationRow("basenet", "BaseNet", {"a": {"dice": 0.7, "hausdorff": 30.0, "msd": 1.5},
     ...                                          "b": {"dice": 0.8, "hausdorff": 20.0, "msd": 1.0}}, 1000, 5.0)
-    >>> print(format_table([row]).splitlines()[2])
+    >>> print(format_table([row], paper_results=PAPER_RESULTS).splitlines()[2])
     | BaseNet | 0.750 ± 0.050 | 25.00 ± 5.00 | 1.250 ± 0.250 | 1,000 | 0.694 | 40.26 | 1.74 | 1,249,415 | 5 |
     """
     lines = [
@@ -268,7 +241,7 @@ def format_table(rows: Sequence[AblationRow], budget: str = "") -> str:
     for r in rows:
         paper = [
             "–" if v is None else format(v, f)
-            for v, f in zip(PAPER_RESULTS.get(r.label, (None,) * 4), (".3f", ".2f", ".2f", ","))
+            for v, f in zip((paper_results or {}).get(r.label, (None,) * 4), (".3f", ".2f", ".2f", ","))
         ]
         lines.append(
             f"| {r.label} | {_pm(*r.stat('dice'), 3)} | {_pm(*r.stat('hausdorff'), 2)} | {_pm(*r.stat('msd'), 3)} "

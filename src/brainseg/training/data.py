@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from brainseg.config import ModelConfig
 from brainseg.errors import InputError
-from brainseg.features.spatial import SpatialInputs, spatial_inputs_for
+from brainseg.families import CaseSampler, family_of
 from brainseg.io.manifest import Case
 from brainseg.io.nifti import load_volume
 from brainseg.labels import LabelTable
@@ -16,15 +17,13 @@ from brainseg.preprocessing.intensity import IntensityNormalization
 from brainseg.preprocessing.pipeline import PreparedImage, prepare_image
 from brainseg.preprocessing.reference import Reference, RegisteredImage, register_to_reference
 from brainseg.preprocessing.registration import resample_to_reference
-from brainseg.sampling.patches import MultiScaleStack, build_stack, to_plane
-from brainseg.sampling.samplers import VoxelSampler
 
 __all__ = ["TrainingCase", "load_prepared_case", "load_training_case"]
 
 
 @dataclass
 class TrainingCase:
-    """A labelled case on the grid the network works on, with its patch source and voxel sampler.
+    """A labelled case on the grid the network works on, with its family's inputs and training sampler.
 
     The grid is the case's own 1 mm grid, or the reference template's for
     reference-space models.
@@ -38,10 +37,10 @@ class TrainingCase:
         Reference class indices on the working grid (RAS+).
     mask : ndarray of bool, shape (D, H, W)
         Brain mask on the working grid.
-    stack : MultiScaleStack
-    sampler : VoxelSampler
-    spatial : SpatialInputs or None
-        Inputs of the spatial priors, when the model has any.
+    inputs
+        What the network reads from the image (:meth:`brainseg.families.Family.case_inputs`).
+    sampler : CaseSampler
+        Draws the case's training batches (:meth:`brainseg.families.Family.case_sampler`).
     registered : RegisteredImage or None
         The case in the reference space, for reference-space models.
     """
@@ -50,9 +49,8 @@ class TrainingCase:
     prepared: PreparedImage
     classes: np.ndarray
     mask: np.ndarray
-    stack: MultiScaleStack
-    sampler: VoxelSampler
-    spatial: SpatialInputs | None = None
+    inputs: Any
+    sampler: CaseSampler
     registered: RegisteredImage | None = None
 
 
@@ -123,7 +121,7 @@ def load_training_case(
         classes = np.where(registered.mask, classes, 0).astype(np.uint8)
         image, mask, affine = registered.image, registered.mask, reference.affine
     atlas = reference.atlas if reference is not None else None
-    spatial = spatial_inputs_for(model, image, affine, prepared.background, atlas)
-    stack = build_stack(image, model.plane, model.scales, prepared.background)
-    sampler = VoxelSampler(to_plane(classes, model.plane), to_plane(mask, model.plane))
-    return TrainingCase(case.case_id, prepared, classes, mask, stack, sampler, spatial, registered)
+    family = family_of(model)
+    inputs = family.case_inputs(model, image, affine, prepared.background, atlas)
+    sampler = family.case_sampler(model, inputs, classes, mask)
+    return TrainingCase(case.case_id, prepared, classes, mask, inputs, sampler, registered)

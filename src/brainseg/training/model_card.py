@@ -9,6 +9,7 @@ from pathlib import Path
 
 from brainseg.config import Config
 from brainseg.errors import InputError
+from brainseg.families import family_of
 from brainseg.inference.predictor import Predictor
 from brainseg.io.atomic import atomic_write_text
 from brainseg.io.manifest import read_manifest
@@ -17,7 +18,6 @@ from brainseg.labels import LabelTable
 from brainseg.metrics.report import StructureScore, evaluate_label_maps, summarize, write_scores_csv, write_scores_json
 from brainseg.model_folder import LoadedModel, load_model_folder
 from brainseg.models import count_parameters
-from brainseg.models.ganaye2018 import PAPER_PARAMETER_COUNT
 from brainseg.preprocessing.reference import load_transforms
 
 __all__ = ["describe_model", "evaluate_validation", "write_model_card"]
@@ -73,25 +73,8 @@ def evaluate_validation(model: LoadedModel, progress: bool = False) -> list[Stru
 
 
 def describe_model(config: Config) -> str:
-    """One line naming a configuration's branches, losses and augmentation."""
-    cfg, tc = config.model, config.training
-    parts = [f"BaseNet (25 x 25 patches at scales {list(cfg.scales)}, {cfg.plane} plane)"]
-    if cfg.landmarks:
-        conv = "inception convolutions" if cfg.distance_conv else "no convolutions"
-        rbf = "RBF" if cfg.distance_rbf else "no RBF"
-        parts.append(f"DistBranch ({cfg.landmarks}^3 landmarks, {cfg.distance_representation}, {conv}, {rbf})")
-    if cfg.prob_branch:
-        parts.append("ProbBranch (probabilistic atlas)")
-    if cfg.branch_3d_widths:
-        parts.append(f"3dBranch (15^3 patch, widths {list(cfg.branch_3d_widths)})")
-    text = " + ".join(parts)
-    if cfg.needs_reference:
-        text += ", in the reference space (affine registration)"
-    if cfg.auxiliary and any(tc.auxiliary_weights):
-        text += f", auxiliary losses (weights {list(tc.auxiliary_weights)})"
-    if tc.augment:
-        text += f", augmentation (scale {list(tc.augment_scale)}, rotation +-{tc.augment_rotation_deg:g} deg)"
-    return text
+    """One line naming a configuration's network, inputs, losses and augmentation (its family's description)."""
+    return family_of(config.model).describe(config)
 
 
 def _fmt(v: float, digits: int = 3) -> str:
@@ -128,7 +111,7 @@ def write_model_card(model_dir: str | Path, progress: bool = False, scores: list
     lines = [
         f"# Model card: {cfg.name} ({model_dir.name})",
         "",
-        f"Ganaye et al. (2018) {describe_model(model.config)}, trained on the cases of "
+        f"{family_of(cfg).paper} {describe_model(model.config)}, trained on the cases of "
         f"{Path(tc.manifest).name} ({cfg.num_classes} classes: background + {cfg.num_classes - 1} structures; "
         f"label table {tc.labels if tc.labels in ('auto', 'miccai2012') else Path(tc.labels).name}, in labels.tsv).",
         "",
@@ -138,7 +121,7 @@ def write_model_card(model_dir: str | Path, progress: bool = False, scores: list
         *([f"- {CREDIT}"] if model.labels == LabelTable.miccai2012() else []),
         "",
         "## Training",
-        f"- Parameters: {count_parameters(model.network):,} (paper's BaseNet: {PAPER_PARAMETER_COUNT:,})",
+        f"- Parameters: {count_parameters(model.network):,} ({family_of(cfg).paper_parameters})",
         f"- {training.get('epochs', tc.epochs)} epochs x {tc.samples_per_epoch:,} patches, batch {tc.batch_size}, "
         f"sampling '{tc.sampling}'"
         + (

@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from brainseg.config import Config, TrainingConfig, config_to_dict, save_config
 from brainseg.errors import InputError
-from brainseg.inference.dense import predict_dense
+from brainseg.families import Family, family_of
 from brainseg.io.atomic import atomic_write_text
 from brainseg.io.manifest import Case, read_manifest
 from brainseg.io.nifti import load_volume
@@ -35,8 +34,6 @@ from brainseg.models import build_model, count_parameters
 from brainseg.postprocessing.prior import ClassPrior
 from brainseg.preprocessing.intensity import IntensityNormalization
 from brainseg.preprocessing.reference import load_reference
-from brainseg.sampling.augmentation import augment_largest_patch
-from brainseg.sampling.patches import extract_patches, plane_to_volume_indices, to_plane
 from brainseg.training.checkpoint import load_checkpoint, save_checkpoint
 from brainseg.training.data import TrainingCase, load_training_case
 
@@ -49,39 +46,23 @@ CHECKPOINT = "checkpoint.pt"
 def _draw_batch(
     cases: list[TrainingCase], n: int, rng: np.random.Generator, tc: TrainingConfig
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Draw ``n`` voxels over the cases: network inputs (patches and priors) and targets."""
+    """Draw ``n`` examples over the cases (each drawn uniformly): network inputs and targets."""
     which = rng.integers(len(cases), size=n)
     inputs: dict[str, list[np.ndarray]] = {}
     targets = []
     for k in np.unique(which):
-        case = cases[k]
-        idx = case.sampler.sample(int((which == k).sum()), rng, tc.sampling)
-        patches = extract_patches(case.stack, idx)
-        if tc.augment:
-            augment_largest_patch(case.stack, idx, patches, rng, tc.augment_scale, tc.augment_rotation_deg)
-        inputs.setdefault("patches", []).append(patches)
-        if case.spatial is not None:
-            for name, value in case.spatial.at(plane_to_volume_indices(idx, case.stack.plane)).items():
-                inputs.setdefault(name, []).append(value)
-        plane_classes = to_plane(case.classes, case.stack.plane)
-        targets.append(plane_classes[idx[:, 0], idx[:, 1], idx[:, 2]])
+        values, classes = cases[k].sampler.draw(int((which == k).sum()), rng, tc)
+        for name, value in values.items():
+            inputs.setdefault(name, []).append(value)
+        targets.append(classes)
     batch = {name: torch.from_numpy(np.concatenate(values)) for name, values in inputs.items()}
     return batch, torch.from_numpy(np.concatenate(targets).astype(np.int64))
 
 
-def _loss(network: torch.nn.Module, batch: dict[str, torch.Tensor], targets: torch.Tensor, tc: TrainingConfig):
-    """Cross-entropy of the main output plus the weighted auxiliary losses (paper section 3.3)."""
-    logits, auxiliary = network.forward_with_auxiliary(**batch)
-    loss = F.cross_entropy(logits, targets)
-    weights = dict(zip(("base", "dist"), tc.auxiliary_weights))
-    for name, aux_logits in auxiliary.items():
-        if weights.get(name, 0.0):
-            loss = loss + weights[name] * F.cross_entropy(aux_logits, targets)
-    return loss
-
-
-def validate(network: torch.nn.Module, cases: list[TrainingCase], num_classes: int, progress: bool = False) -> dict:
-    """Mean Dice over structures on whole validation volumes (dense inference).
+def validate(
+    network: torch.nn.Module, cases: list[TrainingCase], num_classes: int, family: Family, progress: bool = False
+) -> dict:
+    """Mean Dice over structures on whole validation volumes (the family's dense inference).
 
     Reference-space models are scored on the template grid against the
     resampled reference labels (a quick check during training; model cards
@@ -96,7 +77,7 @@ def validate(network: torch.nn.Module, cases: list[TrainingCase], num_classes: i
     network.eval()
     per_case, per_class = {}, []
     for case in cases:
-        predicted, _ = predict_dense(network, case.stack, case.mask, spatial=case.spatial, progress=progress)  # type: ignore[arg-type]
+        predicted, _ = family.predict(network, case.inputs, case.mask, progress=progress)
         dices = dice_per_class(predicted, case.classes, num_classes)[1:]
         per_case[case.case_id] = float(np.nanmean(dices))
         per_class.append(dices)
@@ -378,6 +359,7 @@ def train(
     prior = sampling_prior(train_cases, labels.num_classes, tc.sampling)
 
     torch.manual_seed(tc.seed)
+    family = family_of(config.model)
     network = build_model(config.model)
     if tc.init_from and not resume:
         copied = initialise_from(network, tc.init_from)
@@ -426,7 +408,7 @@ def train(
             if on.type != "cpu":
                 batch = {name: value.to(on, non_blocking=True) for name, value in batch.items()}
                 targets = targets.to(on, non_blocking=True)
-            loss = _loss(network, batch, targets, tc)
+            loss = family.loss(network, batch, targets, tc)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -438,7 +420,7 @@ def train(
         network.to("cpu")
         if val_cases and tc.validate_every and ((epoch + 1) % tc.validate_every == 0 or last):
             t1 = time.time()
-            scores = validate(network, val_cases, config.model.num_classes, progress=progress)
+            scores = validate(network, val_cases, config.model.num_classes, family, progress=progress)
             record.update(val_mean_dice=scores["mean_dice"], val_per_case=scores["per_case"], val_s=time.time() - t1)
         elapsed += time.time() - t0
         record["elapsed_s"] = elapsed

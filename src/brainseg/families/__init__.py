@@ -1,0 +1,193 @@
+"""Model families: what each paper brings to brainseg, behind one contract.
+
+A family is one paper's method: its network (a module under :mod:`brainseg.models`), the per-voxel
+inputs it reads from an image (patch sources, spatial priors, coordinates), the sampler that draws
+its training batches, its loss, and its dense predictor. Everything else -- preparing images, the
+reference space, the label table, the training loop, model folders, ``segment``, ``evaluate``,
+``calibrate``, ``info`` and the ablation command -- is shared, and reaches a family only through the
+methods of :class:`Family`.
+
+The model folder names its family: ``model.name`` in its ``config.yaml`` (``basenet`` or
+``ganaye2018`` for Ganaye et al. 2018) is looked up in :data:`FAMILIES_BY_MODEL`. A new family
+subclasses :class:`Family`, implements its abstract methods, and registers its model names there.
+
+The shapes every family shares:
+
+- a *working grid*: the 1 mm grid of the scan (RAS+), or the reference template's grid for
+  reference-space models (``ModelConfig.needs_reference``); images, masks and class maps handed
+  to a family are on it;
+- *case inputs*: whatever the family computes once per image (:meth:`Family.case_inputs`), opaque
+  to the shared code, read back by the family's sampler and predictor;
+- a *case sampler* (:class:`CaseSampler`): draws training batches of one case and knows the class
+  frequencies of what it draws (for the sampling prior, :mod:`brainseg.postprocessing.prior`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from brainseg.config import Config, ModelConfig, TrainingConfig
+from brainseg.features.atlas import ProbabilisticAtlas
+
+__all__ = ["CaseSampler", "FAMILIES_BY_MODEL", "Family", "family_of"]
+
+
+class CaseSampler(Protocol):
+    """Draws the training batches of one case (see :meth:`Family.case_sampler`)."""
+
+    def draw(self, n: int, rng: np.random.Generator, tc: TrainingConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """``n`` training examples: network inputs by keyword (first axis ``n``) and target classes ``(n,)``."""
+        ...
+
+    def class_frequencies(self, num_classes: int, mode: str) -> np.ndarray:
+        """Expected class frequencies, shape ``(num_classes,)``, of sampling ``mode`` (``'uniform'``: the brain's)."""
+        ...
+
+
+class Family(ABC):
+    """One paper's method behind the contract the shared pipeline uses.
+
+    Attributes
+    ----------
+    name : str
+        The family's name (the paper's first author and year).
+    paper : str
+        Short citation for model cards (``'Ganaye et al. (2018)'``).
+    paper_parameters : str
+        The paper's parameter count, for model cards and ``info`` (``"paper's BaseNet: 1,249,415"``).
+    paper_results : dict of str to tuple
+        The paper's ablation figures by row label (:meth:`row_label`): mean Dice, mean Hausdorff
+        distance (mm), mean surface distance (mm), parameters; None where the paper has none.
+    """
+
+    name: str = ""
+    paper: str = ""
+    paper_parameters: str = ""
+    paper_results: dict[str, tuple[float | None, float | None, float | None, int | None]] = {}
+
+    @abstractmethod
+    def build_network(self, cfg: ModelConfig) -> nn.Module:
+        """The untrained network a model configuration describes (``cfg.num_classes`` filled in)."""
+
+    @abstractmethod
+    def describe(self, config: Config) -> str:
+        """One line naming the configuration's network, inputs, losses and augmentation (model cards, ``info``)."""
+
+    @abstractmethod
+    def case_inputs(
+        self,
+        cfg: ModelConfig,
+        image: np.ndarray,
+        affine: np.ndarray,
+        background: float,
+        atlas: ProbabilisticAtlas | None,
+    ) -> Any:
+        """What the network reads from one image, computed once.
+
+        Parameters
+        ----------
+        cfg : ModelConfig
+        image : ndarray of float32, shape (D, H, W)
+            The normalised image on the working grid (RAS+).
+        affine : ndarray of float64, shape (4, 4)
+            Voxel -> mm of the working grid (identity on a scan's own 1 mm grid).
+        background : float
+            The normalised intensity outside the brain (padding value).
+        atlas : ProbabilisticAtlas or None
+            The reference atlas on the working grid, for reference-space models.
+        """
+
+    @abstractmethod
+    def case_sampler(self, cfg: ModelConfig, inputs: Any, classes: np.ndarray, mask: np.ndarray) -> CaseSampler:
+        """The training sampler of one case.
+
+        Parameters
+        ----------
+        cfg : ModelConfig
+        inputs
+            From :meth:`case_inputs` for the same image.
+        classes : ndarray of uint8, shape (D, H, W)
+            Reference class indices on the working grid.
+        mask : ndarray of bool, shape (D, H, W)
+            Brain mask on the working grid.
+        """
+
+    @abstractmethod
+    def loss(
+        self, network: nn.Module, batch: dict[str, torch.Tensor], targets: torch.Tensor, tc: TrainingConfig
+    ) -> torch.Tensor:
+        """The training loss of a batch (scalar tensor), auxiliary or multi-task terms included."""
+
+    @abstractmethod
+    def predict(
+        self,
+        network: nn.Module,
+        inputs: Any,
+        mask: np.ndarray,
+        *,
+        probabilities: bool = False,
+        probability_dtype: type = np.float16,
+        progress: bool = False,
+        logit_bias: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Dense inference over the brain mask of one image.
+
+        Parameters
+        ----------
+        network : nn.Module
+            In eval mode.
+        inputs
+            From :meth:`case_inputs`.
+        mask : ndarray of bool, shape (D, H, W)
+            Brain mask on the working grid; voxels outside are background (class 0).
+        probabilities : bool
+            Also return the class probabilities.
+        probability_dtype : numpy dtype
+            Their storage type.
+        progress : bool
+            Show a progress bar.
+        logit_bias : ndarray of float, shape (num_classes,), optional
+            Added to the logits before the softmax (the sampling prior's correction).
+
+        Returns
+        -------
+        classes : ndarray of uint8, shape (D, H, W)
+        probabilities : ndarray of ``probability_dtype``, shape (num_classes, D, H, W), or None
+        """
+
+    def row_label(self, config: Config) -> str:
+        """The name of a configuration's row in the ablation table (default: its description)."""
+        return self.describe(config)
+
+
+#: Model names (``model.name`` of a config) -> their family; filled by the family modules below.
+FAMILIES_BY_MODEL: dict[str, Family] = {}
+
+
+def family_of(cfg: ModelConfig) -> Family:
+    """The family of a model configuration.
+
+    Raises
+    ------
+    ValueError
+        If ``cfg.name`` is not a registered model name.
+    """
+    try:
+        return FAMILIES_BY_MODEL[cfg.name]
+    except KeyError:
+        raise ValueError(f"unknown model {cfg.name!r}; known: {sorted(FAMILIES_BY_MODEL)}") from None
+
+
+def _register() -> None:
+    from brainseg.families.ganaye2018 import GANAYE2018
+
+    for name in ("basenet", "ganaye2018"):
+        FAMILIES_BY_MODEL[name] = GANAYE2018
+
+
+_register()
