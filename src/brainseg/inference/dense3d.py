@@ -1,0 +1,663 @@
+"""Dense (whole-volume) inference of DeepNAT, and the patch-by-patch reference.
+
+:class:`~brainseg.models.wachinger2018.DeepNAT` classifies one 23^3 patch at a
+time. Here its convolutions run fully convolutionally over a zero-padded
+volume: the stride-2 max-pool becomes a stride-1 pool and the two later
+convolutions are dilated by 2 (the "a trous" / shift-and-stitch equivalence,
+Long et al. 2015; Sermanet et al. 2014). The fully connected layers then run
+only on brain voxels, fed with the 3 x 3 x 3 cells gathered at each voxel, so
+every voxel gets exactly the patch network's per-task output for the patch
+centred on it (tested: max abs difference of probabilities <= 1e-5).
+
+The ceil-mode pooling window
+----------------------------
+The patch network pools 17 conv1 outputs with ``ceil_mode=True`` (as Caffe):
+its last window, pooled position 8, holds conv1 output 16 alone. A dense
+stride-1 pool would also take the next conv1 output, which lies outside the
+patch. Pooled position 8 along an axis reaches the outputs only through conv2
+output 4 (kernel position 4) and, from there, conv3 output 2 (kernel
+position 2) along that axis. The dense stage therefore keeps a *variant* of
+each later map per subset ``F`` of the three axes: variant ``F`` is what a
+cell on the patch's far edge along the axes in ``F`` (and not along the
+others) sees. A variant is the ordinary dilated convolution of the variant-
+free map plus corrections: for each nonempty subset ``E`` of ``F`` the
+difference between the map with truncated windows along ``E`` and the plain
+map, convolved with the box of kernel positions that sit on the far edge
+along exactly the axes ``E`` of ``F``. The fully connected layer's cell
+``n`` then reads the variant ``{a : n_a = 2}``. The corrections make conv2
+about 3.2 times and conv3 about 4.4 times as expensive as a plain dilated
+convolution; conv1 and the fully connected layers (most of the work per
+brain voxel) cost nothing extra.
+
+Tiles and memory
+----------------
+The volume is processed in tiles of ``t x t`` voxels along the first two
+axes (the tile's mask bounding box along the third) with the 11-voxel halo
+of the 23^3 patch on each side (12 on the far side: the dense pool reads one
+voxel further, though its value is corrected away). The live tensors of the
+conv stage of a tile of ``(t0, t1, t2)`` output voxels take about
+``4 B x [4 c1 V(17) + 5 c2 V(8) + 10 c3 V(4)]``, with ``V(m) = (t0 + m)(t1 +
+m)(t2 + m)`` and the widths ``(c1, c2, c3)`` (:func:`conv_stage_bytes`);
+:func:`choose_tile_size` picks the largest ``t`` that keeps this under
+``memory_bytes`` (default 384 MiB: ``t = 15`` for a mask 180 voxels wide).
+The fully connected layers run on at most ``voxel_batch`` voxels at a time.
+:func:`predict_dense3d` combines the heads by Eq. 3 on the fly, keeping
+float32 sums only for the mask voxels of the ``t + 2`` slices a slab of
+tiles points at.
+
+Measured on one CPU thread for a 24 x 100 x 180 volume with 264,280 mask
+voxels, 135 classes, 7 tasks and 6 coordinates: resident memory grew by
+0.9-1.0 GB besides the float16 output at the default budget (105 s), and by
+0.6 GB with ``memory_bytes = 192 MiB`` (``t = 8``; 165 s); the allocator's
+fragmentation makes the growth exceed the estimate. The output
+``(C, D, H, W)`` of a 180 x 220 x 180 volume with 135 classes takes 1.9 GB
+in float16 and 3.8 GB in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+from tqdm import tqdm
+
+from brainseg.models.wachinger2018 import FEATURE_GRID, PATCH_SIZE, DeepNAT
+
+__all__ = [
+    "choose_tile_size",
+    "combine_task_probabilities",
+    "conv_stage_bytes",
+    "extract_patches3d",
+    "predict_dense3d",
+    "predict_patches3d",
+    "predict_task_probabilities3d",
+    "DEFAULT_MEMORY_BYTES",
+    "HALO",
+]
+
+#: Voxels of patch on each side of its centre (23 = 2 * 11 + 1).
+HALO = PATCH_SIZE // 2
+#: Default budget of the conv stage of one tile, in bytes.
+DEFAULT_MEMORY_BYTES = 384 * 2**20
+_SUBSETS = range(8)  # subsets of the axes {0, 1, 2} as bit masks (bit a = axis a)
+
+
+def extract_patches3d(image: np.ndarray, indices: np.ndarray, *, background: float = 0.0) -> np.ndarray:
+    """Cut the 23^3 patches centred on voxels, padding outside the volume with ``background``.
+
+    Parameters
+    ----------
+    image : ndarray of float32, shape (D, H, W)
+        Preprocessed intensities.
+    indices : ndarray of int, shape (N, 3)
+        Patch centres, voxel indices in array-axis order.
+    background : float
+        Value of voxels outside the volume (default 0).
+
+    Returns
+    -------
+    ndarray of float32, shape (N, 1, 23, 23, 23)
+        Patch of voxel ``v`` covers ``v - 11 .. v + 11`` along each axis.
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not 3-D or an index lies outside the volume.
+    """
+    image = np.asarray(image, np.float32)
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1, 3)
+    if image.ndim != 3:
+        raise ValueError(f"expected a 3-D image, got shape {image.shape}")
+    if indices.size and ((indices < 0).any() or (indices >= np.array(image.shape)).any()):
+        raise ValueError(f"voxel indices outside the volume of shape {image.shape}")
+    padded = np.pad(image, HALO, constant_values=background)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (PATCH_SIZE,) * 3)
+    return np.ascontiguousarray(windows[indices[:, 0], indices[:, 1], indices[:, 2]])[:, None]
+
+
+def _coordinates(coordinates: np.ndarray | None) -> np.ndarray | None:
+    # No coordinate channels (K = 0, as brainseg.features.coordinates returns them) means none.
+    return None if coordinates is None or len(coordinates) == 0 else coordinates
+
+
+def _check_inputs(model: DeepNAT, image: np.ndarray, coordinates: np.ndarray | None) -> None:
+    if model.training:
+        raise ValueError("call model.eval() before inference")
+    if image.ndim != 3:
+        raise ValueError(f"expected a 3-D image, got shape {image.shape}")
+    if model.coordinates == 0:
+        if coordinates is not None:
+            raise ValueError("this network takes no coordinates (coordinates=0)")
+    elif coordinates is None or coordinates.shape != (model.coordinates,) + image.shape:
+        got = None if coordinates is None else coordinates.shape
+        raise ValueError(f"this network needs coordinates of shape {(model.coordinates,) + image.shape}, got {got}")
+
+
+@torch.no_grad()
+def predict_patches3d(
+    model: DeepNAT,
+    image: np.ndarray,
+    indices: np.ndarray,
+    coordinates: np.ndarray | None = None,
+    *,
+    background: float = 0.0,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Per-task probabilities of voxels, one explicit patch at a time (the slow reference).
+
+    Parameters
+    ----------
+    model : DeepNAT
+        In eval mode.
+    image : ndarray of float32, shape (D, H, W)
+        Preprocessed intensities.
+    indices : ndarray of int, shape (N, 3)
+        Voxels to classify (patch centres), array-axis order.
+    coordinates : ndarray of float32, shape (K, D, H, W), optional
+        Per-voxel coordinates (:mod:`brainseg.features.coordinates`); required
+        when the network has ``K > 0``, None or empty when ``K = 0``.
+    background : float
+        Value of voxels outside the volume.
+    batch_size : int
+        Patches per forward pass.
+
+    Returns
+    -------
+    ndarray of float32, shape (N, T, C)
+        Softmax of head ``t`` at voxel ``indices[i]`` in ``[i, t]``; it is a
+        prediction for voxel ``indices[i] + model.offsets[t]``.
+
+    Raises
+    ------
+    ValueError
+        If the model is in training mode or the shapes are wrong.
+    """
+    image, coordinates = np.asarray(image, np.float32), _coordinates(coordinates)
+    _check_inputs(model, image, coordinates)
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1, 3)
+    device = next(model.parameters()).device
+    out = np.empty((len(indices), model.tasks, model.num_classes), np.float32)
+    for start in range(0, len(indices), batch_size):
+        batch = indices[start : start + batch_size]
+        patches = torch.from_numpy(extract_patches3d(image, batch, background=background)).to(device)
+        coords = None
+        if coordinates is not None:
+            coords = torch.from_numpy(np.asarray(coordinates[:, batch[:, 0], batch[:, 1], batch[:, 2]].T, np.float32))
+            coords = coords.to(device)
+        out[start : start + len(batch)] = torch.softmax(model(patches, coords), dim=2).cpu().numpy()
+    return out
+
+
+def conv_stage_bytes(tile_shape: tuple[int, int, int], widths: tuple[int, int, int] = (32, 64, 64)) -> int:
+    """Estimated peak memory, in bytes, of the dense conv stage on a tile of ``tile_shape`` output voxels.
+
+    ``4 x [4 c1 V(17) + 5 c2 V(8) + 10 c3 V(4)]`` with ``V(m)`` the tile
+    grown by ``m`` voxels along each axis: the conv1 map with the pooled
+    pieces and their difference; the plain, rectified and current conv2
+    maps, a difference piece and a convolution output; the eight conv3
+    variants, a convolution output and a layout copy (float32).
+
+    Examples
+    --------
+    >>> round(conv_stage_bytes((16, 16, 180)) / 2**20)
+    417
+    """
+    c1, c2, c3 = widths
+
+    def volume(m: int) -> int:
+        return int(np.prod([n + m for n in tile_shape]))
+
+    return 4 * (4 * c1 * volume(17) + 5 * c2 * volume(8) + 10 * c3 * volume(4))
+
+
+def choose_tile_size(
+    width: int,
+    *,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    widths: tuple[int, int, int] = (32, 64, 64),
+    max_size: int = 64,
+) -> int:
+    """Tile side ``t`` along the first two axes that keeps the conv stage within ``memory_bytes``.
+
+    Parameters
+    ----------
+    width : int
+        Extent of the tile along the third axis, in voxels (the mask's bounding box).
+    memory_bytes : int
+        Budget for :func:`conv_stage_bytes` of a ``(t, t, width)`` tile.
+    widths : tuple of 3 int
+        The network's convolution widths.
+    max_size : int
+        Upper limit of ``t``.
+
+    Returns
+    -------
+    int
+        The largest ``t <= max_size`` within the budget, and at least 1.
+
+    Examples
+    --------
+    >>> choose_tile_size(180)
+    15
+    """
+    best = 1
+    for t in range(1, max_size + 1):
+        if conv_stage_bytes((t, t, width), widths) <= memory_bytes:
+            best = t
+    return best
+
+
+def _box(inner: int, outer: int, kernel: int) -> list[tuple[int, int]]:
+    # Kernel index range per axis of the positions on the far edge along exactly the axes ``inner`` of ``outer``.
+    ranges = []
+    for a in range(3):
+        if inner >> a & 1:
+            ranges.append((kernel - 1, kernel))
+        elif outer >> a & 1:
+            ranges.append((0, kernel - 1))
+        else:
+            ranges.append((0, kernel))
+    return ranges
+
+
+def _fold(conv: torch.nn.Conv3d, norm: torch.nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
+    weight, bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
+    )
+    return weight.detach().contiguous(), bias.detach().contiguous()
+
+
+class _DenseConvStage:
+    """DeepNAT's convolutions as a fully convolutional network (eval mode; batch norm folded in)."""
+
+    def __init__(self, model: DeepNAT) -> None:
+        self.w1, self.b1 = model.conv1.weight.detach(), model.conv1.bias.detach()  # type: ignore[union-attr]
+        self.w2, self.b2 = _fold(model.conv2, model.norm2)
+        self.w3, self.b3 = _fold(model.conv3, model.norm3)
+        # Correction kernels: boxes of the kernel, keyed by (inner, outer) subsets, inner nonempty and in outer.
+        self.boxes2 = self._boxes(self.w2)
+        self.boxes3 = self._boxes(self.w3)
+
+    @staticmethod
+    def _boxes(weight: torch.Tensor) -> dict[tuple[int, int], tuple[list[tuple[int, int]], torch.Tensor]]:
+        k = weight.shape[-1]
+        boxes = {}
+        for outer in _SUBSETS:
+            for inner in _SUBSETS:
+                if inner and inner & outer == inner:
+                    r = _box(inner, outer, k)
+                    boxes[inner, outer] = (r, weight[:, :, slice(*r[0]), slice(*r[1]), slice(*r[2])].contiguous())
+        return boxes
+
+    @staticmethod
+    def _box_index(box: list[tuple[int, int]], out_shape: tuple, extra: int = 0) -> tuple[slice, ...]:
+        # Input slice of a dilation-2 convolution with the kernel box whose output aligns with the full kernel's;
+        # ``extra`` voxels more per axis (the pooling's second voxel).
+        index = [slice(None), slice(None)]
+        for (k0, k1), n in zip(box, out_shape):
+            index.append(slice(2 * k0, 2 * k0 + n + 2 * (k1 - k0 - 1) + extra))
+        return tuple(index)
+
+    @staticmethod
+    def _pooled(a: torch.Tensor, single: int) -> torch.Tensor:
+        # 2-voxel max pooling with stride 1, except along the axes in ``single`` (a window of one voxel).
+        for axis in range(3):
+            d = axis + 2
+            n = a.shape[d] - 1
+            a = a.narrow(d, 0, n) if single >> axis & 1 else torch.maximum(a.narrow(d, 0, n), a.narrow(d, 1, n))
+        return a
+
+    def __call__(self, region: torch.Tensor) -> list[torch.Tensor]:
+        """Map a padded region ``(1, 1, L + 23)`` to the 8 conv3 variants, each ``(c3, L + 4)``.
+
+        Variant ``G`` (bit mask over the axes) at local position ``u + 2 n`` is
+        the patch network's conv3 output cell ``n`` of the patch whose first
+        voxel is region voxel ``u``, for every cell with ``{a : n_a = 2} = G``.
+        """
+        a = torch.relu_(F.conv3d(region, self.w1, self.b1))  # (1, c1, L + 17)
+        base = F.conv3d(self._pooled(a, 0), self.w2, self.b2, dilation=2)  # (1, c2, L + 8)
+        relu_base = torch.relu(base)
+        shape2 = tuple(base.shape[2:])
+        plain3 = F.conv3d(relu_base, self.w3, self.b3, dilation=2)  # (1, c3, L + 4)
+        shape3 = tuple(plain3.shape[2:])
+        variants = [plain3] + [plain3.clone() for _ in range(7)]
+        for outer in range(1, 8):
+            # conv2 variant ``outer``: add the kernel boxes that read truncated pooling windows along ``inner``.
+            b = base.clone()
+            for inner in _SUBSETS:
+                if inner and inner & outer == inner:
+                    box, weight = self.boxes2[inner, outer]
+                    piece = a[self._box_index(box, shape2, extra=1)]
+                    b += F.conv3d(self._pooled(piece, inner) - self._pooled(piece, 0), weight, dilation=2)
+            torch.relu_(b)
+            # conv3 variants ``g`` that contain ``outer``: add the boxes that read conv2 variant ``outer``.
+            for g in _SUBSETS:
+                if g & outer == outer:
+                    box, weight = self.boxes3[outer, g]
+                    index = self._box_index(box, shape3)
+                    variants[g] += F.conv3d(b[index] - relu_base[index], weight, dilation=2)
+            del b
+        return [torch.relu_(v[0]) for v in variants]
+
+
+def _gather_features(variants: list[torch.Tensor], local: torch.Tensor) -> torch.Tensor:
+    """Flat conv3 features ``(N, c3 * 27)``, channel-major like the patch network, at local voxels ``(N, 3)``."""
+    c, d1, d2, d3 = variants[0].shape
+    flat = [v.reshape(c, -1) for v in variants]
+    cells = []
+    for n in np.ndindex(*(FEATURE_GRID,) * 3):
+        g = sum(1 << a for a in range(3) if n[a] == FEATURE_GRID - 1)
+        pos = local + 2 * torch.tensor(n, dtype=local.dtype, device=local.device)
+        cells.append(flat[g][:, (pos[:, 0] * d2 + pos[:, 1]) * d3 + pos[:, 2]])  # (c, N)
+    return torch.stack(cells, dim=2).permute(1, 0, 2).reshape(local.shape[0], -1)
+
+
+class _Runner:
+    """The state of one dense pass: padded image, mask, tiles; yields per-task probabilities by chunks."""
+
+    def __init__(
+        self,
+        model: DeepNAT,
+        image: np.ndarray,
+        mask: np.ndarray,
+        coordinates: np.ndarray | None,
+        tile_size: int | None,
+        memory_bytes: int,
+        background: float,
+        voxel_batch: int,
+        bf16: bool,
+    ) -> None:
+        image, mask, coordinates = np.asarray(image, np.float32), np.asarray(mask, bool), _coordinates(coordinates)
+        _check_inputs(model, image, coordinates)
+        if mask.shape != image.shape:
+            raise ValueError(f"mask shape {mask.shape} differs from the image shape {image.shape}")
+        if tile_size is not None and tile_size < 1:
+            raise ValueError(f"tile_size must be >= 1, got {tile_size}")
+        self.model, self.mask, self.coordinates = model, mask, coordinates
+        self.device = next(model.parameters()).device
+        self.net = _DenseConvStage(model)
+        self.padded = np.pad(image, [(HALO, HALO + 1)] * 3, constant_values=background)
+        self.voxel_batch, self.bf16 = int(voxel_batch), bool(bf16)
+        self.box = [(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask)] if mask.any() else None
+        if tile_size is None:
+            width = self.box[2][1] - self.box[2][0] if self.box else 1
+            widths = (model.conv1.out_channels, model.conv2.out_channels, model.conv3.out_channels)
+            tile_size = choose_tile_size(width, memory_bytes=memory_bytes, widths=widths)
+        self.tile = int(tile_size)
+
+    def slabs(self) -> list[tuple[int, int]]:
+        """Ranges ``[z0, z1)`` of the slabs of tiles along the first axis, covering the mask."""
+        if self.box is None:
+            return []
+        lo, hi = self.box[0]
+        return [(z, min(z + self.tile, hi)) for z in range(lo, hi, self.tile)]
+
+    def slab(self, z0: int, z1: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Per-task probabilities ``(n, T, C)`` float32 of the mask voxels ``(n, 3)`` of a slab, by chunks."""
+        assert self.box is not None
+        for y in range(self.box[1][0], self.box[1][1], self.tile):
+            block = self.mask[z0:z1, y : y + self.tile]
+            if not block.any():
+                continue
+            lo = np.array([z0, y, 0]) + [int(i.min()) for i in np.nonzero(block)]
+            hi = np.array([z0, y, 0]) + [int(i.max()) + 1 for i in np.nonzero(block)]
+            yield from self._tile(lo, hi)
+
+    @torch.no_grad()
+    def _tile(self, lo: np.ndarray, hi: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        # Region of the padded image: padded index of voxel v is v + 11; one extra voxel on the far side.
+        region = self.padded[tuple(slice(a, b + 2 * HALO + 1) for a, b in zip(lo, hi))]
+        x = torch.from_numpy(np.ascontiguousarray(region))[None, None].to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            variants = self.net(x)
+        variants = [v.float() for v in variants]
+        inside = self.mask[tuple(slice(a, b) for a, b in zip(lo, hi))]
+        local = np.argwhere(inside)
+        for start in range(0, len(local), self.voxel_batch):
+            chunk = local[start : start + self.voxel_batch]
+            voxels = chunk + lo
+            features = _gather_features(variants, torch.from_numpy(chunk).to(self.device))
+            coords = None
+            if self.coordinates is not None:
+                values = self.coordinates[:, voxels[:, 0], voxels[:, 1], voxels[:, 2]].T
+                coords = torch.from_numpy(np.asarray(values, np.float32)).to(self.device)
+            logits = self.model.head(features, coords)
+            yield voxels, torch.softmax(logits, dim=2).float().cpu()
+
+
+def _mask_rows(mask: np.ndarray) -> np.ndarray:
+    """Row of each mask voxel in ``np.argwhere(mask)`` order, -1 outside (int32 unless the mask is huge)."""
+    n = int(mask.sum())
+    rows = np.full(mask.shape, -1, np.int32 if n < 2**31 else np.int64)
+    rows[mask] = np.arange(n)
+    return rows
+
+
+def _scatter(
+    total: torch.Tensor,
+    count: torch.Tensor,
+    first_row: int,
+    rows: np.ndarray,
+    voxels: np.ndarray,
+    probs: torch.Tensor,
+    offsets: np.ndarray,
+) -> None:
+    """Add head ``t``'s probabilities at ``voxels`` to the sums of the mask voxels ``voxels + offsets[t]`` (Eq. 3).
+
+    ``total`` ``(R, C)`` and ``count`` ``(R,)`` hold the mask rows
+    ``first_row .. first_row + R - 1`` (see :func:`_mask_rows`); every target
+    in the mask must be among them. Targets outside the mask are dropped.
+    """
+    for t, offset in enumerate(offsets):
+        target = voxels + offset
+        inside = ((target >= 0) & (target < rows.shape)).all(axis=1)
+        row = np.full(len(target), -1, np.int64)
+        row[inside] = rows[tuple(target[inside].T)]
+        keep = row >= 0
+        index = torch.from_numpy(row[keep] - first_row)
+        total.index_add_(0, index, probs[torch.from_numpy(keep), t])
+        count.index_add_(0, index, torch.ones(len(index)))
+
+
+def _finish(out: np.ndarray, mask: np.ndarray, total: torch.Tensor, count: torch.Tensor, first: int, stop: int) -> None:
+    """Write the means of the mask voxels of slices ``[first, stop)`` (clipped to the volume), held in row order."""
+    first, stop = max(first, 0), min(stop, mask.shape[0])
+    if first >= stop:
+        return
+    z, y, x = np.nonzero(mask[first:stop])
+    out[:, z + first, y, x] = (total / count[:, None]).numpy().T
+
+
+def predict_task_probabilities3d(
+    model: DeepNAT,
+    image: np.ndarray,
+    mask: np.ndarray,
+    coordinates: np.ndarray | None = None,
+    *,
+    tile_size: int | None = None,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    background: float = 0.0,
+    voxel_batch: int = 2048,
+    bf16: bool = False,
+    probability_dtype: type = np.float32,
+    progress: bool = False,
+) -> np.ndarray:
+    """Per-task probabilities of every mask voxel, computed densely (equal to :func:`predict_patches3d`).
+
+    Parameters
+    ----------
+    model : DeepNAT
+        In eval mode.
+    image : ndarray of float32, shape (D, H, W)
+        Preprocessed intensities.
+    mask : ndarray of bool, shape (D, H, W)
+        Brain mask: the voxels to classify.
+    coordinates : ndarray of float32, shape (K, D, H, W), optional
+        Per-voxel coordinates (:mod:`brainseg.features.coordinates`); required
+        when the network has ``K > 0``, None or empty when ``K = 0``.
+    tile_size : int, optional
+        Tile side along the first two axes, in voxels; by default
+        :func:`choose_tile_size` for ``memory_bytes``.
+    memory_bytes : int
+        Budget of the conv stage of one tile (see the module docstring).
+    background : float
+        Value of voxels outside the volume (the patches' zero padding).
+    voxel_batch : int
+        Voxels per pass through the fully connected layers.
+    bf16 : bool
+        Run the conv stage under bfloat16 autocast (faster on CPUs with bf16
+        support; the probabilities are then approximate, to about 1e-2).
+    probability_dtype : numpy dtype
+        Type of the returned array (float32 or float16).
+    progress : bool
+        Show a tqdm progress bar over slabs.
+
+    Returns
+    -------
+    ndarray of ``probability_dtype``, shape (N, T, C)
+        Row ``i`` belongs to voxel ``np.argwhere(mask)[i]``; ``[i, t]`` is
+        head ``t``'s softmax, a prediction for that voxel plus
+        ``model.offsets[t]``. Needs ``N T C`` x itemsize bytes (5.7 GB in
+        float32 for 1.5 M voxels, 7 tasks and 135 classes):
+        :func:`predict_dense3d` combines on the fly instead.
+
+    Raises
+    ------
+    ValueError
+        If the model is in training mode or the shapes disagree.
+    """
+    runner = _Runner(model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, bf16)
+    rows = _mask_rows(runner.mask)
+    out = np.empty((int(runner.mask.sum()), model.tasks, model.num_classes), probability_dtype)
+    for z0, z1 in tqdm(runner.slabs(), desc="slabs", unit="slab", disable=not progress, leave=False):
+        for voxels, probs in runner.slab(z0, z1):
+            out[rows[voxels[:, 0], voxels[:, 1], voxels[:, 2]]] = probs.numpy()
+    return out
+
+
+def combine_task_probabilities(
+    probabilities: np.ndarray, mask: np.ndarray, offsets: np.ndarray, *, probability_dtype: type = np.float32
+) -> np.ndarray:
+    """Combine per-task probabilities of mask voxels into one map by Eq. 3.
+
+    Each mask voxel gets the mean of the heads' predictions that point at it:
+    head ``t`` at mask voxel ``v`` predicts ``v + offsets[t]``. Near the mask
+    and volume border fewer heads point at a voxel (the centre head always
+    does); predictions that point outside the mask are dropped. This equals
+    :func:`~brainseg.models.wachinger2018.average_task_probabilities` on the
+    maps, restricted to the mask.
+
+    Parameters
+    ----------
+    probabilities : ndarray of float, shape (N, T, C)
+        From :func:`predict_task_probabilities3d`: row ``i`` is voxel
+        ``np.argwhere(mask)[i]``.
+    mask : ndarray of bool, shape (D, H, W)
+        Brain mask.
+    offsets : ndarray of int, shape (T, 3)
+        The heads' offsets, ``model.offsets``.
+    probability_dtype : numpy dtype
+        Type of the result (float32 or float16).
+
+    Returns
+    -------
+    ndarray of ``probability_dtype``, shape (C, D, H, W)
+        Probabilities; outside the mask background (class 0) has probability 1.
+
+    Raises
+    ------
+    ValueError
+        If the shapes disagree.
+    """
+    mask = np.asarray(mask, bool)
+    offsets = np.asarray(offsets, np.int64)
+    voxels = np.argwhere(mask)
+    if probabilities.ndim != 3 or probabilities.shape[:2] != (len(voxels), len(offsets)):
+        raise ValueError(
+            f"expected probabilities of shape ({len(voxels)}, {len(offsets)}, C), got {probabilities.shape}"
+        )
+    num_classes = probabilities.shape[2]
+    total, count = torch.zeros((len(voxels), num_classes)), torch.zeros(len(voxels))
+    probs = torch.from_numpy(np.asarray(probabilities, np.float32))
+    _scatter(total, count, 0, _mask_rows(mask), voxels, probs, offsets)
+    out = np.zeros((num_classes,) + mask.shape, probability_dtype)
+    out[0] = 1
+    _finish(out, mask, total, count, 0, mask.shape[0])
+    return out
+
+
+def predict_dense3d(
+    model: DeepNAT,
+    image: np.ndarray,
+    mask: np.ndarray,
+    coordinates: np.ndarray | None = None,
+    *,
+    tile_size: int | None = None,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    background: float = 0.0,
+    voxel_batch: int = 2048,
+    bf16: bool = False,
+    probability_dtype: type = np.float32,
+    progress: bool = False,
+) -> np.ndarray:
+    """Class probabilities of every voxel: dense per-task inference combined by Eq. 3 on the fly.
+
+    The same result as ``combine_task_probabilities(predict_task_probabilities3d(...), mask,
+    model.offsets)`` without holding all per-task probabilities: float32 sums
+    are kept only for the mask voxels of the ``t + 2`` slices the current
+    slab of tiles points at.
+
+    Parameters
+    ----------
+    model : DeepNAT
+        In eval mode.
+    image : ndarray of float32, shape (D, H, W)
+        Preprocessed intensities.
+    mask : ndarray of bool, shape (D, H, W)
+        Brain mask: the voxels to classify.
+    coordinates : ndarray of float32, shape (K, D, H, W), optional
+        Per-voxel coordinates (:mod:`brainseg.features.coordinates`); required
+        when the network has ``K > 0``, None or empty when ``K = 0``.
+    tile_size, memory_bytes, background, voxel_batch, bf16, progress
+        See :func:`predict_task_probabilities3d`.
+    probability_dtype : numpy dtype
+        Type of the result: float32, or float16 to halve its size.
+
+    Returns
+    -------
+    ndarray of ``probability_dtype``, shape (C, D, H, W)
+        Eq. 3 probabilities in the mask; outside it background (class 0) has
+        probability 1.
+
+    Raises
+    ------
+    ValueError
+        If the model is in training mode or the shapes disagree.
+    """
+    runner = _Runner(model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, bf16)
+    mask, offsets, num_classes = runner.mask, model.offsets, model.num_classes
+    reach = int(np.abs(offsets[:, 0]).max())  # heads point this many slices up or down
+    rows = _mask_rows(mask)
+    starts = np.concatenate([[0], np.cumsum(mask.sum(axis=(1, 2)))])  # first row of each slice
+
+    def row_at(z: int) -> int:
+        return int(starts[min(max(z, 0), mask.shape[0])])
+
+    out = np.zeros((num_classes,) + mask.shape, probability_dtype)
+    out[0] = 1
+    slabs = runner.slabs()
+    carry = (torch.zeros((0, num_classes)), torch.zeros(0))
+    for z0, z1 in tqdm(slabs, desc="slabs", unit="slab", disable=not progress, leave=False):
+        first, done = row_at(z0 - reach), row_at(z1 - reach)  # the window holds slices [z0 - reach, z1 + reach)
+        total, count = torch.zeros((row_at(z1 + reach) - first, num_classes)), torch.zeros(row_at(z1 + reach) - first)
+        total[: len(carry[0])], count[: len(carry[1])] = carry
+        for voxels, probs in runner.slab(z0, z1):
+            _scatter(total, count, first, rows, voxels, probs, offsets)
+        _finish(out, mask, total[: done - first], count[: done - first], z0 - reach, z1 - reach)
+        carry = (total[done - first :].clone(), count[done - first :].clone())  # later slabs add to these
+    if slabs:
+        _finish(out, mask, carry[0], carry[1], slabs[-1][1] - reach, slabs[-1][1] + reach)
+    return out
