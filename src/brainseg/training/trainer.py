@@ -459,7 +459,7 @@ def train(
                 "epochs": len(history),
                 "weights_epoch": _weights_epoch(history, tc.keep_best, best_epoch),
                 "elapsed_s": elapsed,
-                "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+                "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
                 "parameters": count_parameters(network),
             },
             indent=2,
