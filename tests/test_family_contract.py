@@ -61,7 +61,7 @@ class ToyFamily(Family):
     def describe(self, config):
         return "a 3-tap classifier along the first axis"
 
-    def case_inputs(self, cfg, image, affine, background, atlas):
+    def case_inputs(self, cfg, image, mask, affine, background, atlas):
         return np.pad(image, ((1, 1), (0, 0), (0, 0)), constant_values=background)
 
     def case_sampler(self, cfg, inputs, classes, mask):

@@ -17,10 +17,24 @@ from brainseg.errors import InputError
 from brainseg.io.atomic import atomic_write_text
 from brainseg.labels import SHIPPED_TABLES
 
-__all__ = ["FORMAT_VERSION", "ModelConfig", "TrainingConfig", "Config", "load_config", "save_config"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MODEL_CONFIGS",
+    "AnyModelConfig",
+    "DeepNATConfig",
+    "ModelConfig",
+    "TrainingConfig",
+    "Config",
+    "load_config",
+    "model_config_class",
+    "save_config",
+]
 
 #: Version of the config format written into model folders (``format_version:``); raise it when a change
-#: would make an older brainseg misread a newer folder.
+#: would make an older brainseg misread a newer folder. DeepNAT folders (``model.name: deepnat``) kept it
+#: at 1: a brainseg from before them reads their model section as a :class:`ModelConfig` and refuses its
+#: settings (``tasks``, ``coordinates``, ...) as unknown, and its family registry has no ``deepnat``
+#: either, so it refuses such a folder rather than misreading it.
 FORMAT_VERSION = 1
 
 
@@ -86,6 +100,84 @@ class ModelConfig:
     def needs_reference(self) -> bool:
         """Whether the model works in the reference space (any spatial prior, or asked)."""
         return self.reference_space or self.landmarks > 0 or self.prob_branch
+
+
+@dataclass(frozen=True)
+class DeepNATConfig:
+    """DeepNAT's network and inputs (Wachinger et al. 2018; see :class:`brainseg.models.wachinger2018.DeepNAT`).
+
+    Attributes
+    ----------
+    name : str
+        Registered model name (``'deepnat'``).
+    num_classes : int
+        Classes including background; 0 (the default) means "from the label
+        table", as in :class:`ModelConfig`.
+    tasks : {1, 7, 27}
+        Output heads: the patch centre, its 6 face neighbours too (the
+        paper's choice), or its whole 3 x 3 x 3 neighbourhood (section 2.3).
+    coordinates : {'none', 'cartesian', 'spectral', 'both'}
+        Per-voxel coordinates appended to the first fully connected layer's
+        output (section 2.4): none, Cartesian (mm from the brain's centre /
+        100 mm), spectral (Laplacian eigenvectors of the brain mask), or both
+        (the paper's choice; 6 values).
+    spectral_grid_mm : float
+        Spacing, in mm, of the grid the spectral coordinates are solved on
+        (:func:`brainseg.features.coordinates.spectral_coordinates`).
+    widths : tuple of 3 int
+        Filters of the three convolutions (paper Table 1: 32, 64, 64).
+    fc_widths : tuple of 2 int
+        Units of the two hidden fully connected layers (paper: 1024, 512).
+    dropout : float
+        Dropout after each hidden fully connected layer (paper: 0.5).
+    reference_space : bool
+        Register every scan affinely to the reference template and segment
+        there (not in the paper, which works on FreeSurfer's conformed 1 mm
+        grid).
+    """
+
+    name: str = "deepnat"
+    num_classes: int = 0
+    tasks: int = 7
+    coordinates: str = "both"
+    spectral_grid_mm: float = 2.0
+    widths: tuple[int, ...] = (32, 64, 64)
+    fc_widths: tuple[int, ...] = (1024, 512)
+    dropout: float = 0.5
+    reference_space: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse values the network cannot take, naming the setting."""
+        if self.tasks not in (1, 7, 27):
+            raise InputError(f"tasks must be 1, 7 or 27, got {self.tasks!r}")
+        if self.coordinates not in ("none", "cartesian", "spectral", "both"):
+            raise InputError(f"coordinates must be 'none', 'cartesian', 'spectral' or 'both', got {self.coordinates!r}")
+        grid = self.spectral_grid_mm
+        if isinstance(grid, bool) or not isinstance(grid, (int, float)) or not grid > 0:
+            raise InputError(f"spectral_grid_mm must be a positive number of mm, got {self.spectral_grid_mm!r}")
+        if len(self.widths) != 3 or len(self.fc_widths) != 2:
+            raise InputError(
+                f"widths needs 3 values and fc_widths 2, got {list(self.widths)} and {list(self.fc_widths)}"
+            )
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the model works in the reference space (only when asked: DeepNAT has no atlas prior)."""
+        return self.reference_space
+
+    @property
+    def batch_norm(self) -> bool:
+        """Always True: DeepNAT normalises conv2, conv3 and the second fully connected layer (paper Table 1)."""
+        return True
+
+
+#: A model section of any family: the dataclass :data:`MODEL_CONFIGS` picks by ``model.name``.
+AnyModelConfig = ModelConfig | DeepNATConfig
+
+#: Model names -> the dataclass their ``model:`` section is read into. A name not listed here (a family
+#: registered by other code) is read as a :class:`ModelConfig`; :func:`brainseg.families.family_of` refuses
+#: names without a family.
+MODEL_CONFIGS: dict[str, type] = {"basenet": ModelConfig, "ganaye2018": ModelConfig, "deepnat": DeepNATConfig}
 
 
 @dataclass(frozen=True)
@@ -186,7 +278,7 @@ class TrainingConfig:
 class Config:
     """A whole run: model and training settings."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: AnyModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
 
@@ -201,7 +293,10 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         if isinstance(default, tuple) or names[key].type.startswith("tuple"):
             value = tuple(value)
         kwargs[key] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except InputError as err:  # a value the dataclass refuses (__post_init__)
+        raise InputError(f"{where}: {err}") from None
 
 
 def _read_raw(path: Path, seen: set[Path]) -> dict[str, Any]:
@@ -278,8 +373,9 @@ def load_config(
         raise InputError(f"{path}: no such config file")
     raw = _read_raw(path, set())
     overrides = overrides or {}
+    model_values = {**(raw.get("model") or {}), **overrides.get("model", {})}
     try:
-        model = _build(ModelConfig, {**(raw.get("model") or {}), **overrides.get("model", {})}, f"{path}: model")
+        model = _build(model_config_class(model_values.get("name")), model_values, f"{path}: model")
         training = _build(
             TrainingConfig, {**(raw.get("training") or {}), **overrides.get("training", {})}, f"{path}: training"
         )
@@ -292,6 +388,24 @@ def load_config(
             f"{path}: a setting has the wrong type ({err}); compare it with the README's configs"
         ) from None
     return Config(model, training)
+
+
+def model_config_class(name: Any) -> type:
+    """The dataclass a ``model:`` section named ``name`` is read into (:data:`MODEL_CONFIGS`).
+
+    Parameters
+    ----------
+    name : str or None
+        ``model.name``; None (not given) means ``'basenet'``, the
+        :class:`ModelConfig` default. Names not in :data:`MODEL_CONFIGS` are
+        read as :class:`ModelConfig` (a family registered elsewhere).
+
+    Examples
+    --------
+    >>> model_config_class("deepnat").__name__, model_config_class(None).__name__
+    ('DeepNATConfig', 'ModelConfig')
+    """
+    return MODEL_CONFIGS.get(name if isinstance(name, str) else "basenet", ModelConfig)
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 
 from brainseg.config import Config, load_config, save_config
 from brainseg.errors import InputError
+from brainseg.families import family_of
 from brainseg.io.atomic import atomic_path, atomic_write_text, sha256_file
 from brainseg.labels import LabelTable
 from brainseg.models import build_model
@@ -337,8 +338,10 @@ def load_model_folder(path: str | Path | None = None) -> LoadedModel:
     reference = None
     if config.model.needs_reference:
         reference = load_reference(path / REFERENCE)
-        if config.model.prob_branch and reference.atlas is None:
-            raise InputError(f"{path / REFERENCE}: has no atlas.npz, which this model's ProbBranch needs")
+        if family_of(config.model).needs_atlas(config.model) and reference.atlas is None:
+            raise InputError(
+                f"{path / REFERENCE}: has no atlas.npz, which this model reads; copy the whole model folder"
+            )
     normalization = IntensityNormalization.load(path / "normalization.json")
     prior = None
     if (path / PRIOR_FILE).is_file():

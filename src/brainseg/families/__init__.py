@@ -8,13 +8,17 @@ reference space, the label table, the training loop, model folders, ``segment``,
 methods of :class:`Family`.
 
 The model folder names its family: ``model.name`` in its ``config.yaml`` (``basenet`` or
-``ganaye2018`` for Ganaye et al. 2018) is looked up in :data:`FAMILIES_BY_MODEL`. A new family
-subclasses :class:`Family`, implements its abstract methods, and registers its model names there.
+``ganaye2018`` for Ganaye et al. 2018, ``deepnat`` for Wachinger et al. 2018) is looked up in
+:data:`FAMILIES_BY_MODEL`. A new family subclasses :class:`Family`, implements its abstract methods,
+and registers its model names there; a family with its own model settings adds their dataclass to
+:data:`brainseg.config.MODEL_CONFIGS`. Every model configuration has ``name``, ``num_classes``,
+``dropout``, ``batch_norm``, ``reference_space`` and ``needs_reference``; the shared code reads
+nothing else of it, and asks the family the rest (:meth:`Family.needs_atlas`).
 
 The shapes every family shares:
 
 - a *working grid*: the 1 mm grid of the scan (RAS+), or the reference template's grid for
-  reference-space models (``ModelConfig.needs_reference``); images, masks and class maps handed
+  reference-space models (``needs_reference`` of the model configuration); images, masks and class maps handed
   to a family are on it;
 - *case inputs*: whatever the family computes once per image (:meth:`Family.case_inputs`), opaque
   to the shared code, read back by the family's sampler and predictor;
@@ -31,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainseg.config import Config, ModelConfig, TrainingConfig
+from brainseg.config import AnyModelConfig, Config, TrainingConfig
 from brainseg.features.atlas import ProbabilisticAtlas
 
 __all__ = ["CaseSampler", "FAMILIES_BY_MODEL", "Family", "family_of"]
@@ -41,11 +45,19 @@ class CaseSampler(Protocol):
     """Draws the training batches of one case (see :meth:`Family.case_sampler`)."""
 
     def draw(self, n: int, rng: np.random.Generator, tc: TrainingConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """``n`` training examples: network inputs by keyword (first axis ``n``) and target classes ``(n,)``."""
+        """``n`` training examples: network inputs by keyword (first axis ``n``) and target classes.
+
+        The targets are ``(n,)``, or ``(n, ...)`` for a family whose loss reads several classes per
+        example (DeepNAT's ``(n, T)``, one per task); the trainer concatenates them along axis 0
+        and casts them to int64.
+        """
         ...
 
     def class_frequencies(self, num_classes: int, mode: str) -> np.ndarray:
-        """Expected class frequencies, shape ``(num_classes,)``, of sampling ``mode`` (``'uniform'``: the brain's)."""
+        """Expected class frequencies, shape ``(num_classes,)``, of sampling ``mode`` (``'uniform'``: the brain's).
+
+        For multi-task targets: those of the examples' own voxels (what the main output predicts).
+        """
         ...
 
 
@@ -71,7 +83,7 @@ class Family(ABC):
     paper_results: dict[str, tuple[float | None, float | None, float | None, int | None]] = {}
 
     @abstractmethod
-    def build_network(self, cfg: ModelConfig) -> nn.Module:
+    def build_network(self, cfg: AnyModelConfig) -> nn.Module:
         """The untrained network a model configuration describes (``cfg.num_classes`` filled in)."""
 
     @abstractmethod
@@ -81,8 +93,9 @@ class Family(ABC):
     @abstractmethod
     def case_inputs(
         self,
-        cfg: ModelConfig,
+        cfg: AnyModelConfig,
         image: np.ndarray,
+        mask: np.ndarray,
         affine: np.ndarray,
         background: float,
         atlas: ProbabilisticAtlas | None,
@@ -91,9 +104,12 @@ class Family(ABC):
 
         Parameters
         ----------
-        cfg : ModelConfig
+        cfg : ModelConfig or DeepNATConfig
         image : ndarray of float32, shape (D, H, W)
             The normalised image on the working grid (RAS+).
+        mask : ndarray of bool, shape (D, H, W)
+            Brain mask on the working grid (the same as :meth:`case_sampler` and
+            :meth:`predict` receive), e.g. for coordinates relative to the brain.
         affine : ndarray of float64, shape (4, 4)
             Voxel -> mm of the working grid (identity on a scan's own 1 mm grid).
         background : float
@@ -103,12 +119,12 @@ class Family(ABC):
         """
 
     @abstractmethod
-    def case_sampler(self, cfg: ModelConfig, inputs: Any, classes: np.ndarray, mask: np.ndarray) -> CaseSampler:
+    def case_sampler(self, cfg: AnyModelConfig, inputs: Any, classes: np.ndarray, mask: np.ndarray) -> CaseSampler:
         """The training sampler of one case.
 
         Parameters
         ----------
-        cfg : ModelConfig
+        cfg : ModelConfig or DeepNATConfig
         inputs
             From :meth:`case_inputs` for the same image.
         classes : ndarray of uint8, shape (D, H, W)
@@ -164,12 +180,20 @@ class Family(ABC):
         """The name of a configuration's row in the ablation table (default: its description)."""
         return self.describe(config)
 
+    def needs_atlas(self, cfg: AnyModelConfig) -> bool:
+        """Whether :meth:`case_inputs` reads the reference's probabilistic atlas (default: False).
+
+        Training and model folders of such a configuration refuse a reference
+        without ``atlas.npz``, or one whose atlas has another number of classes.
+        """
+        return False
+
 
 #: Model names (``model.name`` of a config) -> their family; filled by the family modules below.
 FAMILIES_BY_MODEL: dict[str, Family] = {}
 
 
-def family_of(cfg: ModelConfig) -> Family:
+def family_of(cfg: AnyModelConfig) -> Family:
     """The family of a model configuration.
 
     Raises
@@ -185,9 +209,11 @@ def family_of(cfg: ModelConfig) -> Family:
 
 def _register() -> None:
     from brainseg.families.ganaye2018 import GANAYE2018
+    from brainseg.families.wachinger2018 import WACHINGER2018
 
     for name in ("basenet", "ganaye2018"):
         FAMILIES_BY_MODEL[name] = GANAYE2018
+    FAMILIES_BY_MODEL["deepnat"] = WACHINGER2018
 
 
 _register()

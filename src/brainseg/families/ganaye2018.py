@@ -161,11 +161,12 @@ class GanayeFamily(Family):
         self,
         cfg: ModelConfig,
         image: np.ndarray,
+        mask: np.ndarray,
         affine: np.ndarray,
         background: float,
         atlas: ProbabilisticAtlas | None,
     ) -> GanayeInputs:
-        """The multi-scale patch source in ``cfg.plane`` and the spatial priors' inputs."""
+        """The multi-scale patch source in ``cfg.plane`` and the spatial priors' inputs (``mask`` unused)."""
         return GanayeInputs(
             build_stack(image, cfg.plane, cfg.scales, background),
             spatial_inputs_for(cfg, image, affine, background, atlas),
@@ -211,6 +212,10 @@ class GanayeFamily(Family):
             progress=progress,
             logit_bias=logit_bias,
         )
+
+    def needs_atlas(self, cfg: ModelConfig) -> bool:
+        """Whether the ProbBranch (which reads the atlas) is switched on."""
+        return cfg.prob_branch
 
     def row_label(self, config: Config) -> str:
         """The paper's row name for a configuration (Tables 1 and 2)."""

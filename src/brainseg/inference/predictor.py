@@ -138,7 +138,7 @@ class Predictor:
         else:
             registered = register_to_reference(prepared, reference, matrix)
             image, mask, affine, atlas = registered.image, registered.mask, reference.affine, reference.atlas
-        inputs = family_of(cfg).case_inputs(cfg, image, affine, prepared.background, atlas)
+        inputs = family_of(cfg).case_inputs(cfg, image, mask, affine, prepared.background, atlas)
         return inputs, mask, registered
 
     def predict(

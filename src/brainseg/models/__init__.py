@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from brainseg.config import ModelConfig
+from brainseg.config import AnyModelConfig
 from brainseg.models.ganaye2018 import BaseNet, GanayeNet
 
 __all__ = ["BaseNet", "GanayeNet", "build_model", "count_parameters"]
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """Build the network a :class:`ModelConfig` describes, through its family (:mod:`brainseg.families`).
+def build_model(cfg: AnyModelConfig) -> nn.Module:
+    """Build the network a model configuration describes, through its family (:mod:`brainseg.families`).
 
     Raises
     ------

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from brainseg.config import ModelConfig
+from brainseg.config import AnyModelConfig
 from brainseg.errors import InputError
 from brainseg.families import CaseSampler, family_of
 from brainseg.io.manifest import Case
@@ -86,7 +86,7 @@ def load_prepared_case(
 def load_training_case(
     case: Case,
     labels: LabelTable,
-    model: ModelConfig,
+    model: AnyModelConfig,
     normalization: IntensityNormalization,
     reference: Reference | None = None,
 ) -> TrainingCase:
@@ -96,7 +96,7 @@ def load_training_case(
     ----------
     case : Case
     labels : LabelTable
-    model : ModelConfig
+    model : ModelConfig or DeepNATConfig
     normalization : IntensityNormalization
     reference : Reference, optional
         Required by reference-space models; its stored transform of the case
@@ -122,6 +122,6 @@ def load_training_case(
         image, mask, affine = registered.image, registered.mask, reference.affine
     atlas = reference.atlas if reference is not None else None
     family = family_of(model)
-    inputs = family.case_inputs(model, image, affine, prepared.background, atlas)
+    inputs = family.case_inputs(model, image, mask, affine, prepared.background, atlas)
     sampler = family.case_sampler(model, inputs, classes, mask)
     return TrainingCase(case.case_id, prepared, classes, mask, inputs, sampler, registered)

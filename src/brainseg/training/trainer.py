@@ -335,6 +335,7 @@ def train(
         )
     config = replace(config, model=replace(config.model, num_classes=labels.num_classes))
     log.info("label table %s: %d classes", tc.labels, labels.num_classes)
+    family = family_of(config.model)
     reference = None
     if config.model.needs_reference:
         if not tc.reference:
@@ -343,9 +344,9 @@ def train(
                 "'brainseg atlas build'"
             )
         reference = load_reference(tc.reference)
-        if config.model.prob_branch and reference.atlas is None:
-            raise InputError(f"{tc.reference}: has no atlas.npz; the ProbBranch needs one")
-        if config.model.prob_branch and reference.atlas.num_classes != labels.num_classes:
+        if family.needs_atlas(config.model) and reference.atlas is None:
+            raise InputError(f"{tc.reference}: has no atlas.npz; this model reads the probabilistic atlas")
+        if family.needs_atlas(config.model) and reference.atlas.num_classes != labels.num_classes:
             raise InputError(
                 f"{tc.reference}: its atlas has {reference.atlas.num_classes} classes, the label table "
                 f"({tc.labels}) {labels.num_classes}; build the atlas with the same table "
@@ -359,7 +360,6 @@ def train(
     prior = sampling_prior(train_cases, labels.num_classes, tc.sampling)
 
     torch.manual_seed(tc.seed)
-    family = family_of(config.model)
     network = build_model(config.model)
     if tc.init_from and not resume:
         copied = initialise_from(network, tc.init_from)
