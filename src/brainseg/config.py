@@ -134,6 +134,24 @@ class DeepNATConfig:
         Register every scan affinely to the reference template and segment
         there (not in the paper, which works on FreeSurfer's conformed 1 mm
         grid).
+    cascade : bool
+        The paper's hierarchy (section 2.2, the default): network 1 separates
+        foreground from background, network 2 labels the structures
+        (:class:`brainseg.models.wachinger2018.DeepNATCascade`; needs at least
+        3 classes). False: the one-step variant, one network over all classes.
+    fg_bg_per_image : int
+        ``training.sampling: deepnat`` (section 3): the pool of network 1 holds
+        at most this many foreground and as many background voxels per image
+        (paper: 30,000); the one-step variant caps its background class by it.
+    per_structure : int
+        ``training.sampling: deepnat``: the pool of network 2 (and the
+        structures of the one-step variant's) holds at most this many voxels of
+        each structure per image (paper: 3,000).
+    double_classes : tuple of int
+        Class indices (``class_index`` of the label table, never label
+        numbers) whose cap is ``2 * per_structure``: the paper doubles it for
+        cerebral white matter and cortex, e.g. ``[1, 2, 15, 16]`` with
+        ``configs/deepnat25_labels.tsv``. Background (0) cannot be listed.
     """
 
     name: str = "deepnat"
@@ -145,6 +163,10 @@ class DeepNATConfig:
     fc_widths: tuple[int, ...] = (1024, 512)
     dropout: float = 0.5
     reference_space: bool = False
+    cascade: bool = True
+    fg_bg_per_image: int = 30_000
+    per_structure: int = 3_000
+    double_classes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         """Refuse values the network cannot take, naming the setting."""
@@ -158,6 +180,27 @@ class DeepNATConfig:
         if len(self.widths) != 3 or len(self.fc_widths) != 2:
             raise InputError(
                 f"widths needs 3 values and fc_widths 2, got {list(self.widths)} and {list(self.fc_widths)}"
+            )
+        if not isinstance(self.cascade, bool):
+            raise InputError(f"cascade must be true or false, got {self.cascade!r}")
+        if self.cascade and self.num_classes in (1, 2):
+            raise InputError(
+                f"cascade: the hierarchy needs at least 2 structures besides background, the label table has "
+                f"{self.num_classes} classes; set cascade: false"
+            )
+        for key in ("fg_bg_per_image", "per_structure"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{key} must be a positive number of voxels, got {value!r}")
+        bad = [
+            c
+            for c in self.double_classes
+            if isinstance(c, bool) or not isinstance(c, int) or c < 1 or 0 < self.num_classes <= c
+        ]
+        if bad:
+            raise InputError(
+                f"double_classes {list(self.double_classes)}: {bad} are not structure class indices "
+                f"(1 .. num_classes - 1; class indices of the label table, not label numbers)"
             )
 
     @property

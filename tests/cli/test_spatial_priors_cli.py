@@ -168,9 +168,24 @@ def test_ablation_prints_table_and_reuses_runs(reference, tmp_path, capsys):
     assert lines[2].startswith("| +Dist (conv, no rbf) |") and "| 0.720 | 10.09 | 1.10 | 1,508,511 |" in lines[2]
     assert "Budget per row: 1 epochs x 256 patches" in table
     assert (out / "ablation.md").read_text() == table
+    # the second table: Dice over structures, each row tested against the first one (the default reference)
+    assert lines[3].startswith("| model | structures | median Dice | mean Dice |")
+    assert lines[4].startswith("| BaseNet | 2 |") and lines[4].endswith("| (reference) | – |")
+    assert lines[5].startswith("| +Dist (conv, no rbf) | 2 |") and "against the reference row, BaseNet" in table
+    for png in ("dice_by_variant.png", "dice_by_structure.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stamp = (out / "basenet" / "weights.safetensors").stat().st_mtime_ns
-    assert main(["ablation", str(base), str(dist), "-o", str(out), "--no-progress"]) == 0  # reused, not retrained
+    record = json.loads((out / "dist" / "ablation_row.json").read_text())
+    assert set(record["structure_dice"]) == {"c"} and len(record["structure_dice"]["c"]) == 2
+    del record["structure_dice"]  # a row recorded before per-structure Dice was kept: read from validation.csv
+    (out / "dist" / "ablation_row.json").write_text(json.dumps(record))
+    argv = ["ablation", str(base), str(dist), "-o", str(out), "--no-progress", "--reference", "dist"]
+    assert main(argv) == 0  # reused, not retrained
     assert (out / "basenet" / "weights.safetensors").stat().st_mtime_ns == stamp
+    assert "against the reference row, +Dist (conv, no rbf) (`dist`)" in (out / "ablation.md").read_text()
+    capsys.readouterr()
+    assert main([*argv[:-1], "nosuch"]) == 2
+    assert "--reference 'nosuch' names none of the configs (basenet, dist)" in capsys.readouterr().err
 
     # A row with the same settings in a sibling study folder is reused too (Table 2 shares a row with Table 1).
     assert main(["ablation", str(dist), "-o", str(tmp_path / "table2"), "--no-progress"]) == 0

@@ -1,4 +1,7 @@
-"""DeepNAT (Wachinger et al. 2018) as a family: config, multi-task sampler and loss, dense predictor, CLI."""
+"""DeepNAT (Wachinger et al. 2018) as a family, one-step variant: config, multi-task sampler and loss, dense predictor, CLI.
+
+The hierarchy (cascade), the capped pools and the jitter are tested in ``test_wachinger2018_cascade.py``.
+"""
 
 from __future__ import annotations
 
@@ -63,6 +66,8 @@ def test_config_parses_by_model_name_and_round_trips(tmp_path):
     assert config.model.tasks == 27 and config.model.coordinates == "spectral"
     assert config.model.widths == (4, 4, 4) and config.model.fc_widths == (16, 8)
     assert config.model.spectral_grid_mm == 2.0 and not config.model.needs_reference
+    assert config.model.cascade and config.model.double_classes == ()  # the paper's hierarchy by default
+    assert (config.model.fg_bg_per_image, config.model.per_structure) == (30_000, 3_000)
     assert config.model.batch_norm  # every model config has the attributes the shared code reads
     assert family_of(config.model) is WACHINGER2018
     save_config(config, tmp_path / "saved.yaml")
@@ -81,6 +86,11 @@ def test_config_parses_by_model_name_and_round_trips(tmp_path):
         ("coordinates: polar", "coordinates must be"),
         ("spectral_grid_mm: 0", "spectral_grid_mm must be a positive"),
         ("widths: [4, 4]", "widths needs 3 values"),
+        ("cascade: maybe", "cascade must be true or false"),
+        ("per_structure: 0", "per_structure must be a positive number of voxels"),
+        ("fg_bg_per_image: 1.5", "fg_bg_per_image must be a positive number of voxels"),
+        ("double_classes: [0, 2]", r"double_classes \[0, 2\]: \[0\] are not structure class indices"),
+        ("num_classes: 2", "the hierarchy needs at least 2 structures"),
     ],
 )
 def test_config_refuses_ganaye_settings_and_bad_values(tmp_path, setting, match):
@@ -114,7 +124,7 @@ def test_task_targets_are_the_classes_of_the_shifted_voxels():
     assert targets[2].tolist() == [60, 30, 90, 0, 66, 0, 61]
 
 
-@pytest.mark.parametrize("mode", ["uniform", "balanced", "mixed"])
+@pytest.mark.parametrize("mode", ["uniform", "balanced", "mixed", "deepnat"])
 def test_sampler_draws_patches_coordinates_and_targets_of_the_same_voxels(rng, mode):
     shape = (7, 9, 8)
     classes = (np.arange(np.prod(shape)) % 5).astype(np.uint8).reshape(shape)
@@ -122,7 +132,7 @@ def test_sampler_draws_patches_coordinates_and_targets_of_the_same_voxels(rng, m
     mask[1:6, 2:8, 1:7] = True
     classes[~mask] = 0
     image = rng.standard_normal(shape).astype(np.float32)
-    cfg = DeepNATConfig(num_classes=5, tasks=7, coordinates="cartesian", **TINY)
+    cfg = DeepNATConfig(num_classes=5, tasks=7, coordinates="cartesian", cascade=False, per_structure=4, **TINY)
     inputs = WACHINGER2018.case_inputs(cfg, image, mask, np.eye(4), -2.5, None)
     sampler = WACHINGER2018.case_sampler(cfg, inputs, classes, mask)
     assert isinstance(sampler, DeepNATSampler)
@@ -146,22 +156,28 @@ def test_sampler_draws_patches_coordinates_and_targets_of_the_same_voxels(rng, m
     assert batch["patches"].shape == (25, 1, 23, 23, 23) and batch["coordinates"].shape == (25, 3)
 
 
-def test_sampler_without_coordinates_and_refused_augmentation(rng):
+def test_sampler_without_coordinates_and_refused_settings(rng):
     mask = _ellipsoid((9, 10, 8))
     classes = np.where(mask, 1, 0).astype(np.uint8)
-    cfg = DeepNATConfig(num_classes=2, tasks=27, coordinates="none", **TINY)
+    cfg = DeepNATConfig(num_classes=2, tasks=27, coordinates="none", cascade=False, **TINY)
     inputs = WACHINGER2018.case_inputs(
         cfg, rng.standard_normal(mask.shape).astype(np.float32), mask, np.eye(4), 0, None
     )
     sampler = WACHINGER2018.case_sampler(cfg, inputs, classes, mask)
     values, targets = sampler.draw(6, rng, TrainingConfig())
     assert set(values) == {"patches"} and targets.shape == (6, 27)
-    with pytest.raises(InputError, match="augment"):
-        sampler.draw(6, rng, TrainingConfig(augment=True))
+    with pytest.raises(InputError, match="auxiliary classifiers"):
+        sampler.draw(6, rng, TrainingConfig(auxiliary_weights=(0.3, 0.0)))
+    with pytest.raises(InputError, match="BaseNet's patch augmentation"):
+        sampler.draw(6, rng, TrainingConfig(augment=True, augment_rotation_deg=5.0))
+    with pytest.raises(InputError, match="DeepNAT samples 'uniform', 'balanced', 'mixed', 'deepnat'"):
+        sampler.draw(6, rng, TrainingConfig(sampling="slices"))
+    with pytest.raises(InputError, match="training.sampling 'slices'"):
+        sampler.class_frequencies(2, "slices")
 
 
 def test_loss_is_the_sum_of_the_tasks_cross_entropies(rng):
-    cfg = DeepNATConfig(num_classes=4, tasks=7, coordinates="cartesian", **TINY)
+    cfg = DeepNATConfig(num_classes=4, tasks=7, coordinates="cartesian", cascade=False, **TINY)
     torch.manual_seed(0)
     network = build_model(cfg).eval()
     batch = {"patches": torch.randn(5, 1, 23, 23, 23), "coordinates": torch.randn(5, 3)}
@@ -199,7 +215,7 @@ def _tiny_network(cfg: DeepNATConfig) -> DeepNAT:
 def test_predict_equals_patch_by_patch_with_eq3_averaging(rng, coordinates, use_bias):
     mask = _ellipsoid()
     image = np.where(mask, rng.standard_normal(mask.shape), -1.3).astype(np.float32)
-    cfg = DeepNATConfig(num_classes=4, tasks=7, coordinates=coordinates, **TINY)
+    cfg = DeepNATConfig(num_classes=4, tasks=7, coordinates=coordinates, cascade=False, **TINY)
     network = _tiny_network(cfg)
     inputs = WACHINGER2018.case_inputs(cfg, image, mask, np.diag([1.0, 1.0, 1.2, 1.0]), -1.3, None)
     assert inputs.coordinates.shape == ({"both": 6, "none": 0}[coordinates],) + mask.shape
@@ -235,10 +251,14 @@ def test_predict_equals_patch_by_patch_with_eq3_averaging(rng, coordinates, use_
 def test_describe_and_row_label():
     config = Config(DeepNATConfig())
     assert (
-        WACHINGER2018.describe(config) == "DeepNAT (23^3 patches, 7 tasks, Cartesian + spectral coordinates, one step)"
+        WACHINGER2018.describe(config)
+        == "DeepNAT (23^3 patches, 7 tasks, Cartesian + spectral coordinates, hierarchical)"
     )
-    assert WACHINGER2018.row_label(config) == "Cartesian + spectral, one step, 7 tasks"
-    tiny = Config(DeepNATConfig(tasks=1, coordinates="none", **TINY))
+    assert WACHINGER2018.row_label(config) == "Cartesian + spectral, hierarchical, 7 tasks"
+    jittered = Config(DeepNATConfig(), TrainingConfig(augment=True))
+    assert WACHINGER2018.describe(jittered).endswith("hierarchical), jitter of 1 voxel")
+    assert WACHINGER2018.row_label(jittered) == "Cartesian + spectral, hierarchical, 7 tasks, jitter"
+    tiny = Config(DeepNATConfig(tasks=1, coordinates="none", cascade=False, **TINY))
     assert WACHINGER2018.describe(tiny).startswith("DeepNAT (23^3 patches, 1 task, no coordinates, one step), conv")
     assert WACHINGER2018.row_label(tiny) == "no coordinates, one step, 1 task [widths [4, 4, 4], [16, 8]]"
     assert "2,764,000 (7 tasks)" in WACHINGER2018.paper_parameters
@@ -249,7 +269,14 @@ def test_describe_and_row_label():
 
 def test_deepnat_trains_segments_evaluates_calibrates_and_is_described(tmp_path, tiny_manifest, capsys):
     config = {
-        "model": {"name": "deepnat", "widths": [4, 4, 4], "fc_widths": [16, 8], "dropout": 0.0, "tasks": 7},
+        "model": {
+            "name": "deepnat",
+            "widths": [4, 4, 4],
+            "fc_widths": [16, 8],
+            "dropout": 0.0,
+            "tasks": 7,
+            "cascade": False,
+        },
         "training": {
             "manifest": "cases.csv",
             "train_cases": ["a", "b"],

@@ -13,6 +13,7 @@ from brainseg.models.wachinger2018 import (
     PAPER_PARAMETER_COUNTS,
     PATCH_SIZE,
     DeepNAT,
+    DeepNATCascade,
     average_task_probabilities,
     paper_parameter_count,
     task_offsets,
@@ -123,6 +124,13 @@ def test_paper_parameter_count(tasks):
     assert _paper_arithmetic(25, tasks, 6) == PAPER_PARAMETER_COUNTS[tasks]
     assert paper_parameter_count(DeepNAT(25, tasks=tasks, coordinates=6)) == PAPER_PARAMETER_COUNTS[tasks]
     assert PAPER_PARAMETER_COUNTS == {1: 2_687_200, 7: 2_764_000}
+
+
+def test_paper_parameter_count_of_the_cascade_counts_both_networks():
+    # network 2 is the paper's 25-output network; network 1 the same with 2 outputs (512 x 2 per head)
+    cascade = DeepNATCascade(26, tasks=7, coordinates=6)
+    assert paper_parameter_count(cascade.structures) == PAPER_PARAMETER_COUNTS[7]
+    assert paper_parameter_count(cascade) == PAPER_PARAMETER_COUNTS[7] + _paper_arithmetic(2, 7, 6) == 5_445_568
 
 
 def test_paper_parameter_count_without_coordinates_does_not_match():

@@ -78,3 +78,16 @@ def test_errors(classes, mask, rng):
         sampler.sample(10, rng, "stratified")
     with pytest.raises(ValueError, match="shape"):
         VoxelSampler(classes, mask[:, :, :-1])
+
+
+def test_sample_pool_draws_the_pool_proportions(classes, mask, rng):
+    sampler = VoxelSampler(classes, mask)
+    # a pool of 10 background, 20 class-1 and 10 class-2 voxels (of 3 present), none of class 3
+    drawn = classes[tuple(sampler.sample_pool(8000, rng, np.array([10, 20, 10, 0])).T)]
+    np.testing.assert_allclose(np.bincount(drawn, minlength=4) / 8000, [0.25, 0.5, 0.25, 0], atol=0.02)
+    with pytest.raises(ValueError, match="within the class counts"):
+        sampler.sample_pool(5, rng, np.array([0, 0, 0, 2]))  # class 3 has a single voxel
+    with pytest.raises(ValueError, match="not all 0"):
+        sampler.sample_pool(5, rng, np.zeros(4, int))
+    with pytest.raises(ValueError, match="absent from the sampled region"):
+        sampler.sample_pool(5, rng, np.array([1, 1, 1, 1, 1]))

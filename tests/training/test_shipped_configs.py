@@ -106,3 +106,48 @@ def test_every_paper_row_gets_the_papers_figures():
         1.0,
     )
     assert "| 0.748 | 9.66 | 1.00 | 2,847,794 |" in format_table([row], paper_results=PAPER_RESULTS)
+
+
+DEEPNAT = CONFIGS / "deepnat_ablation"
+
+
+def test_deepnat_configs_use_the_25_and_134_protocols_on_the_shipped_split():
+    from brainseg.config import DeepNATConfig
+
+    deepnat25 = load_config(CONFIGS / "deepnat25_miccai2012.yaml")
+    basenet = load_config(CONFIGS / "basenet_miccai2012.yaml")
+    assert isinstance(deepnat25.model, DeepNATConfig) and deepnat25.model.name == "deepnat"
+    assert resolve_label_table(deepnat25.training.labels).num_classes == 26
+    for key in ("manifest", "train_cases", "validation_cases"):
+        assert getattr(deepnat25.training, key) == getattr(basenet.training, key), key
+    # the 134-structure config differs from the 25-structure one by its label table only
+    labels = _changes(CONFIGS / "deepnat25_miccai2012.yaml", CONFIGS / "deepnat134_miccai2012.yaml")
+    assert labels == {("training", "labels"): "miccai2012"}
+
+
+def test_deepnat_ablation_rows_change_one_setting_each():
+    """Wachinger et al. 2018, Fig. 4: hierarchical / one step, coordinates none / Cartesian / spectral / both, 1 / 7 / 27 tasks."""
+    base = load_config(DEEPNAT / "base.yaml").model
+    assert (base.cascade, base.coordinates, base.tasks) == (True, "both", 7)  # the paper's choices
+    expected = {
+        "one_step.yaml": {("model", "cascade"): False},
+        "coordinates_none.yaml": {("model", "coordinates"): "none"},
+        "coordinates_cartesian.yaml": {("model", "coordinates"): "cartesian"},
+        "coordinates_spectral.yaml": {("model", "coordinates"): "spectral"},
+        "tasks_1.yaml": {("model", "tasks"): 1},
+        "tasks_27.yaml": {("model", "tasks"): 27},
+    }
+    assert {p.name for p in DEEPNAT.glob("*.yaml")} == {"base.yaml", *expected}
+    for name, change in expected.items():
+        assert _changes(DEEPNAT / "base.yaml", DEEPNAT / name) == change, name
+    # the base differs from the 25-structure config by the ablation budget only
+    budget = _changes(CONFIGS / "deepnat25_miccai2012.yaml", DEEPNAT / "base.yaml")
+    assert {key for _, key in budget} <= {"epochs", "samples_per_epoch", "num_threads", "validate_every"}
+    labels = {row_label_of(DEEPNAT / name) for name in ["base.yaml", *expected]}
+    assert len(labels) == len(expected) + 1  # every row has its own label in the tables
+
+
+def row_label_of(path: Path) -> str:
+    from brainseg.training.ablation import row_label
+
+    return row_label(load_config(path))

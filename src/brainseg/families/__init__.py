@@ -48,8 +48,10 @@ class CaseSampler(Protocol):
         """``n`` training examples: network inputs by keyword (first axis ``n``) and target classes.
 
         The targets are ``(n,)``, or ``(n, ...)`` for a family whose loss reads several classes per
-        example (DeepNAT's ``(n, T)``, one per task); the trainer concatenates them along axis 0
-        and casts them to int64.
+        example (DeepNAT's ``(n, T)``, one per task, or ``(n, T, 2)`` for its two networks); the
+        trainer concatenates inputs and targets along axis 0 and casts the targets to int64, so
+        row ``i`` of every array must belong to example ``i`` (negative targets survive the cast,
+        e.g. as a family's "masked" marker).
         """
         ...
 
@@ -57,6 +59,7 @@ class CaseSampler(Protocol):
         """Expected class frequencies, shape ``(num_classes,)``, of sampling ``mode`` (``'uniform'``: the brain's).
 
         For multi-task targets: those of the examples' own voxels (what the main output predicts).
+        For a model of several networks: those of the prior its combined output was trained under.
         """
         ...
 

@@ -46,6 +46,19 @@ float32 sums only for the mask voxels of the ``t + 2`` slices a slab of
 tiles points at; :func:`segment_dense3d` also reduces each finished slab to
 its arg-max, so that a class map never needs the ``(C, D, H, W)`` array.
 
+The hierarchy
+-------------
+A :class:`~brainseg.models.wachinger2018.DeepNATCascade` runs both of its
+networks densely over every mask voxel, tile by tile, one conv stage at a
+time: the foreground network's per-task logits of the tile's voxels are kept
+(2 classes each), then the structure network's conv stage runs and its logits
+are combined with them chunk by chunk
+(:func:`~brainseg.models.wachinger2018.cascade_log_probabilities`). The
+combined log-probabilities then take the place of one network's logits: the
+``logit_bias`` is added to them, the softmax renormalises (``P exp(b) /
+sum``), and Eq. 3 averages the heads. Peak memory is one conv stage's, as for
+a single network; time is about twice.
+
 Measured on one CPU thread for a 24 x 100 x 180 volume with 264,280 mask
 voxels, 135 classes, 7 tasks and 6 coordinates: resident memory grew by
 0.9-1.0 GB besides the float16 output at the default budget (105 s), and by
@@ -57,7 +70,7 @@ in float16 and 3.8 GB in float32.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -65,7 +78,14 @@ import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from tqdm import tqdm
 
-from brainseg.models.wachinger2018 import FEATURE_GRID, PATCH_SIZE, DeepNAT
+from brainseg.models.wachinger2018 import (
+    FEATURE_GRID,
+    PATCH_SIZE,
+    DeepNAT,
+    DeepNATCascade,
+    DeepNATModel,
+    cascade_log_probabilities,
+)
 
 __all__ = [
     "choose_tile_size",
@@ -125,7 +145,14 @@ def _coordinates(coordinates: np.ndarray | None) -> np.ndarray | None:
     return None if coordinates is None or len(coordinates) == 0 else coordinates
 
 
-def _bias(model: DeepNAT, logit_bias: np.ndarray | None) -> torch.Tensor | None:
+def _members(model: DeepNATModel) -> tuple[list[DeepNAT], Callable[..., torch.Tensor] | None]:
+    """The networks whose convolutions run densely, and how their logits combine (None: the only one's)."""
+    if isinstance(model, DeepNATCascade):
+        return [model.foreground, model.structures], cascade_log_probabilities
+    return [model], None
+
+
+def _bias(model: DeepNATModel, logit_bias: np.ndarray | None) -> torch.Tensor | None:
     """The logit shift as a float32 tensor ``(C,)`` on the model's device, or None."""
     if logit_bias is None:
         return None
@@ -135,7 +162,7 @@ def _bias(model: DeepNAT, logit_bias: np.ndarray | None) -> torch.Tensor | None:
     return bias.to(next(model.parameters()).device)
 
 
-def _check_inputs(model: DeepNAT, image: np.ndarray, coordinates: np.ndarray | None) -> None:
+def _check_inputs(model: DeepNATModel, image: np.ndarray, coordinates: np.ndarray | None) -> None:
     if model.training:
         raise ValueError("call model.eval() before inference")
     if image.ndim != 3:
@@ -150,7 +177,7 @@ def _check_inputs(model: DeepNAT, image: np.ndarray, coordinates: np.ndarray | N
 
 @torch.no_grad()
 def predict_patches3d(
-    model: DeepNAT,
+    model: DeepNATModel,
     image: np.ndarray,
     indices: np.ndarray,
     coordinates: np.ndarray | None = None,
@@ -163,8 +190,9 @@ def predict_patches3d(
 
     Parameters
     ----------
-    model : DeepNAT
-        In eval mode.
+    model : DeepNAT or DeepNATCascade
+        In eval mode; a cascade's forward pass gives its combined log-probabilities, which
+        stand for the logits here.
     image : ndarray of float32, shape (D, H, W)
         Preprocessed intensities.
     indices : ndarray of int, shape (N, 3)
@@ -177,8 +205,9 @@ def predict_patches3d(
     batch_size : int
         Patches per forward pass.
     logit_bias : ndarray of float, shape (C,), optional
-        Added to every head's logits before its softmax (the sampling
-        prior's correction, :mod:`brainseg.postprocessing.prior`).
+        Added to every head's logits (a cascade's combined log-probabilities)
+        before its softmax (the sampling prior's correction,
+        :mod:`brainseg.postprocessing.prior`).
 
     Returns
     -------
@@ -380,7 +409,7 @@ class _Runner:
 
     def __init__(
         self,
-        model: DeepNAT,
+        model: DeepNATModel,
         image: np.ndarray,
         mask: np.ndarray,
         coordinates: np.ndarray | None,
@@ -400,13 +429,17 @@ class _Runner:
         self.model, self.mask, self.coordinates = model, mask, coordinates
         self.device = next(model.parameters()).device
         self.bias = _bias(model, logit_bias)
-        self.net = _DenseConvStage(model)
+        self.members, self.combine = _members(model)
+        self.stages = [_DenseConvStage(member) for member in self.members]
         self.padded = np.pad(image, [(HALO, HALO + 1)] * 3, constant_values=background)
         self.voxel_batch, self.bf16 = int(voxel_batch), bool(bf16)
         self.box = [(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask)] if mask.any() else None
         if tile_size is None:
             width = self.box[2][1] - self.box[2][0] if self.box else 1
-            widths = (model.conv1.out_channels, model.conv2.out_channels, model.conv3.out_channels)
+            # the members' conv stages run one after the other: the widest sets the budget
+            widths = tuple(
+                max(getattr(m, name).out_channels for m in self.members) for name in ("conv1", "conv2", "conv3")
+            )
             tile_size = choose_tile_size(width, memory_bytes=memory_bytes, widths=widths)
         self.tile = int(tile_size)
 
@@ -433,23 +466,39 @@ class _Runner:
         # Region of the padded image: padded index of voxel v is v + 11; one extra voxel on the far side.
         region = self.padded[tuple(slice(a, b + 2 * HALO + 1) for a, b in zip(lo, hi))]
         x = torch.from_numpy(np.ascontiguousarray(region))[None, None].to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            variants = self.net(x)
-        variants = [v.float() for v in variants]
         inside = self.mask[tuple(slice(a, b) for a, b in zip(lo, hi))]
         local = np.argwhere(inside)
-        for start in range(0, len(local), self.voxel_batch):
-            chunk = local[start : start + self.voxel_batch]
-            voxels = chunk + lo
-            features = _gather_features(variants, torch.from_numpy(chunk).to(self.device))
-            coords = None
-            if self.coordinates is not None:
-                values = self.coordinates[:, voxels[:, 0], voxels[:, 1], voxels[:, 2]].T
-                coords = torch.from_numpy(np.asarray(values, np.float32)).to(self.device)
-            logits = self.model.head(features, coords)
+        chunks = [local[start : start + self.voxel_batch] for start in range(0, len(local), self.voxel_batch)]
+        # All members but the last (a cascade's foreground network: 2 classes) keep their logits of the whole
+        # tile, so that only one conv stage is alive at a time; the last one's are combined chunk by chunk.
+        earlier = []
+        for stage, member in zip(self.stages[:-1], self.members[:-1]):
+            variants = self._conv(stage, x)
+            earlier.append([self._head(member, variants, chunk, lo) for chunk in chunks])
+            del variants
+        variants = self._conv(self.stages[-1], x)
+        for i, chunk in enumerate(chunks):
+            logits = self._head(self.members[-1], variants, chunk, lo)
+            if self.combine is not None:
+                logits = self.combine(*(e[i] for e in earlier), logits)
             if self.bias is not None:
                 logits = logits + self.bias
-            yield voxels, torch.softmax(logits, dim=2).float().cpu()
+            yield chunk + lo, torch.softmax(logits, dim=2).float().cpu()
+
+    def _conv(self, stage: _DenseConvStage, x: torch.Tensor) -> list[torch.Tensor]:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            variants = stage(x)
+        return [v.float() for v in variants]
+
+    def _head(self, member: DeepNAT, variants: list[torch.Tensor], chunk: np.ndarray, lo: np.ndarray) -> torch.Tensor:
+        # Per-task logits (n, T, C) of one member at the tile's local voxels ``chunk``.
+        features = _gather_features(variants, torch.from_numpy(chunk).to(self.device))
+        coords = None
+        if self.coordinates is not None:
+            voxels = chunk + lo
+            values = self.coordinates[:, voxels[:, 0], voxels[:, 1], voxels[:, 2]].T
+            coords = torch.from_numpy(np.asarray(values, np.float32)).to(self.device)
+        return member.head(features, coords)
 
 
 def _mask_rows(mask: np.ndarray) -> np.ndarray:
@@ -496,7 +545,7 @@ def _finish(out: np.ndarray, mask: np.ndarray, total: torch.Tensor, count: torch
 
 
 def predict_task_probabilities3d(
-    model: DeepNAT,
+    model: DeepNATModel,
     image: np.ndarray,
     mask: np.ndarray,
     coordinates: np.ndarray | None = None,
@@ -514,8 +563,8 @@ def predict_task_probabilities3d(
 
     Parameters
     ----------
-    model : DeepNAT
-        In eval mode.
+    model : DeepNAT or DeepNATCascade
+        In eval mode (a cascade: see the module docstring).
     image : ndarray of float32, shape (D, H, W)
         Preprocessed intensities.
     mask : ndarray of bool, shape (D, H, W)
@@ -619,7 +668,7 @@ def combine_task_probabilities(
 
 
 def predict_dense3d(
-    model: DeepNAT,
+    model: DeepNATModel,
     image: np.ndarray,
     mask: np.ndarray,
     coordinates: np.ndarray | None = None,
@@ -642,8 +691,8 @@ def predict_dense3d(
 
     Parameters
     ----------
-    model : DeepNAT
-        In eval mode.
+    model : DeepNAT or DeepNATCascade
+        In eval mode (a cascade: see the module docstring).
     image : ndarray of float32, shape (D, H, W)
         Preprocessed intensities.
     mask : ndarray of bool, shape (D, H, W)
@@ -679,7 +728,7 @@ def predict_dense3d(
 
 
 def segment_dense3d(
-    model: DeepNAT,
+    model: DeepNATModel,
     image: np.ndarray,
     mask: np.ndarray,
     coordinates: np.ndarray | None = None,

@@ -59,9 +59,13 @@ Deviations from the paper
   fan-in + fan-out (:func:`torch.nn.init.xavier_uniform_`), biases with zero.
   The authors' Caffe implementation presumably used Caffe's ``xavier`` filler,
   whose default scales by the fan-in only (variance ``1 / fan_in``).
-- The hierarchical pair of networks (foreground/background, then 25
-  structures, section 2.2) and the 3-D fully connected CRF (section 2.5) are
-  not part of this module: it is one network with ``num_classes`` outputs.
+- The hierarchy of section 2.2 is :class:`DeepNATCascade`, one module
+  holding both networks so that the pipeline trains and stores it as one
+  network: the two are trained jointly (the sum of their losses; they share
+  no parameters, so each receives the gradient of its own loss only), where
+  the paper trains them one after the other. Their outputs are combined into
+  one distribution per head (:func:`cascade_log_probabilities`). The 3-D
+  fully connected CRF (section 2.5) is not part of this module.
 - The number of coordinates is a parameter (0, 3 or 6 are the useful values);
   computing them (Laplace-Beltrami eigenfunctions, section 2.4) is done
   elsewhere.
@@ -80,7 +84,10 @@ from torch import nn
 
 __all__ = [
     "DeepNAT",
+    "DeepNATCascade",
+    "DeepNATModel",
     "average_task_probabilities",
+    "cascade_log_probabilities",
     "paper_parameter_count",
     "task_offsets",
     "FEATURE_GRID",
@@ -182,8 +189,8 @@ class DeepNAT(nn.Module):
     Deviations from the paper
     -------------------------
     See the module docstring: no bias before batch normalisation, Glorot
-    (fan-in + fan-out) Xavier initialisation, a single network (no hierarchy,
-    no CRF).
+    (fan-in + fan-out) Xavier initialisation, a single network (the
+    hierarchy is :class:`DeepNATCascade`; no CRF).
     """
 
     def __init__(
@@ -308,19 +315,144 @@ class DeepNAT(nn.Module):
         return self.head(self.features(patches), coordinates)
 
 
-def paper_parameter_count(model: DeepNAT) -> int:
+def cascade_log_probabilities(foreground_logits: torch.Tensor, structure_logits: torch.Tensor) -> torch.Tensor:
+    """Combine the hierarchy's two networks into one distribution over all classes (section 2.2).
+
+    ``P(background) = P1(background)`` and ``P(c) = P1(foreground) P2(c | foreground)`` for the
+    structures ``c = 1 .. C-1``, head by head, computed in log space: the result is a log-probability
+    whose exponentials sum to 1 over the classes, so it can stand wherever logits do (its softmax is
+    itself; a logit shift ``b`` added to it gives ``P exp(b) / sum``).
+
+    Parameters
+    ----------
+    foreground_logits : Tensor of float, shape (N, T, 2)
+        Network 1's logits: background (0) and foreground (1).
+    structure_logits : Tensor of float, shape (N, T, C - 1)
+        Network 2's logits over the structures, class ``c`` at index ``c - 1``.
+
+    Returns
+    -------
+    Tensor of float, shape (N, T, C)
+        Log-probabilities; class 0 is background.
+
+    Raises
+    ------
+    ValueError
+        If the shapes disagree.
+
+    Examples
+    --------
+    Network 1 gives background 0.2; network 2 splits the foreground 3 : 1 between two structures:
+
+    >>> fg = torch.log(torch.tensor([[[0.2, 0.8]]]))
+    >>> st = torch.log(torch.tensor([[[0.75, 0.25]]]))
+    >>> [round(float(p), 4) for p in cascade_log_probabilities(fg, st).exp().ravel()]
+    [0.2, 0.6, 0.2]
+    """
+    if (
+        foreground_logits.ndim != 3
+        or foreground_logits.shape[2] != 2
+        or structure_logits.ndim != 3
+        or tuple(structure_logits.shape[:2]) != tuple(foreground_logits.shape[:2])
+    ):
+        raise ValueError(
+            f"expected foreground logits (N, T, 2) and structure logits (N, T, C - 1), got "
+            f"{tuple(foreground_logits.shape)} and {tuple(structure_logits.shape)}"
+        )
+    log_fg = torch.log_softmax(foreground_logits, dim=2)
+    log_structures = torch.log_softmax(structure_logits, dim=2)
+    return torch.cat([log_fg[:, :, :1], log_fg[:, :, 1:] + log_structures], dim=2)
+
+
+class DeepNATCascade(nn.Module):
+    """DeepNAT's hierarchy (section 2.2): a foreground network, then a structure network, as one module.
+
+    Parameters
+    ----------
+    num_classes : int
+        Classes of the combined output ``C``, background included (paper: 26, i.e. 25
+        structures); at least 3, so that network 2 has two structures to tell apart.
+    tasks, coordinates, widths, fc_widths, dropout
+        As for :class:`DeepNAT`; both networks get the same.
+
+    Attributes
+    ----------
+    foreground : DeepNAT
+        Network 1, 2 classes: background (0) and foreground (1).
+    structures : DeepNAT
+        Network 2, ``C - 1`` classes: structure ``c`` at index ``c - 1`` (no background class).
+
+    Raises
+    ------
+    ValueError
+        If ``num_classes < 3``, or as :class:`DeepNAT`.
+
+    Notes
+    -----
+    Input as :class:`DeepNAT`: ``patches`` ``(N, 1, 23, 23, 23)`` and ``coordinates``
+    ``(N, K)``. :meth:`forward` returns the combined log-probabilities ``(N, T, C)``
+    (:func:`cascade_log_probabilities`), which the inference code treats as logits. Training reads
+    the two networks separately (each on its own examples; see
+    :mod:`brainseg.families.wachinger2018`). Both networks are evaluated on every voxel. The paper
+    runs network 2 on network 1's foreground only, a hard decision; the arg-max of the combined
+    distribution differs from it only where ``P1(fg) max_c P2(c) < P1(bg) < P1(fg)`` (an
+    uncertain foreground voxel whose structure is uncertain too becomes background).
+
+    Deviations from the paper
+    -------------------------
+    The two networks are trained jointly, by the sum of their losses, and stored as one module;
+    their outputs are combined into one distribution per head (the paper hands network 1's
+    foreground to network 2 and does not say how the probabilities meet in Eq. 3 and the CRF).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        tasks: int = 7,
+        coordinates: int = 6,
+        widths: Sequence[int] = (32, 64, 64),
+        fc_widths: Sequence[int] = (1024, 512),
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if num_classes < 3:
+            raise ValueError(f"the cascade needs num_classes >= 3 (background and two structures), got {num_classes}")
+        shared = dict(tasks=tasks, coordinates=coordinates, widths=widths, fc_widths=fc_widths, dropout=dropout)
+        self.foreground = DeepNAT(2, **shared)  # type: ignore[arg-type]
+        self.structures = DeepNAT(num_classes - 1, **shared)  # type: ignore[arg-type]
+        self.num_classes, self.tasks, self.coordinates = int(num_classes), int(tasks), int(coordinates)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """``task_offsets(self.tasks)``, int64 ``(T, 3)``."""
+        return task_offsets(self.tasks)
+
+    def forward(self, patches: torch.Tensor, coordinates: torch.Tensor | None = None) -> torch.Tensor:
+        """Combined log-probabilities ``(N, T, C)`` of patches ``(N, 1, 23, 23, 23)`` and coordinates ``(N, K)``.
+
+        See :func:`cascade_log_probabilities`; the shapes and errors are :class:`DeepNAT`'s.
+        """
+        return cascade_log_probabilities(self.foreground(patches, coordinates), self.structures(patches, coordinates))
+
+
+#: Either DeepNAT network: one step (:class:`DeepNAT`) or the hierarchy (:class:`DeepNATCascade`).
+DeepNATModel = DeepNAT | DeepNATCascade
+
+
+def paper_parameter_count(model: DeepNAT | DeepNATCascade) -> int:
     """Number of weights counted the paper's way (Table 2): no biases, no batch normalisation.
 
     Parameters
     ----------
-    model : DeepNAT
+    model : DeepNAT or DeepNATCascade
 
     Returns
     -------
     int
         Sum of the sizes of the convolution and fully connected weight
         tensors. 2,687,200 (one task) and 2,764,000 (seven tasks) for 25
-        classes and 6 coordinates, as in the paper (see the module docstring).
+        classes and 6 coordinates, as in the paper (see the module docstring);
+        a cascade counts both of its networks.
     """
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv3d, nn.Linear)))
 

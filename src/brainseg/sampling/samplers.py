@@ -1,4 +1,4 @@
-"""Choosing training voxels: uniform in the brain mask, or class-balanced."""
+"""Choosing training voxels: uniform in the brain mask, class-balanced, or from capped per-class pools."""
 
 from __future__ import annotations
 
@@ -81,6 +81,57 @@ class VoxelSampler:
         if mode == "mixed":
             return (uniform + balanced) / 2
         raise ValueError(f"sampling mode must be one of {SAMPLING_MODES}, got {mode!r}")
+
+    def sample_pool(self, n: int, rng: np.random.Generator, pool_sizes: np.ndarray) -> np.ndarray:
+        """Draw ``n`` voxels as from a pool of ``pool_sizes[c]`` voxels of each class ``c``, every member equally likely.
+
+        A pool member is drawn uniformly (its class ``c`` has probability ``pool_sizes[c] /
+        sum(pool_sizes)``), then a voxel of class ``c`` uniformly: the pool is in effect redrawn
+        for every example, so the class proportions are the pool's while all voxels of a class
+        take part (a family's capped pools, e.g. DeepNAT's per-class caps).
+
+        Parameters
+        ----------
+        n : int
+            Voxels to draw.
+        rng : numpy.random.Generator
+        pool_sizes : ndarray of int, shape (K,)
+            Pool members per class index; ``pool_sizes[c] <= counts[c]``, 0 for absent classes.
+
+        Returns
+        -------
+        ndarray of int32, shape (n, 3)
+            Voxel indices, drawn with replacement.
+
+        Raises
+        ------
+        ValueError
+            If the pool is empty, or names a class with more members than voxels.
+
+        Examples
+        --------
+        >>> classes = np.array([[[0, 0, 0, 1, 1, 1, 1, 1, 1, 2]]])
+        >>> sampler = VoxelSampler(classes, np.ones_like(classes, bool))
+        >>> drawn = sampler.sample_pool(1000, np.random.default_rng(0), np.array([0, 2, 1]))
+        >>> sorted(set(classes[tuple(drawn.T)].tolist()))
+        [1, 2]
+        """
+        sizes = np.zeros(len(self.counts), np.int64)
+        given = np.asarray(pool_sizes, np.int64)
+        if (given < 0).any():
+            raise ValueError(f"pool sizes must be >= 0, got {given.tolist()}")
+        if (given[len(sizes) :] > 0).any():
+            raise ValueError(f"pool sizes {given.tolist()} name classes absent from the sampled region")
+        sizes[: min(len(given), len(sizes))] = given[: len(sizes)]
+        if (sizes > self.counts).any() or sizes.sum() == 0:
+            raise ValueError(
+                f"pool sizes {sizes.tolist()} must be within the class counts {self.counts.tolist()}, not all 0"
+            )
+        cumulative = np.cumsum(sizes)
+        member = rng.integers(int(cumulative[-1]), size=n)
+        cls = np.searchsorted(cumulative, member, side="right")
+        lo, hi = self._starts[cls], self._starts[cls + 1]
+        return self._by_class[lo + (rng.random(n) * (hi - lo)).astype(np.int64)]
 
     def sample(self, n: int, rng: np.random.Generator, mode: str = "uniform") -> np.ndarray:
         """Draw ``n`` voxel indices, shape (n, 3), int32, with replacement."""

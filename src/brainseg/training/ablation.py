@@ -8,6 +8,11 @@ and summarised as the mean +- standard deviation over validation subjects of
 each subject's mean Dice, Hausdorff distance and mean surface distance over
 structures, with the parameter count beside the paper's where the paper gives
 one.
+
+A second table and two box plots compare the rows structure by structure, as Wachinger et al. (2018)
+compare DeepNAT's variants in their Fig. 4: the median and mean over structures of each structure's
+mean Dice over cases, and a two-sided Wilcoxon signed-rank test of each row against a reference row,
+paired by structure (:mod:`brainseg.training.ablation_stats`, :mod:`brainseg.training.ablation_figures`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +33,7 @@ from brainseg.io.atomic import atomic_write_text
 from brainseg.metrics.report import StructureScore, summarize, write_scores_csv, write_scores_json
 from brainseg.model_folder import load_model_folder
 from brainseg.models import count_parameters
+from brainseg.training.ablation_stats import format_structure_table, read_structure_dice, summarize_structures
 from brainseg.training.model_card import evaluate_validation, write_model_card
 from brainseg.training.trainer import train, with_overrides
 
@@ -50,6 +56,9 @@ class AblationRow:
         Trainable parameters.
     train_minutes : float
         Training wall time.
+    structure_dice : dict of str to dict of str to float
+        Per validation case, the Dice of every structure by name (NaN where the structure is absent
+        from both maps); empty for rows scored before it was recorded whose ``validation.csv`` is gone.
     """
 
     name: str
@@ -57,6 +66,7 @@ class AblationRow:
     per_case: dict[str, dict[str, float]]
     parameters: int
     train_minutes: float
+    structure_dice: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def stat(self, metric: str) -> tuple[float, float]:
         """Mean and (population) standard deviation over cases of a per-case metric."""
@@ -87,7 +97,7 @@ def _row_settings(config: Config) -> dict:
     return settings
 
 
-def _find_result(result: Path, output: Path, settings: dict) -> dict | None:
+def _find_result(result: Path, output: Path, settings: dict) -> tuple[Path, dict] | None:
     # A finished row with exactly these settings: this run's, or one in a sibling study folder
     # (Table 2's distance + conv row is Table 1's +Dist row).
     candidates = [result] + sorted(output.parent.glob("*/*/ablation_row.json"))
@@ -95,8 +105,27 @@ def _find_result(result: Path, output: Path, settings: dict) -> dict | None:
         if path.is_file():
             record = json.loads(path.read_text())
             if record.get("config") == settings:
-                return record
+                return path, record
     return None
+
+
+def _structure_dice(scores: list[StructureScore]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for s in scores:
+        out.setdefault(s.case_id, {})[s.name] = s.dice
+    return out
+
+
+def _cached_structure_dice(path: Path, record: dict) -> dict[str, dict[str, float]]:
+    # Rows recorded before per-structure Dice was kept: read it from the row's validation.csv.
+    if "structure_dice" in record:
+        return {c: {s: math.nan if d is None else d for s, d in v.items()} for c, v in record["structure_dice"].items()}
+    csv_path = path.parent / "validation.csv"
+    return read_structure_dice(csv_path) if csv_path.is_file() else {}
+
+
+def _json_dice(structure_dice: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float | None]]:
+    return {c: {s: d if math.isfinite(d) else None for s, d in v.items()} for c, v in structure_dice.items()}
 
 
 def run_ablation(
@@ -106,9 +135,15 @@ def run_ablation(
     epochs: int | None = None,
     samples_per_epoch: int | None = None,
     num_threads: int | None = None,
+    reference: str | None = None,
     progress: bool = True,
 ) -> list[AblationRow]:
-    """Train (or reuse) and evaluate every config; write ``ablation.md`` and ``ablation.json``.
+    """Train (or reuse) and evaluate every config; write ``ablation.md``, ``ablation.json`` and box plots.
+
+    ``ablation.md`` holds the table of :func:`format_table` and, below it, the comparison over
+    structures of :func:`~brainseg.training.ablation_stats.format_structure_table`;
+    ``dice_by_variant.png`` and ``dice_by_structure.png`` beside it show the same Dice as box plots
+    (:mod:`brainseg.training.ablation_figures`).
 
     Parameters
     ----------
@@ -121,6 +156,9 @@ def run_ablation(
     num_threads : int, optional
         Override the configs' torch threads (does not change results' meaning,
         only speed; it is left out of the settings compared for reuse).
+    reference : str, optional
+        The row (config stem) the others are tested against, structure by structure; default: the
+        first config.
     progress : bool
         Show progress bars.
 
@@ -132,8 +170,12 @@ def run_ablation(
     ------
     InputError
         If ``output/<stem>`` already holds a run trained with other settings
-        (it is never reused nor overwritten), or a config is unusable.
+        (it is never reused nor overwritten), a config is unusable, or
+        ``reference`` names none of the configs.
     """
+    names = [Path(path).stem for path in configs]
+    if reference is not None and reference not in names:
+        raise InputError(f"--reference {reference!r} names none of the configs ({', '.join(names)})")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     overrides = {k: v for k, v in (("epochs", epochs), ("samples_per_epoch", samples_per_epoch)) if v}
@@ -148,9 +190,12 @@ def run_ablation(
         settings = _row_settings(config)
         if num_threads:
             config = with_overrides(config, num_threads=num_threads)
-        cached = _find_result(result, output, settings)
-        if cached is not None:
-            rows.append(AblationRow(name, cached["label"], cached["per_case"], cached["parameters"], cached["minutes"]))
+        found = _find_result(result, output, settings)
+        if found is not None:
+            where, cached = found
+            dice = _cached_structure_dice(where, cached)
+            row = AblationRow(name, cached["label"], cached["per_case"], cached["parameters"], cached["minutes"], dice)
+            rows.append(row)
             continue
         if (run / "config.yaml").is_file():
             if _row_settings(load_config(run / "config.yaml")) != settings:
@@ -167,13 +212,21 @@ def run_ablation(
         write_scores_json(run / "validation.json", scores)
         write_model_card(run, scores=scores)
         minutes = json.loads((run / "training.json").read_text())["elapsed_s"] / 60
-        row = AblationRow(name, row_label(config), _per_case(scores), count_parameters(model.network), minutes)
+        row = AblationRow(
+            name,
+            row_label(config),
+            _per_case(scores),
+            count_parameters(model.network),
+            minutes,
+            _structure_dice(scores),
+        )
         record = {
             "label": row.label,
             "per_case": row.per_case,
             "parameters": row.parameters,
             "minutes": minutes,
             "config": settings,
+            "structure_dice": _json_dice(row.structure_dice),
         }
         atomic_write_text(result, json.dumps(record, indent=2) + "\n")
         rows.append(row)
@@ -187,6 +240,11 @@ def run_ablation(
             f"{', '.join(tc.validation_cases)}."
         )
     table = format_table(rows, budget, family_of(first.model).paper_results if first is not None else None)
+    if rows and all(r.structure_dice for r in rows):
+        table += "\n" + _compare_structures(rows, reference or rows[0].name, output)
+    elif rows:
+        lacking = ", ".join(r.name for r in rows if not r.structure_dice)
+        table += f"\nNo comparison over structures: no per-structure scores for {lacking} (validation.csv gone).\n"
     atomic_write_text(output / "ablation.md", table)
     atomic_write_text(
         output / "ablation.json",
@@ -198,6 +256,7 @@ def run_ablation(
                     "per_case": r.per_case,
                     "parameters": r.parameters,
                     "train_minutes": r.train_minutes,
+                    "structure_dice": _json_dice(r.structure_dice),
                 }
                 for r in rows
             ],
@@ -206,6 +265,21 @@ def run_ablation(
         + "\n",
     )
     return rows
+
+
+def _compare_structures(rows: Sequence[AblationRow], reference: str, output: Path) -> str:
+    # The second table of ablation.md and the box plots beside it (Wachinger et al. 2018, Fig. 4).
+    from brainseg.training.ablation_figures import plot_dice_by_structure, plot_dice_by_variant
+
+    summaries = summarize_structures(rows, reference)
+    plot_dice_by_variant(rows, output / "dice_by_variant.png", summaries, reference)
+    plot_dice_by_structure(rows, output / "dice_by_structure.png")
+    cases = {len(r.structure_dice) for r in rows}
+    text = format_structure_table(summaries, reference, cases.pop() if len(cases) == 1 else None)
+    return (
+        text
+        + "\nBox plots: `dice_by_variant.png` (per row, over structures), `dice_by_structure.png` (per structure, over cases).\n"
+    )
 
 
 def _pm(mean: float, std: float, digits: int) -> str:
