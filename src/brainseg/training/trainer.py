@@ -391,7 +391,6 @@ def train(
     log.info("%s: %d parameters", config.model.name, count_parameters(network))
 
     steps = max(tc.samples_per_epoch // tc.batch_size, 1)
-    best_epoch = start_epoch
     if should_stop(history, tc.stop_min_gain, tc.stop_epochs):
         log.info("this run already stopped early (history.json); nothing to do")
         start_epoch = tc.epochs
@@ -443,7 +442,6 @@ def train(
             save_model_folder(
                 output, config, labels, normalization, network, reference=tc.reference or None, prior=prior
             )
-            best_epoch = epoch + 1
         if should_stop(history, tc.stop_min_gain, tc.stop_epochs):
             log.info(
                 "stopping after epoch %d: validation mean Dice gained less than %g over %d epochs",
@@ -457,7 +455,7 @@ def train(
         json.dumps(
             {
                 "epochs": len(history),
-                "weights_epoch": _weights_epoch(history, tc.keep_best, best_epoch),
+                "weights_epoch": _weights_epoch(history, tc.keep_best),
                 "elapsed_s": elapsed,
                 "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
                 "parameters": count_parameters(network),
@@ -469,12 +467,13 @@ def train(
     return output
 
 
-def _weights_epoch(history: list[dict], keep_best: bool, fallback: int) -> int:
-    # The epoch whose weights the model folder holds.
-    if not keep_best:
-        return len(history) and history[-1]["epoch"]
-    scored = [h for h in history if "val_mean_dice" in h]
-    return max(reversed(scored), key=lambda h: h["val_mean_dice"])["epoch"] if scored else fallback
+def _weights_epoch(history: list[dict], keep_best: bool) -> int:
+    # The epoch whose weights the model folder holds: the last one, or with keep_best the latest of the best
+    # validations (the folder is written at every epoch until the first validation, then at each best one).
+    scored = [h for h in history if "val_mean_dice" in h] if keep_best else []
+    if scored:
+        return max(reversed(scored), key=lambda h: h["val_mean_dice"])["epoch"]
+    return len(history) and history[-1]["epoch"]
 
 
 def with_overrides(config: Config, **training: object) -> Config:
