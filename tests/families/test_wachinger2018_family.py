@@ -39,14 +39,6 @@ TINY = dict(widths=(4, 4, 4), fc_widths=(16, 8), dropout=0.0)
 SEVEN = [(0, 0, 0), (-1, 0, 0), (1, 0, 0), (0, -1, 0), (0, 1, 0), (0, 0, -1), (0, 0, 1)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _ellipsoid(shape=(14, 16, 12)) -> np.ndarray:
     grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
     return sum(g**2 for g in grids) < 0.8
