@@ -58,7 +58,7 @@ def test_cascade_combination_by_hand():
 def test_cascade_network_holds_both_networks_and_combines_them():
     network = DeepNATCascade(5, tasks=7, coordinates=3, **TINY).eval()
     assert network.foreground.num_classes == 2 and network.structures.num_classes == 4
-    patches, coordinates = torch.randn(3, 1, 23, 23, 23), torch.randn(3, 3)
+    patches, coordinates = torch.randn(3, 1, 24, 24, 24), torch.randn(3, 3)
     with torch.no_grad():
         out = network(patches, coordinates)
         expected = cascade_log_probabilities(
@@ -135,7 +135,7 @@ def test_dense_cascade_equals_patch_by_patch_cascade_with_eq3(rng):
     np.testing.assert_allclose(probs[:, mask].sum(axis=0), 1.0, atol=1e-5)
     np.testing.assert_array_equal(classes, probs.argmax(axis=0))
 
-    # the reference: each network's explicit 23^3 patches, combined by hand, biased, renormalised, then Eq. 3
+    # the reference: each network's explicit 24^3 patches, combined by hand, biased, renormalised, then Eq. 3
     voxels = np.argwhere(mask)
     kwargs = dict(coordinates=inputs.coordinates, background=-1.3)
     p1 = predict_patches3d(network.foreground, image, voxels, **kwargs)  # (N, 7, 2)
@@ -198,13 +198,13 @@ def test_pool_draws_match_the_class_frequencies(rng):
 
     # what draw() returns, and how the trainer stacks it over cases
     values, targets = sampler.draw(6, rng, TrainingConfig(sampling="deepnat"))
-    assert set(values) == {"patches", "structure_patches"} and values["structure_patches"].shape == (6, 1, 23, 23, 23)
+    assert set(values) == {"patches", "structure_patches"} and values["structure_patches"].shape == (6, 1, 24, 24, 24)
     assert targets.shape == (6, 7, 2) and targets.dtype == np.int16
     assert set(targets[..., 0].ravel()) <= {0, 1} and (targets[:, 0, 1] >= 0).all()  # network 2's centres: structures
     cases = [SimpleNamespace(sampler=sampler), SimpleNamespace(sampler=sampler)]
     batch, stacked = _draw_batch(cases, 9, rng, TrainingConfig(sampling="deepnat"))
     assert stacked.shape == (9, 7, 2) and stacked.dtype == torch.int64 and (stacked[..., 1] >= IGNORE).all()
-    assert batch["patches"].shape == batch["structure_patches"].shape == (9, 1, 23, 23, 23)
+    assert batch["patches"].shape == batch["structure_patches"].shape == (9, 1, 24, 24, 24)
 
 
 # -- jitter -------------------------------------------------------------------------------------
@@ -294,7 +294,7 @@ def test_cascade_trains_segments_and_evaluates(tmp_path, tiny_manifest):
     np.testing.assert_allclose(model.prior.sampling[0], 0.0)
     np.testing.assert_allclose(model.prior.sampling[1:], [2 / 3, 1 / 3])
     card = (model_dir / "model_card.md").read_text()
-    assert "DeepNAT (23^3 patches, 7 tasks, Cartesian coordinates, hierarchical), conv widths" in card
+    assert "DeepNAT (24^3 patches, 7 tasks, Cartesian coordinates, hierarchical), conv widths" in card
     assert "jitter of 1 voxel" in card
 
     image = tmp_path / "data" / "c_SS.nii.gz"

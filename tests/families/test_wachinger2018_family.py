@@ -131,7 +131,7 @@ def test_sampler_draws_patches_coordinates_and_targets_of_the_same_voxels(rng, m
     tc = TrainingConfig(sampling=mode)
     idx = sampler.voxels.sample(40, np.random.default_rng(3), mode)  # what draw() draws with the same stream
     values, targets = sampler.draw(40, np.random.default_rng(3), tc)
-    assert values["patches"].shape == (40, 1, 23, 23, 23) and values["patches"].dtype == np.float32
+    assert values["patches"].shape == (40, 1, 24, 24, 24) and values["patches"].dtype == np.float32
     np.testing.assert_array_equal(values["patches"], extract_patches3d(image, idx, background=-2.5))
     assert values["coordinates"].shape == (40, 3) and values["coordinates"].dtype == np.float32
     np.testing.assert_array_equal(values["coordinates"], inputs.coordinates[:, idx[:, 0], idx[:, 1], idx[:, 2]].T)
@@ -145,7 +145,7 @@ def test_sampler_draws_patches_coordinates_and_targets_of_the_same_voxels(rng, m
     cases = [SimpleNamespace(sampler=sampler), SimpleNamespace(sampler=sampler)]
     batch, stacked = _draw_batch(cases, 25, np.random.default_rng(0), tc)
     assert stacked.shape == (25, 7) and stacked.dtype == torch.int64
-    assert batch["patches"].shape == (25, 1, 23, 23, 23) and batch["coordinates"].shape == (25, 3)
+    assert batch["patches"].shape == (25, 1, 24, 24, 24) and batch["coordinates"].shape == (25, 3)
 
 
 def test_sampler_without_coordinates_and_refused_settings(rng):
@@ -172,7 +172,7 @@ def test_loss_is_the_sum_of_the_tasks_cross_entropies(rng):
     cfg = DeepNATConfig(num_classes=4, tasks=7, coordinates="cartesian", cascade=False, **TINY)
     torch.manual_seed(0)
     network = build_model(cfg).eval()
-    batch = {"patches": torch.randn(5, 1, 23, 23, 23), "coordinates": torch.randn(5, 3)}
+    batch = {"patches": torch.randn(5, 1, 24, 24, 24), "coordinates": torch.randn(5, 3)}
     targets = torch.from_numpy(rng.integers(0, 4, size=(5, 7)))
     loss = WACHINGER2018.loss(network, batch, targets, TrainingConfig())
     with torch.no_grad():
@@ -219,7 +219,7 @@ def test_predict_equals_patch_by_patch_with_eq3_averaging(rng, coordinates, use_
     np.testing.assert_array_equal(classes, probs.argmax(axis=0))
     assert (classes[~mask] == 0).all() and (probs[0][~mask] == 1).all()
 
-    # the reference: every mask voxel's explicit 23^3 patch, then Eq. 3 on the maps
+    # the reference: every mask voxel's explicit 24^3 patch, then Eq. 3 on the maps
     voxels = np.argwhere(mask)
     per_voxel = predict_patches3d(
         network,
@@ -244,14 +244,14 @@ def test_describe_and_row_label():
     config = Config(DeepNATConfig())
     assert (
         WACHINGER2018.describe(config)
-        == "DeepNAT (23^3 patches, 7 tasks, Cartesian + spectral coordinates, hierarchical)"
+        == "DeepNAT (24^3 patches, 7 tasks, Cartesian + spectral coordinates, hierarchical)"
     )
     assert WACHINGER2018.row_label(config) == "Cartesian + spectral, hierarchical, 7 tasks"
     jittered = Config(DeepNATConfig(), TrainingConfig(augment=True))
     assert WACHINGER2018.describe(jittered).endswith("hierarchical), jitter of 1 voxel")
     assert WACHINGER2018.row_label(jittered) == "Cartesian + spectral, hierarchical, 7 tasks, jitter"
     tiny = Config(DeepNATConfig(tasks=1, coordinates="none", cascade=False, **TINY))
-    assert WACHINGER2018.describe(tiny).startswith("DeepNAT (23^3 patches, 1 task, no coordinates, one step), conv")
+    assert WACHINGER2018.describe(tiny).startswith("DeepNAT (24^3 patches, 1 task, no coordinates, one step), conv")
     assert WACHINGER2018.row_label(tiny) == "no coordinates, one step, 1 task [widths [4, 4, 4], [16, 8]]"
     assert "2,764,000 (7 tasks)" in WACHINGER2018.paper_parameters
 
@@ -289,7 +289,7 @@ def test_deepnat_trains_segments_evaluates_calibrates_and_is_described(tmp_path,
     assert family_of(model.config.model) is WACHINGER2018 and isinstance(model.network, DeepNAT)
     assert model.network.coordinates == 6 and model.network.tasks == 7
     card = (model_dir / "model_card.md").read_text()
-    assert "Wachinger et al. (2018) DeepNAT (23^3 patches, 7 tasks, Cartesian + spectral coordinates, one step)" in card
+    assert "Wachinger et al. (2018) DeepNAT (24^3 patches, 7 tasks, Cartesian + spectral coordinates, one step)" in card
 
     image = tmp_path / "data" / "c_SS.nii.gz"
     assert main(["segment", str(image), "-o", str(tmp_path / "seg"), "--model", str(model_dir), "--no-progress"]) == 0
@@ -309,4 +309,4 @@ def test_deepnat_trains_segments_evaluates_calibrates_and_is_described(tmp_path,
     capsys.readouterr()
     assert main(["info", "--model", str(model_dir)]) == 0
     out = capsys.readouterr().out
-    assert "network: deepnat: DeepNAT (23^3 patches" in out and "2,764,000 (7 tasks)" in out
+    assert "network: deepnat: DeepNAT (24^3 patches" in out and "2,764,000 (7 tasks)" in out

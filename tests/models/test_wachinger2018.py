@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from brainseg.models.wachinger2018 import (
     PAPER_PARAMETER_COUNTS,
+    PATCH_CENTRE,
+    PATCH_PADDING,
     PATCH_SIZE,
     DeepNAT,
     DeepNATCascade,
@@ -70,35 +72,36 @@ def test_forward_shape(tasks, coordinates):
 def test_forward_shape_paper_widths():
     model = DeepNAT(25).eval()  # 7 tasks, 6 coordinates
     with torch.no_grad():
-        out = model(torch.randn(2, 1, 23, 23, 23), torch.randn(2, 6))
+        out = model(torch.randn(2, 1, 24, 24, 24), torch.randn(2, 6))
     assert out.shape == (2, 7, 25)
 
 
 def test_layer_shapes():
-    # Paper Table 1: 23 -> 17 (conv 7) -> 9 (pool 2, rounded up) -> 5 (conv 5) -> 3 (conv 3).
+    # Paper Table 1 with a 24^3 patch: 24 -> 18 (conv 7) -> 9 (pool 2, full windows) -> 5 (conv 5) -> 3 (conv 3).
     model = DeepNAT(25).eval()
-    x = torch.randn(2, 1, 23, 23, 23)
+    x = torch.randn(2, 1, 24, 24, 24)
     with torch.no_grad():
         x = F.relu(model.conv1(x))
-        assert x.shape == (2, 32, 17, 17, 17)
-        x = F.max_pool3d(x, 2, stride=2, ceil_mode=True)
+        assert x.shape == (2, 32, 18, 18, 18)
+        x = F.max_pool3d(x, 2, stride=2)
         assert x.shape == (2, 32, 9, 9, 9)
         x = F.relu(model.norm2(model.conv2(x)))
         assert x.shape == (2, 64, 5, 5, 5)
         x = F.relu(model.norm3(model.conv3(x)))
         assert x.shape == (2, 64, 3, 3, 3)
-        assert model.features(torch.randn(2, 1, 23, 23, 23)).shape == (2, 64 * 27) == (2, 1728)
+        assert model.features(torch.randn(2, 1, 24, 24, 24)).shape == (2, 64 * 27) == (2, 1728)
+    assert (PATCH_SIZE, PATCH_CENTRE, PATCH_PADDING) == (24, 11, (11, 12))
 
 
 def test_receptive_field_is_the_whole_patch():
-    # The ceil-mode pooling's last window (conv1 output 16 alone) reaches input index 22 along each axis:
-    # changing a far-corner voxel changes the features; without ceil mode it would not.
+    # Every pooling window holds two conv1 outputs, so the last input index (23) along each axis is read:
+    # changing a far-corner voxel changes the features.
     torch.manual_seed(0)
     model = DeepNAT(5, **SMALL).eval()
-    x = torch.randn(1, 1, 23, 23, 23)
+    x = torch.randn(1, 1, 24, 24, 24)
     with torch.no_grad():
         base = model.features(x)
-        for index in [(22, 11, 11), (11, 22, 11), (11, 11, 22), (22, 22, 22), (0, 0, 0)]:
+        for index in [(23, 11, 11), (11, 23, 11), (11, 11, 23), (23, 23, 23), (0, 0, 0)]:
             y = x.clone()
             y[(0, 0) + index] += 100.0
             assert not torch.allclose(model.features(y), base), index
@@ -174,7 +177,7 @@ def test_xavier_initialisation():
 # --- errors -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", [(2, 1, 23, 23), (2, 2, 23, 23, 23), (2, 1, 25, 25, 25), (2, 1, 23, 23, 22)])
+@pytest.mark.parametrize("shape", [(2, 1, 24, 24), (2, 2, 24, 24, 24), (2, 1, 23, 23, 23), (2, 1, 24, 24, 23)])
 def test_wrong_patch_shape(shape):
     with pytest.raises(ValueError, match="expected patches"):
         DeepNAT(5, coordinates=0, **SMALL)(torch.randn(*shape))
@@ -182,7 +185,7 @@ def test_wrong_patch_shape(shape):
 
 def test_coordinate_errors():
     model = DeepNAT(5, coordinates=3, **SMALL).eval()
-    x = torch.randn(2, 1, 23, 23, 23)
+    x = torch.randn(2, 1, 24, 24, 24)
     with pytest.raises(ValueError, match="needs coordinates"):
         model(x)
     with pytest.raises(ValueError, match="coordinates of shape"):
@@ -215,7 +218,7 @@ def test_one_batch_training_lowers_the_summed_task_loss():
     # Section 2.3: the training loss is the sum of the per-task cross entropies, equal weights.
     torch.manual_seed(0)
     model = DeepNAT(4, tasks=7, coordinates=3, **SMALL, dropout=0.0)
-    patches, coords = torch.randn(8, 1, 23, 23, 23), torch.randn(8, 3)
+    patches, coords = torch.randn(8, 1, 24, 24, 24), torch.randn(8, 3)
     labels = torch.randint(0, 4, (8, 7))
     optimiser = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     losses = []

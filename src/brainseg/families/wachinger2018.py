@@ -11,8 +11,9 @@ dense predictor in :mod:`brainseg.inference.dense3d`. This module wires them to
 :class:`brainseg.config.DeepNATConfig`), and adds the training examples, the paper's capped pools
 and jitter (section 3), and the losses (sections 2.2-2.3).
 
-What a case gives the network: its normalised image on the working grid, padded by the 11-voxel
-halo of the 23^3 patch with the background intensity, and ``K`` coordinate channels (0, 3 or 6) of
+What a case gives the network: its normalised image on the working grid, padded by the halo of the
+24^3 patch (11 voxels before, 12 after; the paper's 23^3, see :mod:`brainseg.models.wachinger2018`)
+with the background intensity, and ``K`` coordinate channels (0, 3 or 6) of
 every voxel. A training example is the patch centred on a drawn voxel, the coordinates of that
 voxel, and ``T`` targets: the classes of the voxels at the heads' offsets
 (:func:`~brainseg.models.wachinger2018.task_offsets`). Inference runs the convolutions fully
@@ -123,9 +124,10 @@ from brainseg.errors import InputError
 from brainseg.families import Family
 from brainseg.features.atlas import ProbabilisticAtlas
 from brainseg.features.coordinates import deepnat_coordinates
-from brainseg.inference.dense3d import HALO, segment_dense3d
+from brainseg.inference.dense3d import segment_dense3d
 from brainseg.models.wachinger2018 import (
     PAPER_PARAMETER_COUNTS,
+    PATCH_PADDING,
     PATCH_SIZE,
     DeepNAT,
     DeepNATCascade,
@@ -176,9 +178,9 @@ class DeepNATInputs:
 
     Attributes
     ----------
-    padded : ndarray of float32, shape (D + 22, H + 22, W + 22)
-        The normalised image on the working grid, padded by the patch's 11-voxel halo with
-        ``background`` on every side: the patch of voxel ``v`` is ``padded[v : v + 23]`` along
+    padded : ndarray of float32, shape (D + 23, H + 23, W + 23)
+        The normalised image on the working grid, padded with ``background`` by 11 voxels before
+        and 12 after along each axis: the patch of voxel ``v`` is ``padded[v : v + 24]`` along
         each axis (as :func:`brainseg.inference.dense3d.extract_patches3d` cuts it).
     coordinates : ndarray of float32, shape (K, D, H, W)
         Per-voxel coordinates (:func:`brainseg.features.coordinates.deepnat_coordinates`), ``K`` =
@@ -194,7 +196,8 @@ class DeepNATInputs:
     @property
     def image(self) -> np.ndarray:
         """The unpadded image, float32 ``(D, H, W)`` (a view of :attr:`padded`)."""
-        return self.padded[HALO:-HALO, HALO:-HALO, HALO:-HALO]
+        before, after = PATCH_PADDING
+        return self.padded[before:-after, before:-after, before:-after]
 
 
 def task_targets(classes: np.ndarray, voxels: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -299,7 +302,7 @@ def cascade_loss(network: DeepNATCascade, batch: dict[str, torch.Tensor], target
     ----------
     network : DeepNATCascade
     batch : dict of str to Tensor
-        Network 1's examples ``'patches'`` ``(n, 1, 23, 23, 23)`` (and ``'coordinates'`` ``(n, K)``),
+        Network 1's examples ``'patches'`` ``(n, 1, 24, 24, 24)`` (and ``'coordinates'`` ``(n, K)``),
         network 2's ``'structure_patches'`` (and ``'structure_coordinates'``), as
         :meth:`DeepNATCascadeSampler.draw` returns them.
     targets : Tensor of int64, shape (n, T, 2)
@@ -502,7 +505,7 @@ class DeepNATSampler(_Examples):
         Returns
         -------
         inputs : dict of str to ndarray
-            ``'patches'``: float32 ``(n, 1, 23, 23, 23)`` centred on the (jittered) voxels;
+            ``'patches'``: float32 ``(n, 1, 24, 24, 24)`` centred on the (jittered) voxels;
             ``'coordinates'``: float32 ``(n, K)`` of the same centres, only when ``K > 0``.
         targets : ndarray of uint8, shape (n, T)
             :func:`task_targets` of the drawn voxels (not moved by the jitter).
@@ -586,7 +589,7 @@ class DeepNATCascadeSampler(_Examples):
         Returns
         -------
         inputs : dict of str to ndarray
-            Network 1's ``'patches'`` float32 ``(n, 1, 23, 23, 23)`` (and ``'coordinates'`` float32
+            Network 1's ``'patches'`` float32 ``(n, 1, 24, 24, 24)`` (and ``'coordinates'`` float32
             ``(n, K)`` when ``K > 0``); network 2's ``'structure_patches'`` (and
             ``'structure_coordinates'``): example ``i`` of either network sits in row ``i``, so the
             trainer's concatenation over cases keeps them aligned with the targets.
@@ -659,7 +662,7 @@ class DeepNATFamily(Family):
         return DeepNATCascade(num_classes=cfg.num_classes, **shared)  # type: ignore[arg-type]
 
     def describe(self, config: Config) -> str:
-        """Patch, tasks, coordinates, variant and jitter, e.g. ``DeepNAT (23^3 patches, 7 tasks, ..., hierarchical)``."""
+        """Patch, tasks, coordinates, variant and jitter, e.g. ``DeepNAT (24^3 patches, 7 tasks, ..., hierarchical)``."""
         cfg = config.model
         coordinates = _COORDINATE_NAMES[cfg.coordinates]
         if cfg.coordinates in ("spectral", "both") and cfg.spectral_grid_mm != 2.0:
@@ -691,7 +694,7 @@ class DeepNATFamily(Family):
             If the coordinates cannot be computed (an empty mask, or one too small for three
             spectral coordinates on the ``spectral_grid_mm`` grid).
         """
-        padded = np.pad(np.asarray(image, np.float32), HALO, constant_values=background)
+        padded = np.pad(np.asarray(image, np.float32), PATCH_PADDING, constant_values=background)
         try:
             coordinates = deepnat_coordinates(mask, affine, cfg.coordinates, grid_mm=cfg.spectral_grid_mm)
         except ValueError as err:

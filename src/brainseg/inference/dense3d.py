@@ -1,50 +1,38 @@
 """Dense (whole-volume) inference of DeepNAT, and the patch-by-patch reference.
 
-:class:`~brainseg.models.wachinger2018.DeepNAT` classifies one 23^3 patch at a
+:class:`~brainseg.models.wachinger2018.DeepNAT` classifies one 24^3 patch at a
 time. Here its convolutions run fully convolutionally over a zero-padded
 volume: the stride-2 max-pool becomes a stride-1 pool and the two later
 convolutions are dilated by 2 (the "a trous" / shift-and-stitch equivalence,
 Long et al. 2015; Sermanet et al. 2014). The fully connected layers then run
 only on brain voxels, fed with the 3 x 3 x 3 cells gathered at each voxel, so
 every voxel gets exactly the patch network's per-task output for the patch
-centred on it (tested: max abs difference of probabilities <= 1e-5).
-
-The ceil-mode pooling window
-----------------------------
-The patch network pools 17 conv1 outputs with ``ceil_mode=True`` (as Caffe):
-its last window, pooled position 8, holds conv1 output 16 alone. A dense
-stride-1 pool would also take the next conv1 output, which lies outside the
-patch. Pooled position 8 along an axis reaches the outputs only through conv2
-output 4 (kernel position 4) and, from there, conv3 output 2 (kernel
-position 2) along that axis. The dense stage therefore keeps a *variant* of
-each later map per subset ``F`` of the three axes: variant ``F`` is what a
-cell on the patch's far edge along the axes in ``F`` (and not along the
-others) sees. A variant is the ordinary dilated convolution of the variant-
-free map plus corrections: for each nonempty subset ``E`` of ``F`` the
-difference between the map with truncated windows along ``E`` and the plain
-map, convolved with the box of kernel positions that sit on the far edge
-along exactly the axes ``E`` of ``F``. The fully connected layer's cell
-``n`` then reads the variant ``{a : n_a = 2}``. The corrections make conv2
-about 3.2 times and conv3 about 4.4 times as expensive as a plain dilated
-convolution; conv1 and the fully connected layers (most of the work per
-brain voxel) cost nothing extra.
+of which it is voxel (11, 11, 11) (tested: max abs difference of
+probabilities <= 1e-5). This equivalence is why the network takes 24^3
+patches, not the paper's 23^3: with 23 voxels the patch network's last
+pooling window holds one conv1 output (Caffe's rounding up), and the dense
+conv stage then needs eight corrected variants of the conv2 and conv3 maps
+(built, tested and measured 5-7 times slower; see
+:mod:`brainseg.models.wachinger2018`).
 
 Tiles and memory
 ----------------
 The volume is processed in tiles of ``t x t`` voxels along the first two
-axes (the tile's mask bounding box along the third) with the 11-voxel halo
-of the 23^3 patch on each side (12 on the far side: the dense pool reads one
-voxel further, though its value is corrected away). The live tensors of the
-conv stage of a tile of ``(t0, t1, t2)`` output voxels take about
-``4 B x [4 c1 V(17) + 5 c2 V(8) + 10 c3 V(4)]``, with ``V(m) = (t0 + m)(t1 +
-m)(t2 + m)`` and the widths ``(c1, c2, c3)`` (:func:`conv_stage_bytes`);
+axes (the tile's mask bounding box along the third) with the patch's halo,
+11 voxels before and 12 after, on each side. The live tensors of the conv
+stage of a tile of ``(t0, t1, t2)`` output voxels take about
+``4 B x 2 x [c1 V(18) + c2 V(9) + c3 V(5)]``, with ``V(m) = (t0 + m)(t1 +
+m)(t2 + m)`` and the widths ``(c1, c2, c3)`` (:func:`conv_stage_bytes`: each
+map and one copy of it, the pooling's or the convolution library's);
 :func:`choose_tile_size` picks the largest ``t`` that keeps this under
-``memory_bytes`` (default 384 MiB: ``t = 15`` for a mask 180 voxels wide).
-The fully connected layers run on at most ``voxel_batch`` voxels at a time.
-:func:`predict_dense3d` combines the heads by Eq. 3 on the fly, keeping
-float32 sums only for the mask voxels of the ``t + 2`` slices a slab of
-tiles points at; :func:`segment_dense3d` also reduces each finished slab to
-its arg-max, so that a class map never needs the ``(C, D, H, W)`` array.
+``memory_bytes``. A larger tile wastes less on the halo, whose
+convolutions are thrown away: conv2 runs on ``(t + 9)^2 / t^2`` times the
+tile's voxels. The fully connected layers run on at most ``voxel_batch``
+voxels at a time. :func:`predict_dense3d` combines the heads by Eq. 3 on the
+fly, keeping float32 sums only for the mask voxels of the ``t + 2`` slices a
+slab of tiles points at; :func:`segment_dense3d` also reduces each finished
+slab to its arg-max, so that a class map never needs the ``(C, D, H, W)``
+array.
 
 The hierarchy
 -------------
@@ -59,13 +47,12 @@ combined log-probabilities then take the place of one network's logits: the
 sum``), and Eq. 3 averages the heads. Peak memory is one conv stage's, as for
 a single network; time is about twice.
 
-Measured on one CPU thread for a 24 x 100 x 180 volume with 264,280 mask
-voxels, 135 classes, 7 tasks and 6 coordinates: resident memory grew by
-0.9-1.0 GB besides the float16 output at the default budget (105 s), and by
-0.6 GB with ``memory_bytes = 192 MiB`` (``t = 8``; 165 s); the allocator's
-fragmentation makes the growth exceed the estimate. The output
-``(C, D, H, W)`` of a 180 x 220 x 180 volume with 135 classes takes 1.9 GB
-in float16 and 3.8 GB in float32.
+Speed: the fully connected layers dominate (2.3 M multiply-adds per voxel
+and network, against about 0.6 M for the convolutions with the halo); see
+``benchmarks/deepnat_segment.py`` for measured figures. bfloat16 is not
+offered: this machine's PyTorch runs bfloat16 matrix products at 0.7
+GFLOP/s against 57 for float32 (no AVX-512 exposed), and its bfloat16
+``conv3d`` was slower still.
 """
 
 from __future__ import annotations
@@ -80,6 +67,8 @@ from tqdm import tqdm
 
 from brainseg.models.wachinger2018 import (
     FEATURE_GRID,
+    PATCH_CENTRE,
+    PATCH_PADDING,
     PATCH_SIZE,
     DeepNAT,
     DeepNATCascade,
@@ -97,18 +86,14 @@ __all__ = [
     "predict_task_probabilities3d",
     "segment_dense3d",
     "DEFAULT_MEMORY_BYTES",
-    "HALO",
 ]
 
-#: Voxels of patch on each side of its centre (23 = 2 * 11 + 1).
-HALO = PATCH_SIZE // 2
 #: Default budget of the conv stage of one tile, in bytes.
-DEFAULT_MEMORY_BYTES = 384 * 2**20
-_SUBSETS = range(8)  # subsets of the axes {0, 1, 2} as bit masks (bit a = axis a)
+DEFAULT_MEMORY_BYTES = 1024 * 2**20
 
 
 def extract_patches3d(image: np.ndarray, indices: np.ndarray, *, background: float = 0.0) -> np.ndarray:
-    """Cut the 23^3 patches centred on voxels, padding outside the volume with ``background``.
+    """Cut the 24^3 patches of voxels, padding outside the volume with ``background``.
 
     Parameters
     ----------
@@ -121,8 +106,9 @@ def extract_patches3d(image: np.ndarray, indices: np.ndarray, *, background: flo
 
     Returns
     -------
-    ndarray of float32, shape (N, 1, 23, 23, 23)
-        Patch of voxel ``v`` covers ``v - 11 .. v + 11`` along each axis.
+    ndarray of float32, shape (N, 1, 24, 24, 24)
+        Patch of voxel ``v`` covers ``v - 11 .. v + 12`` along each axis
+        (:data:`~brainseg.models.wachinger2018.PATCH_CENTRE`).
 
     Raises
     ------
@@ -135,7 +121,7 @@ def extract_patches3d(image: np.ndarray, indices: np.ndarray, *, background: flo
         raise ValueError(f"expected a 3-D image, got shape {image.shape}")
     if indices.size and ((indices < 0).any() or (indices >= np.array(image.shape)).any()):
         raise ValueError(f"voxel indices outside the volume of shape {image.shape}")
-    padded = np.pad(image, HALO, constant_values=background)
+    padded = np.pad(image, PATCH_PADDING, constant_values=background)
     windows = np.lib.stride_tricks.sliding_window_view(padded, (PATCH_SIZE,) * 3)
     return np.ascontiguousarray(windows[indices[:, 0], indices[:, 1], indices[:, 2]])[:, None]
 
@@ -243,23 +229,22 @@ def predict_patches3d(
 def conv_stage_bytes(tile_shape: tuple[int, int, int], widths: tuple[int, int, int] = (32, 64, 64)) -> int:
     """Estimated peak memory, in bytes, of the dense conv stage on a tile of ``tile_shape`` output voxels.
 
-    ``4 x [4 c1 V(17) + 5 c2 V(8) + 10 c3 V(4)]`` with ``V(m)`` the tile
-    grown by ``m`` voxels along each axis: the conv1 map with the pooled
-    pieces and their difference; the plain, rectified and current conv2
-    maps, a difference piece and a convolution output; the eight conv3
-    variants, a convolution output and a layout copy (float32).
+    ``4 x 2 x [c1 V(18) + c2 V(9) + c3 V(5)]`` with ``V(m)`` the tile grown
+    by ``m`` voxels along each axis: the conv1, conv2 and conv3 maps (float32)
+    with one copy each (the pooling's, or the convolution library's
+    reordered input and output).
 
     Examples
     --------
     >>> round(conv_stage_bytes((16, 16, 180)) / 2**20)
-    417
+    344
     """
     c1, c2, c3 = widths
 
     def volume(m: int) -> int:
         return int(np.prod([n + m for n in tile_shape]))
 
-    return 4 * (4 * c1 * volume(17) + 5 * c2 * volume(8) + 10 * c3 * volume(4))
+    return 4 * 2 * (c1 * volume(18) + c2 * volume(9) + c3 * volume(5))
 
 
 def choose_tile_size(
@@ -290,26 +275,13 @@ def choose_tile_size(
     Examples
     --------
     >>> choose_tile_size(180)
-    15
+    31
     """
     best = 1
     for t in range(1, max_size + 1):
         if conv_stage_bytes((t, t, width), widths) <= memory_bytes:
             best = t
     return best
-
-
-def _box(inner: int, outer: int, kernel: int) -> list[tuple[int, int]]:
-    # Kernel index range per axis of the positions on the far edge along exactly the axes ``inner`` of ``outer``.
-    ranges = []
-    for a in range(3):
-        if inner >> a & 1:
-            ranges.append((kernel - 1, kernel))
-        elif outer >> a & 1:
-            ranges.append((0, kernel - 1))
-        else:
-            ranges.append((0, kernel))
-    return ranges
 
 
 def _fold(conv: torch.nn.Conv3d, norm: torch.nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,81 +298,30 @@ class _DenseConvStage:
         self.w1, self.b1 = model.conv1.weight.detach(), model.conv1.bias.detach()  # type: ignore[union-attr]
         self.w2, self.b2 = _fold(model.conv2, model.norm2)
         self.w3, self.b3 = _fold(model.conv3, model.norm3)
-        # Correction kernels: boxes of the kernel, keyed by (inner, outer) subsets, inner nonempty and in outer.
-        self.boxes2 = self._boxes(self.w2)
-        self.boxes3 = self._boxes(self.w3)
 
-    @staticmethod
-    def _boxes(weight: torch.Tensor) -> dict[tuple[int, int], tuple[list[tuple[int, int]], torch.Tensor]]:
-        k = weight.shape[-1]
-        boxes = {}
-        for outer in _SUBSETS:
-            for inner in _SUBSETS:
-                if inner and inner & outer == inner:
-                    r = _box(inner, outer, k)
-                    boxes[inner, outer] = (r, weight[:, :, slice(*r[0]), slice(*r[1]), slice(*r[2])].contiguous())
-        return boxes
+    def __call__(self, region: torch.Tensor) -> torch.Tensor:
+        """Map a padded region ``(1, 1, L + 23)`` to the conv3 map ``(c3, L + 5)``.
 
-    @staticmethod
-    def _box_index(box: list[tuple[int, int]], out_shape: tuple, extra: int = 0) -> tuple[slice, ...]:
-        # Input slice of a dilation-2 convolution with the kernel box whose output aligns with the full kernel's;
-        # ``extra`` voxels more per axis (the pooling's second voxel).
-        index = [slice(None), slice(None)]
-        for (k0, k1), n in zip(box, out_shape):
-            index.append(slice(2 * k0, 2 * k0 + n + 2 * (k1 - k0 - 1) + extra))
-        return tuple(index)
-
-    @staticmethod
-    def _pooled(a: torch.Tensor, single: int) -> torch.Tensor:
-        # 2-voxel max pooling with stride 1, except along the axes in ``single`` (a window of one voxel).
-        for axis in range(3):
-            d = axis + 2
-            n = a.shape[d] - 1
-            a = a.narrow(d, 0, n) if single >> axis & 1 else torch.maximum(a.narrow(d, 0, n), a.narrow(d, 1, n))
-        return a
-
-    def __call__(self, region: torch.Tensor) -> list[torch.Tensor]:
-        """Map a padded region ``(1, 1, L + 23)`` to the 8 conv3 variants, each ``(c3, L + 4)``.
-
-        Variant ``G`` (bit mask over the axes) at local position ``u + 2 n`` is
-        the patch network's conv3 output cell ``n`` of the patch whose first
-        voxel is region voxel ``u``, for every cell with ``{a : n_a = 2} = G``.
+        At local position ``u + 2 n`` the map holds the patch network's conv3
+        output cell ``n`` (0..2 per axis) of the patch whose first voxel is
+        region voxel ``u``.
         """
-        a = torch.relu_(F.conv3d(region, self.w1, self.b1))  # (1, c1, L + 17)
-        base = F.conv3d(self._pooled(a, 0), self.w2, self.b2, dilation=2)  # (1, c2, L + 8)
-        relu_base = torch.relu(base)
-        shape2 = tuple(base.shape[2:])
-        plain3 = F.conv3d(relu_base, self.w3, self.b3, dilation=2)  # (1, c3, L + 4)
-        shape3 = tuple(plain3.shape[2:])
-        variants = [plain3] + [plain3.clone() for _ in range(7)]
-        for outer in range(1, 8):
-            # conv2 variant ``outer``: add the kernel boxes that read truncated pooling windows along ``inner``.
-            b = base.clone()
-            for inner in _SUBSETS:
-                if inner and inner & outer == inner:
-                    box, weight = self.boxes2[inner, outer]
-                    piece = a[self._box_index(box, shape2, extra=1)]
-                    b += F.conv3d(self._pooled(piece, inner) - self._pooled(piece, 0), weight, dilation=2)
-            torch.relu_(b)
-            # conv3 variants ``g`` that contain ``outer``: add the boxes that read conv2 variant ``outer``.
-            for g in _SUBSETS:
-                if g & outer == outer:
-                    box, weight = self.boxes3[outer, g]
-                    index = self._box_index(box, shape3)
-                    variants[g] += F.conv3d(b[index] - relu_base[index], weight, dilation=2)
-            del b
-        return [torch.relu_(v[0]) for v in variants]
+        a = torch.relu_(F.conv3d(region, self.w1, self.b1))  # (1, c1, L + 18)
+        for d in (2, 3, 4):  # 2-voxel max pooling with stride 1, one axis at a time
+            n = a.shape[d] - 1
+            a = torch.maximum(a.narrow(d, 0, n), a.narrow(d, 1, n))  # -> (1, c1, L + 17)
+        a = torch.relu_(F.conv3d(a, self.w2, self.b2, dilation=2))  # (1, c2, L + 9)
+        return torch.relu_(F.conv3d(a, self.w3, self.b3, dilation=2))[0]  # (c3, L + 5)
 
 
-def _gather_features(variants: list[torch.Tensor], local: torch.Tensor) -> torch.Tensor:
+def _gather_features(conv3: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
     """Flat conv3 features ``(N, c3 * 27)``, channel-major like the patch network, at local voxels ``(N, 3)``."""
-    c, d1, d2, d3 = variants[0].shape
-    flat = [v.reshape(c, -1) for v in variants]
+    c, d1, d2, d3 = conv3.shape
+    flat = conv3.reshape(c, -1)
     cells = []
     for n in np.ndindex(*(FEATURE_GRID,) * 3):
-        g = sum(1 << a for a in range(3) if n[a] == FEATURE_GRID - 1)
         pos = local + 2 * torch.tensor(n, dtype=local.dtype, device=local.device)
-        cells.append(flat[g][:, (pos[:, 0] * d2 + pos[:, 1]) * d3 + pos[:, 2]])  # (c, N)
+        cells.append(flat[:, (pos[:, 0] * d2 + pos[:, 1]) * d3 + pos[:, 2]])  # (c, N)
     return torch.stack(cells, dim=2).permute(1, 0, 2).reshape(local.shape[0], -1)
 
 
@@ -417,7 +338,6 @@ class _Runner:
         memory_bytes: int,
         background: float,
         voxel_batch: int,
-        bf16: bool,
         logit_bias: np.ndarray | None = None,
     ) -> None:
         image, mask, coordinates = np.asarray(image, np.float32), np.asarray(mask, bool), _coordinates(coordinates)
@@ -431,8 +351,8 @@ class _Runner:
         self.bias = _bias(model, logit_bias)
         self.members, self.combine = _members(model)
         self.stages = [_DenseConvStage(member) for member in self.members]
-        self.padded = np.pad(image, [(HALO, HALO + 1)] * 3, constant_values=background)
-        self.voxel_batch, self.bf16 = int(voxel_batch), bool(bf16)
+        self.padded = np.pad(image, PATCH_PADDING, constant_values=background)
+        self.voxel_batch = int(voxel_batch)
         self.box = [(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask)] if mask.any() else None
         if tile_size is None:
             width = self.box[2][1] - self.box[2][0] if self.box else 1
@@ -463,8 +383,8 @@ class _Runner:
 
     @torch.no_grad()
     def _tile(self, lo: np.ndarray, hi: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        # Region of the padded image: padded index of voxel v is v + 11; one extra voxel on the far side.
-        region = self.padded[tuple(slice(a, b + 2 * HALO + 1) for a, b in zip(lo, hi))]
+        # Region of the padded image: padded index of voxel v is v + 11, its patch padded[v : v + 24].
+        region = self.padded[tuple(slice(a, b + PATCH_SIZE - 1) for a, b in zip(lo, hi))]
         x = torch.from_numpy(np.ascontiguousarray(region))[None, None].to(self.device)
         inside = self.mask[tuple(slice(a, b) for a, b in zip(lo, hi))]
         local = np.argwhere(inside)
@@ -473,26 +393,21 @@ class _Runner:
         # tile, so that only one conv stage is alive at a time; the last one's are combined chunk by chunk.
         earlier = []
         for stage, member in zip(self.stages[:-1], self.members[:-1]):
-            variants = self._conv(stage, x)
-            earlier.append([self._head(member, variants, chunk, lo) for chunk in chunks])
-            del variants
-        variants = self._conv(self.stages[-1], x)
+            conv3 = stage(x)
+            earlier.append([self._head(member, conv3, chunk, lo) for chunk in chunks])
+            del conv3
+        conv3 = self.stages[-1](x)
         for i, chunk in enumerate(chunks):
-            logits = self._head(self.members[-1], variants, chunk, lo)
+            logits = self._head(self.members[-1], conv3, chunk, lo)
             if self.combine is not None:
                 logits = self.combine(*(e[i] for e in earlier), logits)
             if self.bias is not None:
                 logits = logits + self.bias
             yield chunk + lo, torch.softmax(logits, dim=2).float().cpu()
 
-    def _conv(self, stage: _DenseConvStage, x: torch.Tensor) -> list[torch.Tensor]:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            variants = stage(x)
-        return [v.float() for v in variants]
-
-    def _head(self, member: DeepNAT, variants: list[torch.Tensor], chunk: np.ndarray, lo: np.ndarray) -> torch.Tensor:
+    def _head(self, member: DeepNAT, conv3: torch.Tensor, chunk: np.ndarray, lo: np.ndarray) -> torch.Tensor:
         # Per-task logits (n, T, C) of one member at the tile's local voxels ``chunk``.
-        features = _gather_features(variants, torch.from_numpy(chunk).to(self.device))
+        features = _gather_features(conv3, torch.from_numpy(chunk).to(self.device))
         coords = None
         if self.coordinates is not None:
             voxels = chunk + lo
@@ -554,7 +469,6 @@ def predict_task_probabilities3d(
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
     background: float = 0.0,
     voxel_batch: int = 2048,
-    bf16: bool = False,
     probability_dtype: type = np.float32,
     progress: bool = False,
     logit_bias: np.ndarray | None = None,
@@ -581,9 +495,6 @@ def predict_task_probabilities3d(
         Value of voxels outside the volume (the patches' zero padding).
     voxel_batch : int
         Voxels per pass through the fully connected layers.
-    bf16 : bool
-        Run the conv stage under bfloat16 autocast (faster on CPUs with bf16
-        support; the probabilities are then approximate, to about 1e-2).
     probability_dtype : numpy dtype
         Type of the returned array (float32 or float16).
     progress : bool
@@ -606,7 +517,7 @@ def predict_task_probabilities3d(
         If the model is in training mode or the shapes disagree.
     """
     runner = _Runner(
-        model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, bf16, logit_bias
+        model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, logit_bias
     )
     rows = _mask_rows(runner.mask)
     out = np.empty((int(runner.mask.sum()), model.tasks, model.num_classes), probability_dtype)
@@ -677,7 +588,6 @@ def predict_dense3d(
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
     background: float = 0.0,
     voxel_batch: int = 2048,
-    bf16: bool = False,
     probability_dtype: type = np.float32,
     progress: bool = False,
     logit_bias: np.ndarray | None = None,
@@ -700,7 +610,7 @@ def predict_dense3d(
     coordinates : ndarray of float32, shape (K, D, H, W), optional
         Per-voxel coordinates (:mod:`brainseg.features.coordinates`); required
         when the network has ``K > 0``, None or empty when ``K = 0``.
-    tile_size, memory_bytes, background, voxel_batch, bf16, progress, logit_bias
+    tile_size, memory_bytes, background, voxel_batch, progress, logit_bias
         See :func:`predict_task_probabilities3d`.
     probability_dtype : numpy dtype
         Type of the result: float32, or float16 to halve its size.
@@ -717,7 +627,7 @@ def predict_dense3d(
         If the model is in training mode or the shapes disagree.
     """
     runner = _Runner(
-        model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, bf16, logit_bias
+        model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, logit_bias
     )
     out = np.zeros((model.num_classes,) + runner.mask.shape, probability_dtype)
     out[0] = 1
@@ -739,7 +649,6 @@ def segment_dense3d(
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
     background: float = 0.0,
     voxel_batch: int = 2048,
-    bf16: bool = False,
     progress: bool = False,
     logit_bias: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -758,7 +667,7 @@ def segment_dense3d(
     probability_dtype : numpy dtype
         Their type (float32 or float16); the class map is the arg-max of the
         float32 means whatever this type.
-    tile_size, memory_bytes, background, voxel_batch, bf16, progress, logit_bias
+    tile_size, memory_bytes, background, voxel_batch, progress, logit_bias
         See :func:`predict_task_probabilities3d`.
 
     Returns
@@ -777,7 +686,7 @@ def segment_dense3d(
     if model.num_classes > 256:
         raise ValueError(f"the class map is uint8: at most 256 classes, the network has {model.num_classes}")
     runner = _Runner(
-        model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, bf16, logit_bias
+        model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, logit_bias
     )
     classes = np.zeros(runner.mask.shape, np.uint8)
     probs = None
