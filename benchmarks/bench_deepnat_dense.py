@@ -79,7 +79,9 @@ def main() -> None:
     print(f"{platform.machine()}, {os.cpu_count()} CPUs, OMP_NUM_THREADS={threads}, load {os.getloadavg()[0]:.2f}")
     print(f"{'budget MiB':>10} {'tile':>5} {'voxels':>10} {'wall s':>8} {'voxels/s':>9} {'peak RSS GB':>12}")
     for budget in args.budgets_mib:
-        cmd = [sys.executable, __file__, str(args.mask), "--one", str(budget)] + (["--one-step"] if args.one_step else [])
+        cmd = [sys.executable, __file__, str(args.mask), "--one", str(budget)] + (
+            ["--one-step"] if args.one_step else []
+        )
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
         print(
             f"{budget:>10} {r['tile']:>5} {r['voxels']:>10,} {r['wall_s']:>8.1f} "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -87,6 +88,53 @@ def test_resume_refuses_other_settings(tiny_setup, capsys):
     # more epochs or threads are fine
     longer = _with(tiny_setup, "longer", epochs=2, num_threads=2)
     assert main(["train", str(longer), "-o", str(out), "--resume", "--no-progress", "--no-card"]) == 0
+
+
+def test_resume_from_a_moved_checkout_compares_files_by_content(tiny_setup, capsys):
+    # Config and manifest copied elsewhere (another checkout, another machine): same contents, other paths.
+    out = tiny_setup.parent / "run"
+    assert main(["train", str(tiny_setup), "-o", str(out), "--epochs", "1", "--no-progress", "--no-card"]) == 0
+    moved = tiny_setup.parent / "moved"
+    moved.mkdir()
+    shutil.copy(tiny_setup, moved / "config.yaml")
+    shutil.copy(tiny_setup.parent / "cases.csv", moved / "cases.csv")
+    assert (
+        main(
+            [
+                "train",
+                str(moved / "config.yaml"),
+                "-o",
+                str(out),
+                "--resume",
+                "--epochs",
+                "2",
+                "--no-progress",
+                "--no-card",
+            ]
+        )
+        == 0
+    )
+    assert len(json.loads((out / "history.json").read_text())) == 2
+    # a manifest whose contents differ is another training set
+    lines = (moved / "cases.csv").read_text().splitlines()
+    (moved / "cases.csv").write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
+    assert (
+        main(
+            [
+                "train",
+                str(moved / "config.yaml"),
+                "-o",
+                str(out),
+                "--resume",
+                "--epochs",
+                "3",
+                "--no-progress",
+                "--no-card",
+            ]
+        )
+        == 2
+    )
+    assert "training.manifest" in capsys.readouterr().err
 
 
 def test_resume_equals_uninterrupted_plain(tiny_setup):

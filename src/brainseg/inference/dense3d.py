@@ -67,7 +67,6 @@ from tqdm import tqdm
 
 from brainseg.models.wachinger2018 import (
     FEATURE_GRID,
-    PATCH_CENTRE,
     PATCH_PADDING,
     PATCH_SIZE,
     DeepNAT,
@@ -516,9 +515,7 @@ def predict_task_probabilities3d(
     ValueError
         If the model is in training mode or the shapes disagree.
     """
-    runner = _Runner(
-        model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, logit_bias
-    )
+    runner = _Runner(model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, logit_bias)
     rows = _mask_rows(runner.mask)
     out = np.empty((int(runner.mask.sum()), model.tasks, model.num_classes), probability_dtype)
     for z0, z1 in tqdm(runner.slabs(), desc="slabs", unit="slab", disable=not progress, leave=False):
@@ -626,9 +623,7 @@ def predict_dense3d(
     ValueError
         If the model is in training mode or the shapes disagree.
     """
-    runner = _Runner(
-        model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, logit_bias
-    )
+    runner = _Runner(model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, logit_bias)
     out = np.zeros((model.num_classes,) + runner.mask.shape, probability_dtype)
     out[0] = 1
     for first, stop, means in _combined(runner, progress):
@@ -685,9 +680,7 @@ def segment_dense3d(
     """
     if model.num_classes > 256:
         raise ValueError(f"the class map is uint8: at most 256 classes, the network has {model.num_classes}")
-    runner = _Runner(
-        model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, logit_bias
-    )
+    runner = _Runner(model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, logit_bias)
     classes = np.zeros(runner.mask.shape, np.uint8)
     probs = None
     if probabilities:

@@ -9,6 +9,7 @@ resumed run draws the same patches as an uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
@@ -24,7 +25,7 @@ from tqdm import tqdm
 from brainseg.config import Config, TrainingConfig, config_to_dict, save_config
 from brainseg.errors import InputError
 from brainseg.families import Family, family_of
-from brainseg.io.atomic import atomic_write_text
+from brainseg.io.atomic import atomic_write_text, sha256_file
 from brainseg.io.manifest import Case, read_manifest
 from brainseg.io.nifti import load_volume
 from brainseg.labels import LabelCounts, LabelTable, build_label_table, read_lut, resolve_label_table
@@ -228,21 +229,69 @@ def _resume_settings(config: Config) -> str:
     return json.dumps(values, sort_keys=True, default=str)
 
 
-def _check_resumable(state: dict, settings: str, path: Path) -> None:
+#: Training settings that name a file or folder: a resumed run may find them at another path (another
+#: checkout, another machine), so they count as changed only when their contents differ.
+PATH_SETTINGS = ("manifest", "reference", "init_from", "labels", "lut")
+
+
+def content_digest(value: str) -> str | None:
+    """SHA-256 over the contents of a file, or of every file of a folder with its relative path.
+
+    Parameters
+    ----------
+    value : str
+        A path, as a path setting holds it.
+
+    Returns
+    -------
+    str or None
+        Hex digest; None when ``value`` names no existing file or folder (e.g. ``labels: auto``).
+    """
+    path = Path(value) if value else None
+    if path is None or not path.exists():
+        return None
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
+    return digest.hexdigest()
+
+
+def _path_digests(config: Config) -> dict[str, str | None]:
+    values = config_to_dict(config)["training"]
+    return {key: content_digest(str(values.get(key) or "")) for key in PATH_SETTINGS}
+
+
+def _check_resumable(state: dict, settings: str, digests: dict[str, str | None], path: Path) -> None:
     saved = state.get("settings")
     if saved is None:
         raise InputError(f"{path}: this checkpoint records no configuration; start a new run in another folder")
-    if saved != settings:
-        old, new = json.loads(saved), json.loads(settings)
-        changed = sorted(
-            f"{section}.{key}"
-            for section in set(old) | set(new)
-            for key in set(old.get(section, {})) | set(new.get(section, {}))
-            if old.get(section, {}).get(key) != new.get(section, {}).get(key)
-        )
+    old, new = json.loads(saved), json.loads(settings)
+    # checkpoints written before digests were kept: the old path's contents, where it still exists
+    saved_digests = state.get("digests") or {
+        key: content_digest(str(old["training"].get(key) or "")) for key in PATH_SETTINGS
+    }
+
+    def differs(section: str, key: str) -> bool:
+        before, after = old.get(section, {}).get(key), new.get(section, {}).get(key)
+        if section == "training" and key in PATH_SETTINGS:
+            a, b = saved_digests.get(key), digests.get(key)
+            if a is not None and b is not None:
+                return a != b  # a file or folder: its contents decide, wherever it lies
+        return before != after
+
+    changed = sorted(
+        f"{section}.{key}"
+        for section in set(old) | set(new)
+        for key in set(old.get(section, {})) | set(new.get(section, {}))
+        if differs(section, key)
+    )
+    if changed:
         raise InputError(
             f"{path}: was trained with other settings ({', '.join(changed)}); resume with the same config "
-            f"(only {', '.join(RESUMABLE_CHANGES)} may change) or train into another folder"
+            f"(only {', '.join(RESUMABLE_CHANGES)} may change; files and folders may move if their "
+            "contents stay) or train into another folder"
         )
 
 
@@ -370,10 +419,10 @@ def train(
     )
     history: list[dict] = []
     start_epoch, elapsed = 0, 0.0
-    settings = _resume_settings(config)
+    settings, digests = _resume_settings(config), _path_digests(config)
     if resume:
         state = load_checkpoint(checkpoint_path)
-        _check_resumable(state, settings, checkpoint_path)
+        _check_resumable(state, settings, digests, checkpoint_path)
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:  # the schedule restarts from the base rate and is replayed below
@@ -433,6 +482,7 @@ def train(
                 "epoch": epoch + 1,
                 "elapsed_s": elapsed,
                 "settings": settings,
+                "digests": digests,
             },
         )
         scheduler.step()
