@@ -16,6 +16,7 @@ import yaml
 from brainseg.errors import InputError
 from brainseg.io.atomic import atomic_write_text
 from brainseg.labels import SHIPPED_TABLES
+from brainseg.postprocessing.dense_crf import CRFParameters
 
 __all__ = [
     "FORMAT_VERSION",
@@ -319,10 +320,16 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """A whole run: model and training settings."""
+    """A whole run: model and training settings, and the dense CRF's settings for ``segment --crf``.
+
+    A config's ``crf:`` section (optional) is read into
+    :class:`~brainseg.postprocessing.dense_crf.CRFParameters`; a model folder carries it, and
+    ``brainseg segment --crf`` uses it unless ``--crf-param`` overrides a value.
+    """
 
     model: AnyModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    crf: CRFParameters = field(default_factory=CRFParameters)
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -338,7 +345,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         kwargs[key] = value
     try:
         return cls(**kwargs)
-    except InputError as err:  # a value the dataclass refuses (__post_init__)
+    except (InputError, ValueError) as err:  # a value the dataclass refuses (__post_init__)
         raise InputError(f"{where}: {err}") from None
 
 
@@ -352,9 +359,9 @@ def _read_raw(path: Path, seen: set[Path]) -> dict[str, Any]:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise InputError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
-    if not isinstance(raw, dict) or set(raw) - {"model", "training", "extends", "format_version"}:
+    if not isinstance(raw, dict) or set(raw) - {"model", "training", "crf", "extends", "format_version"}:
         raise InputError(
-            f"{path}: expected the sections 'model' and 'training' (and optionally 'extends', 'format_version')"
+            f"{path}: expected the sections 'model' and 'training' (and optionally 'crf', 'extends', 'format_version')"
         )
     _check_format(path, raw.get("format_version", 1))
     for key in ("manifest", "reference", "init_from", "labels", "lut"):  # paths are relative to the file naming them
@@ -382,13 +389,14 @@ def _check_format(path: Path, version: Any) -> None:
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    return {section: {**(base.get(section) or {}), **(top.get(section) or {})} for section in ("model", "training")}
+    sections = ("model", "training", "crf")
+    return {section: {**(base.get(section) or {}), **(top.get(section) or {})} for section in sections}
 
 
 def load_config(
     path: str | Path, overrides: dict[str, dict[str, Any]] | None = None, *, model_folder: bool = False
 ) -> Config:
-    """Read a YAML config with ``model:`` and ``training:`` sections.
+    """Read a YAML config with ``model:`` and ``training:`` sections (and optionally ``crf:``).
 
     A top-level ``extends: other.yaml`` (relative to the file) reads that
     config first and lets this file's settings override it, section by
@@ -400,7 +408,7 @@ def load_config(
     path : str or Path
         The YAML file.
     overrides : dict, optional
-        ``{'model': {...}, 'training': {...}}`` settings that win over the file's.
+        ``{'model': {...}, 'training': {...}, 'crf': {...}}`` settings that win over the file's.
     model_folder : bool
         The file is a model folder's ``config.yaml``: an unknown setting is
         reported as coming from a newer brainseg.
@@ -422,6 +430,7 @@ def load_config(
         training = _build(
             TrainingConfig, {**(raw.get("training") or {}), **overrides.get("training", {})}, f"{path}: training"
         )
+        crf = _build(CRFParameters, {**(raw.get("crf") or {}), **overrides.get("crf", {})}, f"{path}: crf")
     except InputError as err:
         if not model_folder:
             raise
@@ -430,7 +439,7 @@ def load_config(
         raise InputError(
             f"{path}: a setting has the wrong type ({err}); compare it with the README's configs"
         ) from None
-    return Config(model, training)
+    return Config(model, training, crf)
 
 
 def model_config_class(name: Any) -> type:
@@ -457,7 +466,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     def plain(obj: Any) -> Any:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(obj).items()}
 
-    return {"model": plain(config.model), "training": plain(config.training)}
+    return {"model": plain(config.model), "training": plain(config.training), "crf": plain(config.crf)}
 
 
 def save_config(config: Config, path: str | Path) -> None:

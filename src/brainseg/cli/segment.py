@@ -39,6 +39,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs are already complete")
     p.add_argument("--probabilities", action="store_true", help="also write NAME_probabilities.nii.gz")
+    p.add_argument(
+        "--crf",
+        action="store_true",
+        help="refine with the 3-D fully connected CRF (DeepNAT section 2.5), with the model folder's crf settings; "
+        "--probabilities then writes the CRF's marginals",
+    )
+    p.add_argument(
+        "--crf-param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one CRF setting (repeatable): appearance_weight, smoothness_weight, position_sigma_mm, "
+        "intensity_sigma, smoothness_sigma_mm, iterations, top_k",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(run=run)
@@ -46,8 +60,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Segment, print the written label maps; 1 if a case of a batch failed."""
+    from brainseg.errors import InputError
     from brainseg.inference.segment import segment
 
+    crf_settings = {}
+    for item in args.crf_param:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"--crf-param expects NAME=VALUE, got {item!r}")
+        crf_settings[name.strip()] = value.strip()
+    if crf_settings and not args.crf:
+        raise InputError("--crf-param needs --crf")
     results = segment(
         args.images,
         args.output,
@@ -57,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         num_threads=args.threads,
+        crf=args.crf,
+        crf_settings=crf_settings,
     )
     failed = [r for r in results if r.status == "failed"]
     for r in results:

@@ -13,6 +13,7 @@ from brainseg.families import family_of
 from brainseg.io.nifti import Grid, Volume, load_volume
 from brainseg.labels import LabelTable
 from brainseg.model_folder import LoadedModel, load_model_folder
+from brainseg.postprocessing.dense_crf import CRFParameters, dense_crf
 from brainseg.preprocessing.pipeline import PreparedImage, prepare_image
 from brainseg.preprocessing.reference import RegisteredImage, register_to_reference
 
@@ -78,6 +79,7 @@ class Predictor:
         probabilities: bool = False,
         progress: bool = False,
         probability_dtype: type = np.float16,
+        crf: CRFParameters | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None, RegisteredImage | None]:
         """Segment a prepared image; reference-space models register it (or use ``matrix``) first.
 
@@ -93,6 +95,10 @@ class Predictor:
         probability_dtype : numpy dtype
             Storage type of the probabilities (float16 halves the memory;
             float32 keeps their arg-max equal to ``classes``).
+        crf : CRFParameters, optional
+            Refine the network's probabilities with the dense CRF on the working grid
+            (:func:`brainseg.postprocessing.dense_crf.dense_crf`); the classes are then the
+            CRF's, and the probabilities its marginals.
 
         Returns
         -------
@@ -108,11 +114,18 @@ class Predictor:
             self.model.network,
             inputs,
             mask,
-            probabilities=probabilities,
+            probabilities=probabilities or crf is not None,
             progress=progress,
             probability_dtype=probability_dtype,
             logit_bias=self.model.prior.logit_bias() if self.model.prior is not None else None,
         )
+        if crf is not None:
+            if registered is None:
+                image, spacing = prepared.image, (1.0, 1.0, 1.0)
+            else:
+                image = registered.image
+                spacing = tuple(float(s) for s in np.linalg.norm(registered.reference_affine[:3, :3], axis=0))
+            classes, probs = dense_crf(probs, image, spacing, crf, return_marginals=probabilities)  # type: ignore[arg-type]
         if registered is not None:
             classes = registered.to_native(classes)
         return classes, probs, registered
@@ -149,6 +162,7 @@ class Predictor:
         probabilities: bool = False,
         progress: bool = False,
         matrix: np.ndarray | None = None,
+        crf: CRFParameters | None = None,
     ) -> Segmentation:
         """Segment one skull-stripped T1 image.
 
@@ -166,6 +180,9 @@ class Predictor:
         matrix : ndarray, shape (4, 4), optional
             Reference-space models: a known transform (template mm -> the
             scan's 1 mm-grid mm) instead of registering the scan.
+        crf : CRFParameters, optional
+            Refine with the dense CRF (e.g. ``predictor.model.config.crf``, the model folder's
+            settings); see :meth:`segment_prepared`.
 
         Returns
         -------
@@ -173,7 +190,7 @@ class Predictor:
         """
         prepared = prepare_image(image, mask, self.model.normalization)
         classes, probs, registered = self.segment_prepared(
-            prepared, matrix=matrix, probabilities=probabilities, progress=progress
+            prepared, matrix=matrix, probabilities=probabilities, progress=progress, crf=crf
         )
         classes = prepared.to_source_grid(classes)
         if probs is not None:

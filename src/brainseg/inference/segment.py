@@ -13,6 +13,7 @@ re-run skips complete cases unless ``overwrite``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ from brainseg.inference.batch import (
 from brainseg.inference.predictor import Predictor
 from brainseg.io.nifti import Volume, load_volume, save_volume
 from brainseg.io.validation import check_brain_mask
+from brainseg.postprocessing.dense_crf import CRFParameters
 from brainseg.preprocessing.skull_strip import SKULL_STRIP_MODES, BrainExtractor, skull_strip
 from brainseg.reporting import qc_figure, save_qc_png, structure_volumes, write_volumes_csv
 from brainseg.reporting.volumes import voxel_volume_mm3
@@ -66,6 +68,7 @@ def segment_case(
     extractor: BrainExtractor | None = None,
     header: list[str] | None = None,
     progress: bool = False,
+    crf: CRFParameters | None = None,
 ) -> str:
     """Segment one image file and write its outputs (not its completion record).
 
@@ -83,6 +86,8 @@ def segment_case(
         Comment lines for the top of the volumes CSV.
     progress : bool
         Show the network's progress bar.
+    crf : CRFParameters, optional
+        Refine with the dense CRF (:meth:`brainseg.inference.predictor.Predictor.predict`).
 
     Returns
     -------
@@ -110,7 +115,7 @@ def segment_case(
     if stripping.extracted:
         brain = Volume(np.where(stripping.mask, volume.data, 0).astype(np.float32), volume.affine, volume.grid)
     result = predictor.predict(
-        brain, stripping.mask, probabilities=outputs.probabilities is not None, progress=progress
+        brain, stripping.mask, probabilities=outputs.probabilities is not None, progress=progress, crf=crf
     )
     outputs.label_map.parent.mkdir(parents=True, exist_ok=True)
     save_volume(outputs.label_map, result.label_map, result.grid, dtype=np.int16)
@@ -126,6 +131,26 @@ def segment_case(
         save_volume(outputs.probabilities, scaled, result.grid, slope=1 / 255)
     log.info("%s -> %s", image, outputs.label_map)
     return line
+
+
+def crf_settings_of(defaults: CRFParameters, changes: dict[str, float] | None) -> CRFParameters:
+    """The model folder's CRF settings with ``changes`` applied (``--crf-param NAME=VALUE``).
+
+    Raises
+    ------
+    InputError
+        If a name is not a CRF setting or a value is refused.
+    """
+    changes = dict(changes or {})
+    fields = {f.name: f for f in dataclasses.fields(CRFParameters)}
+    unknown = sorted(set(changes) - set(fields))
+    if unknown:
+        raise InputError(f"--crf-param: unknown setting(s) {unknown}; known: {sorted(fields)}")
+    try:
+        typed = {k: int(v) if fields[k].type == "int" else float(v) for k, v in changes.items()}
+        return dataclasses.replace(defaults, **typed)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"--crf-param: {err}") from None
 
 
 def _remove_outputs(outputs: SegmentOutputs) -> None:
@@ -145,6 +170,8 @@ def segment(
     keep_going: bool | None = None,
     progress: bool = True,
     num_threads: int | None = None,
+    crf: bool = False,
+    crf_settings: dict[str, float] | None = None,
 ) -> list[CaseResult]:
     """Segment T1 images (skull-stripped or whole-head) and write the results.
 
@@ -181,6 +208,13 @@ def segment(
         Show progress bars.
     num_threads : int, optional
         Torch threads.
+    crf : bool
+        Refine every segmentation with the dense CRF
+        (:mod:`brainseg.postprocessing.dense_crf`), with the model folder's ``crf`` settings;
+        the probabilities written are then the CRF's marginals.
+    crf_settings : dict, optional
+        Values that replace the model folder's CRF settings, by
+        :class:`~brainseg.postprocessing.dense_crf.CRFParameters` field name.
 
     Returns
     -------
@@ -206,9 +240,13 @@ def segment(
     weights = sha256_file(predictor.model.path / "weights.safetensors")
     settings = {"brainseg": __version__, "model_sha256": weights, "probabilities": probabilities}
     settings["skull_strip"] = skull_strip
+    crf_parameters = crf_settings_of(predictor.model.config.crf, crf_settings) if crf else None
+    settings["crf"] = dataclasses.asdict(crf_parameters) if crf_parameters is not None else None
     header = [f"brainseg {__version__}", f"model: {predictor.model.path}"]
     if predictor.model.prior is not None:
         header.append(f"sampling prior correction: strength {predictor.model.prior.strength:g}")
+    if crf_parameters is not None:
+        header.append("dense CRF: " + ", ".join(f"{k} {v:g}" for k, v in settings["crf"].items()))
     extractor = _Extractor()
     results: list[CaseResult] = []
     for outputs in tqdm(planned, desc="images", unit="image", disable=not progress or not batch):
@@ -230,6 +268,7 @@ def segment(
                     extractor=extractor.get() if skull_strip != "never" else None,
                     header=header,
                     progress=progress and not batch,
+                    crf=crf_parameters,
                 )
                 write_record(outputs, identity, line)  # type: ignore[arg-type]
                 results.append(CaseResult(outputs, "ok", line, time.perf_counter() - start))

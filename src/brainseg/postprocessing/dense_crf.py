@@ -66,7 +66,12 @@ __all__ = [
     "mean_field_energy",
 ]
 
-#: DeepNAT's sb = 10 on FreeSurfer's scale, as a brainseg (z-scored) intensity difference; see CRFParameters.
+#: DeepNAT's sb = 10 on FreeSurfer's scale (white matter 110) as a difference of brainseg's z-scored
+#: intensities. On the 10 MICCAI 2012 training subjects, z-scored in their brain masks, cerebral white
+#: matter averages 1.09, cortex -0.56 and the lateral ventricles -1.72. FreeSurfer's scale puts them at
+#: about 110, 75 and 30 (typical values, not measured here), so one FreeSurfer unit is 1.65 / 35 = 0.047
+#: (white-grey contrast) or 2.82 / 80 = 0.035 (white-CSF contrast) z units, and sb = 10 is 0.35-0.47:
+#: 0.4.
 DEFAULT_INTENSITY_SIGMA = 0.4
 
 
@@ -151,6 +156,23 @@ def _smooth_sparse(
     return out
 
 
+def _top_classes(probabilities: np.ndarray, box: tuple[slice, ...], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` most probable classes ``(N, k)`` int64 and their probabilities float32 of the box's voxels (C order).
+
+    Slab by slab along the first axis, so that no ``(C, N)`` copy of the box is made.
+    """
+    parts, values = [], []
+    z0, z1 = box[0].start, box[0].stop
+    step = max(1, int(2**22 // max(1, (box[1].stop - box[1].start) * (box[2].stop - box[2].start) * 4)))
+    for z in range(z0, z1, step):
+        chunk = np.asarray(probabilities[:, z : min(z + step, z1), box[1], box[2]], np.float32)
+        flat = torch.from_numpy(chunk.reshape(chunk.shape[0], -1))
+        v, i = torch.topk(flat, k, dim=0)  # sorted, most probable first
+        parts.append(i.T.numpy())
+        values.append(v.T.numpy())
+    return np.concatenate(parts), np.concatenate(values)
+
+
 def _softmax_energy(unary: torch.Tensor, message: torch.Tensor) -> torch.Tensor:
     return torch.softmax(-unary + message, dim=1)
 
@@ -176,14 +198,15 @@ def dense_crf(
     params : CRFParameters, optional
         Kernel weights and widths, iterations, ``top_k`` (defaults: DeepNAT's, mapped).
     return_marginals : bool
-        Also return the mean-field marginals ``(C, D, H, W)`` float32 (classes outside a voxel's
-        ``top_k`` get 0; voxels outside the CRF's box keep ``probabilities``).
+        Also return the mean-field marginals ``(C, D, H, W)``, of the type of ``probabilities``
+        (classes outside a voxel's ``top_k`` get 0; voxels outside the CRF's box keep
+        ``probabilities``).
 
     Returns
     -------
     classes : ndarray of uint8 or int16, shape (D, H, W)
         Class index of largest marginal (uint8 when ``C <= 256``).
-    marginals : ndarray of float32, shape (C, D, H, W), or None
+    marginals : ndarray, shape (C, D, H, W), or None
 
     Raises
     ------
@@ -202,7 +225,7 @@ def dense_crf(
     num_classes = probabilities.shape[0]
     out_dtype = np.uint8 if num_classes <= 256 else np.int16
     classes = np.argmax(probabilities, axis=0).astype(out_dtype)
-    marginals = probabilities.astype(np.float32) if return_marginals else None
+    marginals = probabilities.copy() if return_marginals else None
     foreground = probabilities[0] < 1 - 1e-6 if num_classes > 1 else np.zeros(image.shape, bool)
     if not foreground.any() or params.iterations == 0:
         return classes, marginals
@@ -214,12 +237,7 @@ def dense_crf(
     shape = tuple(hi - lo)
     voxels = np.argwhere(np.ones(shape, bool))
     k = num_classes if params.top_k == 0 else min(params.top_k, num_classes)
-    probs = probabilities[(slice(None),) + box].reshape(num_classes, -1)
-    if k == num_classes:
-        top = np.broadcast_to(np.arange(num_classes), (len(voxels), num_classes))
-    else:
-        top = np.argpartition(-probs, k - 1, axis=0)[:k].T  # (N, k) class indices
-    kept = np.take_along_axis(probs.T, top, axis=1).astype(np.float32)
+    top, kept = _top_classes(probabilities, box, k)
     unary = torch.from_numpy(-np.log(np.clip(kept, 1e-8, None)))
     top_t = torch.from_numpy(np.ascontiguousarray(top, dtype=np.int64))
     positions = voxels * spacing_
@@ -240,9 +258,12 @@ def dense_crf(
     best = torch.gather(top_t, 1, q.argmax(dim=1, keepdim=True))[:, 0].numpy()
     classes[box] = best.reshape(shape).astype(out_dtype)
     if marginals is not None:
-        inside = np.zeros((len(voxels), num_classes), np.float32)
-        np.put_along_axis(inside, top, q.numpy(), axis=1)
-        marginals[(slice(None),) + box] = inside.T.reshape((num_classes,) + shape)
+        q_np, plane = q.numpy(), shape[1] * shape[2]
+        for z in range(shape[0]):  # one slice of the box at a time: no (N, C) array
+            rows = slice(z * plane, (z + 1) * plane)
+            inside = np.zeros((plane, num_classes), marginals.dtype)
+            np.put_along_axis(inside, top[rows], q_np[rows].astype(marginals.dtype), axis=1)
+            marginals[:, lo[0] + z, box[1], box[2]] = inside.T.reshape((num_classes,) + shape[1:])
     return classes, marginals
 
 

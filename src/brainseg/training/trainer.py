@@ -224,6 +224,7 @@ def _is_best(history: list[dict]) -> bool:
 def _resume_settings(config: Config) -> str:
     # The configuration a checkpoint belongs to, as canonical JSON (a plain string: loads with weights_only).
     values = config_to_dict(config)
+    values.pop("crf", None)  # an inference setting: checkpoints written before it existed stay resumable
     for key in RESUMABLE_CHANGES:
         values["training"].pop(key, None)
     return json.dumps(values, sort_keys=True, default=str)
