@@ -48,6 +48,40 @@ def _elevate(features: np.ndarray) -> np.ndarray:
     return elevated
 
 
+_CHUNK = 1 << 18  # points per chunk of the lattice construction
+_BLUR_CHANNELS = 16  # channels blurred together (bounds the gathers' temporaries to 2 x 16 x M floats)
+
+
+def _simplices(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Enclosing simplex of each point (Adams et al. section 3.1): remainder-0 point, rank, barycentric weights.
+
+    Returns int32 ``(n, d + 1)``, int8 ``(n, d + 1)`` and float32 ``(n, d + 1)``.
+    """
+    n, d = features.shape
+    elevated = _elevate(features)
+    down = np.floor(elevated / (d + 1)) * (d + 1)
+    up = down + (d + 1)
+    rem0 = np.where(up - elevated < elevated - down, up, down)
+    total = np.rint(rem0.sum(axis=1) / (d + 1)).astype(np.int64)
+    diff = elevated - rem0
+    greater = diff[:, None, :] > diff[:, :, None]  # [n, i, j]: diff_j > diff_i
+    equal_before = np.tril(np.ones((d + 1, d + 1), bool), -1)[None] & (diff[:, None, :] == diff[:, :, None])
+    rank = (greater | equal_before).sum(axis=2)
+    s = total[:, None]
+    lower = (s > 0) & (rank >= d + 1 - s)
+    raise_ = (s < 0) & (rank < -s)
+    rem0 = rem0 - (d + 1) * lower + (d + 1) * raise_
+    rank = rank + s - (d + 1) * lower + (d + 1) * raise_
+    v = (elevated - rem0) / (d + 1)
+    bary = np.zeros((n, d + 2))
+    rows = np.arange(n)
+    for i in range(d + 1):
+        bary[rows, d - rank[:, i]] += v[:, i]
+        bary[rows, d + 1 - rank[:, i]] -= v[:, i]
+    bary[:, 0] += 1.0 + bary[:, d + 1]
+    return rem0.astype(np.int32), rank.astype(np.int8), bary[:, : d + 1].astype(np.float32)
+
+
 class PermutohedralLattice:
     """The lattice of a fixed set of feature vectors, ready to filter values on them.
 
@@ -83,44 +117,34 @@ class PermutohedralLattice:
             raise ValueError("features must be finite")
         n, d = features.shape
         self.dimension, self.size = d, n
-        elevated = _elevate(features)
-        # the closest remainder-0 point, and the ranking of the differential (Adams et al. section 3.1)
-        down = np.floor(elevated / (d + 1)) * (d + 1)
-        up = down + (d + 1)
-        rem0 = np.where(up - elevated < elevated - down, up, down)
-        total = np.rint(rem0.sum(axis=1) / (d + 1)).astype(np.int64)
-        diff = elevated - rem0
-        greater = diff[:, None, :] > diff[:, :, None]  # [n, i, j]: diff_j > diff_i
-        equal_before = np.tril(np.ones((d + 1, d + 1), bool), -1)[None] & (diff[:, None, :] == diff[:, :, None])
-        rank = (greater | equal_before).sum(axis=2)
-        s = total[:, None]
-        lower = (s > 0) & (rank >= d + 1 - s)
-        raise_ = (s < 0) & (rank < -s)
-        rem0 = rem0 - (d + 1) * lower + (d + 1) * raise_
-        rank = rank + s - (d + 1) * lower + (d + 1) * raise_
-        # barycentric weights of the d + 1 vertices
-        v = (elevated - rem0) / (d + 1)
-        bary = np.zeros((n, d + 2))
-        rows = np.arange(n)
-        for i in range(d + 1):
-            bary[rows, d - rank[:, i]] += v[:, i]
-            bary[rows, d + 1 - rank[:, i]] -= v[:, i]
-        bary[:, 0] += 1.0 + bary[:, d + 1]
+        # per point: its remainder-0 point, the rank of its differential and its barycentric weights,
+        # computed in chunks so that the (n, d + 1, d + 1) comparisons stay small
+        rem0 = np.empty((n, d + 1), np.int32)
+        rank = np.empty((n, d + 1), np.int8)
+        weights = np.empty((n, d + 1), np.float32)
+        for start in range(0, n, _CHUNK):
+            stop = min(start + _CHUNK, n)
+            rem0[start:stop], rank[start:stop], weights[start:stop] = _simplices(features[start:stop])
         # vertex keys: the remainder-0 point plus the canonical simplex's vertex r, permuted by the rank
         canonical = np.array([[r if j <= d - r else r - (d + 1) for j in range(d + 1)] for r in range(d + 1)])
-        rem0 = rem0.astype(np.int64)
-        keys = np.stack([rem0[:, :d] + canonical[r][rank[:, :d]] for r in range(d + 1)], axis=1)  # (n, d+1, d)
-        low = keys.min(axis=(0, 1))
-        span = keys.max(axis=(0, 1)) - low + 2  # one spare value on each side for the neighbours
+        low = rem0[:, :d].min(axis=0).astype(np.int64) - (d + 1)  # keys lie within rem0 +- (d + 1)
+        span = rem0[:, :d].max(axis=0).astype(np.int64) + (d + 1) - low + 2  # spare values for the neighbours
         bits = int(np.ceil(np.log2(span.max() + 1)))
         if bits * d > 62:
             raise ValueError(f"features span too many lattice cells ({span.max()} per axis) for 64-bit keys")
         self._low, self._bits = low - 1, bits
-        packed = self._pack(keys.reshape(-1, d))
-        vertices, inverse = np.unique(packed, return_inverse=True)
+        packed = np.empty((n, d + 1), np.int64)
+        for start in range(0, n, _CHUNK):
+            stop = min(start + _CHUNK, n)
+            r0, rk = rem0[start:stop, :d].astype(np.int64), rank[start:stop, :d]
+            for r in range(d + 1):
+                packed[start:stop, r] = self._pack(r0 + canonical[r][rk])
+        del rem0, rank
+        vertices, inverse = np.unique(packed.reshape(-1), return_inverse=True)
+        del packed
         self.vertices = len(vertices)
-        self._index = torch.from_numpy(inverse.reshape(n, d + 1).astype(np.int64))
-        self._weights = torch.from_numpy(bary[:, : d + 1].astype(np.float32))
+        self._index = torch.from_numpy(inverse.reshape(n, d + 1).astype(np.int64, copy=False))
+        self._weights = torch.from_numpy(weights)
         # neighbours of every vertex along each of the d + 1 lattice directions (-1: absent -> the zero row M)
         unpacked = self._unpack(vertices)
         neighbours = []
@@ -196,18 +220,21 @@ class PermutohedralLattice:
         if num_channels is None:
             num_channels = int(channels.max()) + 1 if channels.numel() else 1
         out_channels = channels if out_channels is None else out_channels
-        grid = torch.zeros((m + 1) * num_channels)  # row m stays zero: the absent neighbour
+        # the lattice's values channel-major, (C, M + 1): column M stays zero (the absent neighbour)
+        grid = torch.zeros(num_channels * (m + 1))
         for r in range(self.dimension + 1):  # splat
-            flat = self._index[:, r, None] * num_channels + channels
+            flat = channels * (m + 1) + self._index[:, r, None]
             grid.index_add_(0, flat.reshape(-1), (values * self._weights[:, r, None]).reshape(-1))
-        grid = grid.view(m + 1, num_channels)
-        for pair in self._neighbours:  # blur
-            blurred = grid[:m] + 0.5 * (grid[pair[0]] + grid[pair[1]])
-            grid = torch.cat([blurred, grid[m:]])
+        grid = grid.view(num_channels, m + 1)
+        for start in range(0, num_channels, _BLUR_CHANNELS):  # blur, a block of channels at a time
+            block = grid[start : start + _BLUR_CHANNELS]
+            for pair in self._neighbours:
+                # the gathers read the block before the addition: one Jacobi step along this direction
+                block[:, :m] += 0.5 * (block[:, pair[0]] + block[:, pair[1]])
         flat_grid = grid.reshape(-1)
         out = torch.zeros(out_channels.shape)
         for r in range(self.dimension + 1):  # slice
-            flat = self._index[:, r, None] * num_channels + out_channels
+            flat = out_channels * (m + 1) + self._index[:, r, None]
             out += flat_grid[flat] * self._weights[:, r, None]
         return out / self._gain
 
