@@ -45,7 +45,7 @@ def test_mean_field_matches_brute_force(seed, num_classes):
     want = brute_force_mean_field(probs, image, SPACING, SMALL)[-1]
     classes, marginals = dense_crf(probs, image, SPACING, SMALL, return_marginals=True)
     got = marginals.reshape(num_classes, -1).T
-    # measured 0.0035 for seed 0: the lattice's ~10 % error in the appearance sums barely moves the marginals
+    # measured 0.011 for seed 0: the lattice's ~10 % error in the appearance sums barely moves the marginals
     assert np.abs(got - want).max() < 0.03
     assert (classes.ravel() == want.argmax(1)).mean() >= 0.97
     np.testing.assert_allclose(got.sum(1), 1, atol=1e-5)
