@@ -140,27 +140,41 @@ def _smoothness_mass(sigma_mm: float, spacing: np.ndarray) -> float:
     return mass
 
 
-def _smooth_sparse(
-    q: torch.Tensor, classes: torch.Tensor, voxels: np.ndarray, shape: tuple, params: CRFParameters, spacing
-) -> torch.Tensor:
-    """``sum_j exp(-|p_i - p_j|^2 / 2 sg^2) Q_j(l)`` for each voxel's kept classes (``j = i`` included)."""
-    sigma_vox = params.smoothness_sigma_mm / spacing
-    mass = _smoothness_mass(params.smoothness_sigma_mm, spacing)
-    reach = np.ceil(4 * sigma_vox).astype(int) + 1
-    out = torch.zeros_like(q)
-    cls = classes.numpy()
-    qn = q.numpy()
-    for label in np.unique(cls):
-        rows, slots = np.nonzero(cls == label)
-        at = voxels[rows]
-        lo = np.maximum(at.min(axis=0) - reach, 0)
-        hi = np.minimum(at.max(axis=0) + reach + 1, shape)
-        box = np.zeros(tuple(hi - lo), np.float32)
-        local = tuple((at - lo).T)
-        box[local] = qn[rows, slots]
-        filtered = ndimage.gaussian_filter(box, sigma_vox, mode="constant", cval=0.0, truncate=4.0)
-        out[rows, slots] = torch.from_numpy(filtered[local] * np.float32(mass))
-    return out
+class _SparseSmoother:
+    """``sum_j exp(-|p_i - p_j|^2 / 2 sg^2) Q_j(l)`` at each voxel's kept classes (``j = i`` included).
+
+    Separable Gaussian filtering (:func:`scipy.ndimage.gaussian_filter`, truncated at 4 standard
+    deviations, the unnormalised mass restored), one class at a time on the bounding box of the
+    voxels that keep it; the grouping by class is done once.
+    """
+
+    def __init__(self, classes: torch.Tensor, voxels: np.ndarray, shape: tuple, sigma_mm: float, spacing) -> None:
+        self.sigma_vox = sigma_mm / np.asarray(spacing, np.float64)
+        self.mass = np.float32(_smoothness_mass(sigma_mm, np.asarray(spacing, np.float64)))
+        reach = np.ceil(4 * self.sigma_vox).astype(int) + 1
+        flat = classes.numpy().reshape(-1)
+        order = np.argsort(flat, kind="stable")
+        bounds = np.searchsorted(flat[order], np.arange(int(flat.max()) + 2))
+        k = classes.shape[1]
+        self.groups = []
+        for label in range(len(bounds) - 1):
+            entries = order[bounds[label] : bounds[label + 1]]
+            if len(entries) == 0:
+                continue
+            at = voxels[entries // k]
+            lo = np.maximum(at.min(axis=0) - reach, 0)
+            hi = np.minimum(at.max(axis=0) + reach + 1, shape)
+            self.groups.append((torch.from_numpy(entries), tuple((at - lo).T), tuple(hi - lo)))
+
+    def __call__(self, q: torch.Tensor) -> torch.Tensor:
+        flat_q = q.reshape(-1).numpy()
+        out = torch.zeros(q.numel())
+        for entries, local, box_shape in self.groups:
+            box = np.zeros(box_shape, np.float32)
+            box[local] = flat_q[entries.numpy()]
+            filtered = ndimage.gaussian_filter(box, self.sigma_vox, mode="constant", cval=0.0, truncate=4.0)
+            out[entries] = torch.from_numpy(filtered[local] * self.mass)
+        return out.view(q.shape)
 
 
 def _top_classes(
@@ -266,7 +280,10 @@ def dense_crf(
     if lattice is not None:
         norm_a = lattice.filter(ones)[:, :1].clamp_min(1e-20).rsqrt()
     if params.smoothness_weight > 0:
-        norm_s = _smooth_sparse(ones, first, voxels, shape, params, spacing_)[:, :1].clamp_min(1e-20).rsqrt()
+        norm_s = (
+            _SparseSmoother(first, voxels, shape, params.smoothness_sigma_mm, spacing_)(ones).clamp_min(1e-20).rsqrt()
+        )
+        smoother = _SparseSmoother(top_t, voxels, shape, params.smoothness_sigma_mm, spacing_)
     q = _softmax_energy(unary, torch.zeros_like(unary))
     for _ in range(params.iterations):
         message = torch.zeros_like(q)
@@ -274,7 +291,7 @@ def dense_crf(
             filtered = lattice.filter(q * norm_a, top_t, num_channels=num_classes)
             message += params.appearance_weight * norm_a * (filtered - norm_a * q)
         if norm_s is not None:
-            filtered = _smooth_sparse(q * norm_s, top_t, voxels, shape, params, spacing_)
+            filtered = smoother(q * norm_s)
             message += params.smoothness_weight * norm_s * (filtered - norm_s * q)
         q = _softmax_energy(unary, message)
     best = torch.gather(top_t, 1, q.argmax(dim=1, keepdim=True))[:, 0].numpy()

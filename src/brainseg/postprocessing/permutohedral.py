@@ -9,7 +9,7 @@ features (position in mm and intensity, each divided by its kernel width). Done 
 quadratic in the voxels. The lattice does it in linear time: each feature vector is *splatted*
 onto the ``d + 1`` vertices of the lattice simplex enclosing it (barycentric weights), the lattice
 values are *blurred* with a ``[1/2, 1, 1/2]`` kernel along each of the lattice's ``d + 1``
-directions, and each voxel *slices* its value back from its vertices.
+directions (one sparse ``(M, M)`` matrix product per direction, on ``(M, C)`` values), and each voxel *slices* its value back from its vertices.
 
 The lattice's output approximates the Gaussian sum up to a constant factor, which depends on the
 dimension only (the density of lattice points per unit feature volume). :class:`PermutohedralLattice`
@@ -27,6 +27,7 @@ Deviations from Adams et al.: lattice vertices are found with a sort of packed i
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -49,7 +50,6 @@ def _elevate(features: np.ndarray) -> np.ndarray:
 
 
 _CHUNK = 1 << 18  # points per chunk of the lattice construction
-_BLUR_CHANNELS = 16  # channels blurred together (bounds the gathers' temporaries to 2 x 16 x M floats)
 
 
 def _simplices(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,6 +80,26 @@ def _simplices(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
         bary[rows, d + 1 - rank[:, i]] -= v[:, i]
     bary[:, 0] += 1.0 + bary[:, d + 1]
     return rem0.astype(np.int32), rank.astype(np.int8), bary[:, : d + 1].astype(np.float32)
+
+
+def _blur_matrix(forward: np.ndarray, backward: np.ndarray, m: int) -> torch.Tensor:
+    """CSR ``(M, M)``: 1 on the diagonal, 1/2 at each existing neighbour (index ``m`` marks an absent one)."""
+    rows = np.arange(m)
+    cols = np.stack([rows, forward, backward], axis=1)
+    vals = np.tile(np.array([1.0, 0.5, 0.5], np.float32), (m, 1))
+    order = np.argsort(cols, axis=1)  # CSR wants sorted columns; an absent neighbour (m) sorts last
+    cols, vals = np.take_along_axis(cols, order, axis=1), np.take_along_axis(vals, order, axis=1)
+    present = cols < m
+    indptr = np.concatenate([[0], np.cumsum(present.sum(axis=1))])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(indptr.astype(np.int64)),
+            torch.from_numpy(cols[present].astype(np.int64)),
+            torch.from_numpy(vals[present]),
+            size=(m, m),
+            check_invariants=True,
+        )
 
 
 class PermutohedralLattice:
@@ -157,8 +177,8 @@ class PermutohedralLattice:
                 key = self._pack(unpacked + sign * step)
                 pos = np.clip(np.searchsorted(vertices, key), 0, len(vertices) - 1)
                 pair.append(np.where(vertices[pos] == key, pos, len(vertices)))
-            neighbours.append(torch.from_numpy(np.stack(pair).astype(np.int64)))
-        self._neighbours = neighbours
+            neighbours.append(_blur_matrix(pair[0], pair[1], len(vertices)))
+        self._blurs = neighbours
         self._gain = lattice_gain(d) if gain is None else float(gain)
 
     def _pack(self, keys: np.ndarray) -> np.ndarray:
@@ -220,21 +240,18 @@ class PermutohedralLattice:
         if num_channels is None:
             num_channels = int(channels.max()) + 1 if channels.numel() else 1
         out_channels = channels if out_channels is None else out_channels
-        # the lattice's values channel-major, (C, M + 1): column M stays zero (the absent neighbour)
-        grid = torch.zeros(num_channels * (m + 1))
+        # the lattice's values, (M, C) row-major
+        grid = torch.zeros(m * num_channels)
         for r in range(self.dimension + 1):  # splat
-            flat = channels * (m + 1) + self._index[:, r, None]
+            flat = self._index[:, r, None] * num_channels + channels
             grid.index_add_(0, flat.reshape(-1), (values * self._weights[:, r, None]).reshape(-1))
-        grid = grid.view(num_channels, m + 1)
-        for start in range(0, num_channels, _BLUR_CHANNELS):  # blur, a block of channels at a time
-            block = grid[start : start + _BLUR_CHANNELS]
-            for pair in self._neighbours:
-                # the gathers read the block before the addition: one Jacobi step along this direction
-                block[:, :m] += 0.5 * (block[:, pair[0]] + block[:, pair[1]])
+        grid = grid.view(m, num_channels)
+        for blur in self._blurs:  # blur: [1/2, 1, 1/2] along each lattice direction, a sparse product
+            grid = torch.sparse.mm(blur, grid)
         flat_grid = grid.reshape(-1)
         out = torch.zeros(out_channels.shape)
         for r in range(self.dimension + 1):  # slice
-            flat = out_channels * (m + 1) + self._index[:, r, None]
+            flat = self._index[:, r, None] * num_channels + out_channels
             out += flat_grid[flat] * self._weights[:, r, None]
         return out / self._gain
 
