@@ -121,9 +121,19 @@ def test_background_far_from_the_brain_is_left_alone():
     big_image = np.zeros((30, 28, 20), np.float32)
     big_image[10:17, 9:15, 6:11] = image
     params = dataclasses.replace(SMALL, smoothness_weight=0.0)  # the smoothness kernel would see the padding
-    classes, _ = dense_crf(big, big_image, SPACING, params)
+    classes, marginals = dense_crf(big, big_image, SPACING, params, return_marginals=True)
     assert (classes[:8] == 0).all() and (classes[19:] == 0).all()
-    assert classes.dtype == np.uint8
+    assert classes.dtype == np.uint8 and marginals.dtype == np.float32
+    np.testing.assert_allclose(marginals.sum(0), 1, atol=1e-5)
+    np.testing.assert_array_equal(classes, marginals.argmax(0))
+    # far from the brain (more than 3 widths, 4.5 mm here) the input comes back untouched
+    np.testing.assert_array_equal(marginals[:, :3], big[:, :3])
+    # inside, the CRF of the brain alone padded by certain background within reach, up to the lattice's
+    # approximation (its vertices fall elsewhere relative to the voxels when the volume is cropped)
+    crop = (slice(None), slice(5, 22), slice(4, 20), slice(3, 14))
+    alone, alone_marginals = dense_crf(big[crop], big_image[crop[1:]], SPACING, params, return_marginals=True)
+    assert np.abs(marginals[crop] - alone_marginals).max() < 0.03
+    assert (classes[crop[1:]] == alone).mean() > 0.97
 
 
 def test_input_errors():
