@@ -31,10 +31,9 @@ def _brain(shape=(14, 15, 13), seed=0) -> np.ndarray:
     return np.where(inside, 100 + 20 * rng.standard_normal(shape), 0).astype(np.float32)
 
 
-@pytest.fixture(scope="module", params=["basenet", "deepnat"])
-def model_dir(request, tmp_path_factory):
+def _model_dir(kind: str, tmp_path_factory):
     torch.manual_seed(0)
-    if request.param == "basenet":
+    if kind == "basenet":
         cfg = Config(ModelConfig(num_classes=3, branch_widths=(4, 8), mix_channels=8, fc_widths=(16,), dropout=0.0))
     else:
         model = DeepNATConfig(
@@ -45,8 +44,20 @@ def model_dir(request, tmp_path_factory):
     with torch.no_grad():  # spread-out logits so that the CRF has something to change
         for p in network.parameters():
             p.mul_(3.0)
-    folder = tmp_path_factory.mktemp(request.param)
+    folder = tmp_path_factory.mktemp(kind)
     return save_model_folder(folder, cfg, LABELS, IntensityNormalization(), network)
+
+
+@pytest.fixture(scope="module", params=["basenet", "deepnat"])
+def model_dir(request, tmp_path_factory):
+    """A tiny model folder of each family."""
+    return _model_dir(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def basenet_dir(tmp_path_factory):
+    """A tiny BaseNet model folder (the CLI is family-agnostic: one family is enough there)."""
+    return _model_dir("basenet", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +92,8 @@ def test_model_folder_carries_crf_settings(model_dir):
     assert config.crf == CRFParameters()  # written by save_model_folder, read back
 
 
-def test_cli_crf_writes_its_settings_and_refuses_bad_ones(model_dir, image_path, tmp_path, capsys):
-    base = ["segment", str(image_path), "--model", str(model_dir), "--skull-strip", "never", "--no-progress"]
+def test_cli_crf_writes_its_settings_and_refuses_bad_ones(basenet_dir, image_path, tmp_path, capsys):
+    base = ["segment", str(image_path), "--model", str(basenet_dir), "--skull-strip", "never", "--no-progress"]
     assert main([*base, "-o", str(tmp_path / "plain")]) == 0
     args = [
         *base,
