@@ -72,7 +72,7 @@ def make_problem(subject: str, crop: int | None = None) -> tuple[np.ndarray, np.
 def run_one(subject: str, iterations: int, top_k: int, crop: int | None, engine: str) -> None:
     """Child process: one CRF run; prints its figures as JSON."""
     probs, image, truth = make_problem(subject, crop)
-    before = probs.argmax(0)
+    before = np.stack([probs[:, z].argmax(0) for z in range(probs.shape[1])])  # argmax(0) would copy probs
     t0 = time.perf_counter()
     if engine == "brainseg":
         from brainseg.postprocessing.dense_crf import CRFParameters, dense_crf

@@ -198,6 +198,14 @@ def _top_classes(
     return np.concatenate(parts), np.concatenate(values)
 
 
+def _argmax_classes(probabilities: np.ndarray, dtype: type) -> np.ndarray:
+    """Arg-max over the class axis slice by slice (``np.argmax(axis=0)`` would copy the whole array)."""
+    out = np.empty(probabilities.shape[1:], dtype)
+    for z in range(probabilities.shape[1]):
+        out[z] = np.argmax(probabilities[:, z], axis=0)
+    return out
+
+
 def _softmax_energy(unary: torch.Tensor, message: torch.Tensor) -> torch.Tensor:
     return torch.softmax(-unary + message, dim=1)
 
@@ -249,7 +257,7 @@ def dense_crf(
         raise ValueError(f"spacing must be 3 positive numbers (mm), got {spacing}")
     num_classes = probabilities.shape[0]
     out_dtype = np.uint8 if num_classes <= 256 else np.int16
-    classes = np.argmax(probabilities, axis=0).astype(out_dtype)
+    classes = _argmax_classes(probabilities, out_dtype)
     marginals = probabilities.copy() if return_marginals else None
     foreground = probabilities[0] < 1 - 1e-6 if num_classes > 1 else np.zeros(image.shape, bool)
     if not foreground.any() or params.iterations == 0:
