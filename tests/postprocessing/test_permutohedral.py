@@ -86,6 +86,26 @@ def test_gain_makes_the_lattice_estimate_the_sum(dimension):
     assert lattice_gain(dimension) > 0
 
 
+@pytest.mark.parametrize("dimension", [1, 2, 3, 4, 5])
+def test_blur_neighbours_are_the_lattice_neighbours(dimension):
+    # White box: the neighbours found through packed keys equal those found by looking up the keys
+    # themselves, for a cloud whose extreme points put neighbour keys at the edges of the packed range.
+    rng = np.random.default_rng(dimension)
+    features = np.concatenate([rng.uniform(-6, 6, (400, dimension)), np.eye(dimension) * 6, -np.eye(dimension) * 6])
+    lattice = PermutohedralLattice(features)
+    keys = lattice._unpack(lattice._keys)
+    where = {tuple(k): i for i, k in enumerate(keys)}
+    for j, blur in enumerate(lattice._blurs):
+        step = -np.ones(dimension, np.int64)
+        if j < dimension:
+            step[j] = dimension
+        rows = blur.crow_indices().numpy()
+        cols = blur.col_indices().numpy()
+        for m in range(lattice.vertices):
+            want = {m} | {where[t] for t in (tuple(keys[m] + step), tuple(keys[m] - step)) if t in where}
+            assert set(cols[rows[m] : rows[m + 1]]) == want
+
+
 def test_bad_features():
     with pytest.raises(ValueError, match="shape"):
         PermutohedralLattice(np.zeros(5))

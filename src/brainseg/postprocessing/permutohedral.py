@@ -147,12 +147,13 @@ class PermutohedralLattice:
             rem0[start:stop], rank[start:stop], weights[start:stop] = _simplices(features[start:stop])
         # vertex keys: the remainder-0 point plus the canonical simplex's vertex r, permuted by the rank
         canonical = np.array([[r if j <= d - r else r - (d + 1) for j in range(d + 1)] for r in range(d + 1)])
-        low = rem0[:, :d].min(axis=0).astype(np.int64) - (d + 1)  # keys lie within rem0 +- (d + 1)
-        span = rem0[:, :d].max(axis=0).astype(np.int64) + (d + 1) - low + 2  # spare values for the neighbours
+        # a vertex key lies within rem0 +- d, and a neighbour's within another +- d: pack that whole range
+        low = rem0[:, :d].min(axis=0).astype(np.int64) - 2 * d
+        span = rem0[:, :d].max(axis=0).astype(np.int64) + 2 * d - low + 1
         bits = int(np.ceil(np.log2(span.max() + 1)))
         if bits * d > 62:
             raise ValueError(f"features span too many lattice cells ({span.max()} per axis) for 64-bit keys")
-        self._low, self._bits = low - 1, bits
+        self._low, self._bits = low, bits
         packed = np.empty((n, d + 1), np.int64)
         for start in range(0, n, _CHUNK):
             stop = min(start + _CHUNK, n)
@@ -163,6 +164,7 @@ class PermutohedralLattice:
         vertices, inverse = np.unique(packed.reshape(-1), return_inverse=True)
         del packed
         self.vertices = len(vertices)
+        self._keys = vertices  # packed, sorted: vertex m's key is self._unpack(self._keys[m : m + 1])
         self._index = torch.from_numpy(inverse.reshape(n, d + 1).astype(np.int64, copy=False))
         self._weights = torch.from_numpy(weights)
         # neighbours of every vertex along each of the d + 1 lattice directions (-1: absent -> the zero row M)
