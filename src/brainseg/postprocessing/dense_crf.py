@@ -164,16 +164,18 @@ class _SparseSmoother:
             at = voxels[entries // k]
             lo = np.maximum(at.min(axis=0) - reach, 0)
             hi = np.minimum(at.max(axis=0) + reach + 1, shape)
-            self.groups.append((torch.from_numpy(entries), tuple((at - lo).T), tuple(hi - lo)))
+            local = tuple(np.ascontiguousarray(c, dtype=np.int32) for c in (at - lo).T)
+            self.groups.append((entries.astype(np.int64), local, tuple(hi - lo)))
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
         flat_q = q.reshape(-1).numpy()
         out = torch.zeros(q.numel())
+        flat_out = out.numpy()
         for entries, local, box_shape in self.groups:
             box = np.zeros(box_shape, np.float32)
-            box[local] = flat_q[entries.numpy()]
+            box[local] = flat_q[entries]
             filtered = ndimage.gaussian_filter(box, self.sigma_vox, mode="constant", cval=0.0, truncate=4.0)
-            out[entries] = torch.from_numpy(filtered[local] * self.mass)
+            flat_out[entries] = filtered[local] * self.mass
         return out.view(q.shape)
 
 
@@ -187,7 +189,8 @@ def _top_classes(
     """
     parts, values = [], []
     z0, z1 = box[0].start, box[0].stop
-    step = max(1, int(2**22 // max(1, active.shape[1] * active.shape[2] * 4)))
+    # about 4 M float32 values (16 MB) per slab: no large copy of the box
+    step = max(1, int(2**22 // max(1, probabilities.shape[0] * active.shape[1] * active.shape[2])))
     for z in range(z0, z1, step):
         chunk = np.asarray(probabilities[:, z : min(z + step, z1), box[1], box[2]], np.float32)
         inside = active[z - z0 : z - z0 + chunk.shape[1]].reshape(-1)
