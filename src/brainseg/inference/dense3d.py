@@ -236,7 +236,7 @@ def conv_stage_bytes(tile_shape: tuple[int, int, int], widths: tuple[int, int, i
     Examples
     --------
     >>> round(conv_stage_bytes((16, 16, 180)) / 2**20)
-    344
+    153
     """
     c1, c2, c3 = widths
 
@@ -274,7 +274,7 @@ def choose_tile_size(
     Examples
     --------
     >>> choose_tile_size(180)
-    31
+    57
     """
     best = 1
     for t in range(1, max_size + 1):
