@@ -20,6 +20,7 @@ from brainseg.postprocessing.dense_crf import CRFParameters
 
 __all__ = [
     "FORMAT_VERSION",
+    "PATH_SETTINGS",
     "MODEL_CONFIGS",
     "AnyModelConfig",
     "DeepNATConfig",
@@ -37,6 +38,9 @@ __all__ = [
 #: settings (``tasks``, ``coordinates``, ...) as unknown, and its family registry has no ``deepnat``
 #: either, so it refuses such a folder rather than misreading it.
 FORMAT_VERSION = 1
+#: Training settings that name a file or folder: relative to the config file naming them, and compared by
+#: content when a run resumes (another checkout or machine may hold them at another path).
+PATH_SETTINGS = ("manifest", "reference", "init_from", "labels", "lut")
 
 
 @dataclass(frozen=True)
@@ -364,7 +368,7 @@ def _read_raw(path: Path, seen: set[Path]) -> dict[str, Any]:
             f"{path}: expected the sections 'model' and 'training' (and optionally 'crf', 'extends', 'format_version')"
         )
     _check_format(path, raw.get("format_version", 1))
-    for key in ("manifest", "reference", "init_from", "labels", "lut"):  # paths are relative to the file naming them
+    for key in PATH_SETTINGS:  # paths are relative to the file naming them
         value = (raw.get("training") or {}).get(key)
         if key == "labels" and (value in SHIPPED_TABLES or value == "auto"):
             continue

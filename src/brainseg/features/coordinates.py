@@ -93,6 +93,8 @@ from scipy import ndimage
 from scipy.linalg import eigh
 from scipy.optimize import linear_sum_assignment
 
+from brainseg.io.nifti import voxel_spacing
+
 __all__ = [
     "COORDINATE_SCALE_MM",
     "DEFAULT_GRID_MM",
@@ -237,7 +239,7 @@ def spectral_coordinates(
     if grid_mm is not None and not grid_mm > 0:
         raise ValueError(f"grid_mm must be positive or None, got {grid_mm}")
     rng = np.random.default_rng(seed)
-    spacing = _spacing(affine)
+    spacing = np.asarray(voxel_spacing(affine))
     if grid_mm is None:
         values = _eigenvectors_extended(mask, spacing, rng, bounded_to=mask)[:3, mask].T
     else:
@@ -304,10 +306,6 @@ def _check_inputs(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.
     if not mask.any():
         raise ValueError("the brain mask is empty: no voxel to give coordinates to")
     return mask, affine
-
-
-def _spacing(affine: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(affine[:3, :3], axis=0)
 
 
 def _world_mm(indices: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from brainseg.families import family_of
-from brainseg.io.nifti import Grid, Volume, load_volume
+from brainseg.io.nifti import Grid, Volume, load_volume, voxel_spacing
 from brainseg.labels import LabelTable
 from brainseg.model_folder import LoadedModel, load_model_folder
 from brainseg.postprocessing.dense_crf import CRFParameters, dense_crf
@@ -124,7 +124,7 @@ class Predictor:
                 image, spacing = prepared.image, (1.0, 1.0, 1.0)
             else:
                 image = registered.image
-                spacing = tuple(float(s) for s in np.linalg.norm(registered.reference_affine[:3, :3], axis=0))
+                spacing = voxel_spacing(registered.reference_affine)
             classes, probs = dense_crf(probs, image, spacing, crf, return_marginals=probabilities)  # type: ignore[arg-type]
         if registered is not None:
             classes = registered.to_native(classes)

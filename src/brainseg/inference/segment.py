@@ -133,7 +133,7 @@ def segment_case(
     return line
 
 
-def crf_settings_of(defaults: CRFParameters, changes: dict[str, float] | None) -> CRFParameters:
+def crf_settings_of(defaults: CRFParameters, changes: dict[str, str | float] | None) -> CRFParameters:
     """The model folder's CRF settings with ``changes`` applied (``--crf-param NAME=VALUE``).
 
     Raises
@@ -171,7 +171,7 @@ def segment(
     progress: bool = True,
     num_threads: int | None = None,
     crf: bool = False,
-    crf_settings: dict[str, float] | None = None,
+    crf_settings: dict[str, str | float] | None = None,
 ) -> list[CaseResult]:
     """Segment T1 images (skull-stripped or whole-head) and write the results.
 

@@ -21,7 +21,7 @@ from brainseg.errors import InputError
 from brainseg.io.atomic import atomic_path
 from brainseg.io.validation import check_header, check_intensities
 
-__all__ = ["Grid", "Volume", "load_volume", "save_volume", "is_volume_path", "output_stem"]
+__all__ = ["Grid", "Volume", "load_volume", "save_volume", "is_volume_path", "output_stem", "voxel_spacing"]
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,23 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm along ``(D, H, W)``."""
-        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+        return voxel_spacing(self.affine)
+
+
+def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along the array axes: the lengths of the affine's first three columns.
+
+    Parameters
+    ----------
+    affine : ndarray of float, shape (4, 4)
+        Voxel -> mm.
+
+    Returns
+    -------
+    tuple of 3 float
+        mm.
+    """
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))  # type: ignore[return-value]
 
 
 def is_volume_path(path: str | Path) -> bool:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from brainseg.config import Config, TrainingConfig, config_to_dict, save_config
+from brainseg.config import PATH_SETTINGS, Config, TrainingConfig, config_to_dict, save_config
 from brainseg.errors import InputError
 from brainseg.families import Family, family_of
 from brainseg.io.atomic import atomic_write_text, sha256_file
@@ -228,11 +228,6 @@ def _resume_settings(config: Config) -> str:
     for key in RESUMABLE_CHANGES:
         values["training"].pop(key, None)
     return json.dumps(values, sort_keys=True, default=str)
-
-
-#: Training settings that name a file or folder: a resumed run may find them at another path (another
-#: checkout, another machine), so they count as changed only when their contents differ.
-PATH_SETTINGS = ("manifest", "reference", "init_from", "labels", "lut")
 
 
 def content_digest(value: str) -> str | None:
