@@ -153,3 +153,14 @@ def tiny_setup(tmp_path, tiny_manifest):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(_tiny_config()))
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test on one torch thread (the machine's other core stays free), then restore the count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -90,6 +90,12 @@ def test_resume_refuses_other_settings(tiny_setup, capsys):
     assert main(["train", str(longer), "-o", str(out), "--resume", "--no-progress", "--no-card"]) == 0
 
 
+def _resume(config, out, epochs: int) -> int:
+    return main(
+        ["train", str(config), "-o", str(out), "--resume", "--epochs", str(epochs), "--no-progress", "--no-card"]
+    )
+
+
 def test_resume_from_a_moved_checkout_compares_files_by_content(tiny_setup, capsys):
     # Config and manifest copied elsewhere (another checkout, another machine): same contents, other paths.
     out = tiny_setup.parent / "run"
@@ -98,42 +104,12 @@ def test_resume_from_a_moved_checkout_compares_files_by_content(tiny_setup, caps
     moved.mkdir()
     shutil.copy(tiny_setup, moved / "config.yaml")
     shutil.copy(tiny_setup.parent / "cases.csv", moved / "cases.csv")
-    assert (
-        main(
-            [
-                "train",
-                str(moved / "config.yaml"),
-                "-o",
-                str(out),
-                "--resume",
-                "--epochs",
-                "2",
-                "--no-progress",
-                "--no-card",
-            ]
-        )
-        == 0
-    )
+    assert _resume(moved / "config.yaml", out, epochs=2) == 0
     assert len(json.loads((out / "history.json").read_text())) == 2
     # a manifest whose contents differ is another training set
     lines = (moved / "cases.csv").read_text().splitlines()
     (moved / "cases.csv").write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
-    assert (
-        main(
-            [
-                "train",
-                str(moved / "config.yaml"),
-                "-o",
-                str(out),
-                "--resume",
-                "--epochs",
-                "3",
-                "--no-progress",
-                "--no-card",
-            ]
-        )
-        == 2
-    )
+    assert _resume(moved / "config.yaml", out, epochs=3) == 2
     assert "training.manifest" in capsys.readouterr().err
 
 

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Run each family test on one torch thread (the machine's other core stays free), then restore."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
+    """Every family test runs on one torch thread (:func:`tests.conftest.one_torch_thread`)."""
     yield
-    torch.set_num_threads(threads)

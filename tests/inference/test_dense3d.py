@@ -22,12 +22,7 @@ SHAPE = (30, 27, 33)  # non-cubic
 TILE = 7  # several tiles along the first two axes, and short last ones (30 = 4 x 7 + 2, 27 = 3 x 7 + 6)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(num_classes: int = 5, tasks: int = 7, coordinates: int = 0, **widths) -> DeepNAT:

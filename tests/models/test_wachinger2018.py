@@ -24,12 +24,7 @@ from brainseg.models.wachinger2018 import (
 SMALL = dict(widths=(4, 8, 8), fc_widths=(16, 16))  # same layer layout, fast on CPU
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- task offsets ---------------------------------------------------------------------------------
