@@ -9,7 +9,6 @@ resumed run draws the same patches as an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -22,10 +21,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from brainseg.config import PATH_SETTINGS, Config, TrainingConfig, config_to_dict, save_config
+from brainseg.config import Config, TrainingConfig, save_config
 from brainseg.errors import InputError
 from brainseg.families import Family, family_of
-from brainseg.io.atomic import atomic_write_text, sha256_file
+from brainseg.io.atomic import atomic_write_text
 from brainseg.io.manifest import Case, read_manifest
 from brainseg.io.nifti import load_volume
 from brainseg.labels import LabelCounts, LabelTable, build_label_table, read_lut, resolve_label_table
@@ -35,7 +34,13 @@ from brainseg.models import build_model, count_parameters
 from brainseg.postprocessing.prior import ClassPrior
 from brainseg.preprocessing.intensity import IntensityNormalization
 from brainseg.preprocessing.reference import load_reference
-from brainseg.training.checkpoint import load_checkpoint, save_checkpoint
+from brainseg.training.checkpoint import (
+    check_resumable,
+    load_checkpoint,
+    path_digests,
+    resume_settings,
+    save_checkpoint,
+)
 from brainseg.training.data import TrainingCase, load_training_case
 
 __all__ = ["initialise_from", "train", "validate"]
@@ -181,10 +186,6 @@ def initialise_from(network: torch.nn.Module, model_dir: str | Path) -> int:
     return copied
 
 
-#: Settings a resumed run may change: how long it runs, and on how many threads.
-RESUMABLE_CHANGES = ("epochs", "num_threads", "stop_min_gain", "stop_epochs")
-
-
 def should_stop(history: list[dict], min_gain: float, window: int) -> bool:
     """Whether the last validation gained less than ``min_gain`` over the best one ``window`` epochs before.
 
@@ -219,76 +220,6 @@ def _is_best(history: list[dict]) -> bool:
     if "val_mean_dice" not in history[-1]:
         return not scores
     return history[-1]["val_mean_dice"] >= max(scores)
-
-
-def _resume_settings(config: Config) -> str:
-    # The configuration a checkpoint belongs to, as canonical JSON (a plain string: loads with weights_only).
-    values = config_to_dict(config)
-    values.pop("crf", None)  # an inference setting: checkpoints written before it existed stay resumable
-    for key in RESUMABLE_CHANGES:
-        values["training"].pop(key, None)
-    return json.dumps(values, sort_keys=True, default=str)
-
-
-def content_digest(value: str) -> str | None:
-    """SHA-256 over the contents of a file, or of every file of a folder with its relative path.
-
-    Parameters
-    ----------
-    value : str
-        A path, as a path setting holds it.
-
-    Returns
-    -------
-    str or None
-        Hex digest; None when ``value`` names no existing file or folder (e.g. ``labels: auto``).
-    """
-    path = Path(value) if value else None
-    if path is None or not path.exists():
-        return None
-    if path.is_file():
-        return sha256_file(path)
-    digest = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
-    return digest.hexdigest()
-
-
-def _path_digests(config: Config) -> dict[str, str | None]:
-    values = config_to_dict(config)["training"]
-    return {key: content_digest(str(values.get(key) or "")) for key in PATH_SETTINGS}
-
-
-def _check_resumable(state: dict, settings: str, digests: dict[str, str | None], path: Path) -> None:
-    saved = state.get("settings")
-    if saved is None:
-        raise InputError(f"{path}: this checkpoint records no configuration; start a new run in another folder")
-    old, new = json.loads(saved), json.loads(settings)
-    # checkpoints written before digests were kept: the old path's contents, where it still exists
-    saved_digests = state.get("digests") or {
-        key: content_digest(str(old["training"].get(key) or "")) for key in PATH_SETTINGS
-    }
-
-    def differs(section: str, key: str) -> bool:
-        before, after = old.get(section, {}).get(key), new.get(section, {}).get(key)
-        if section == "training" and key in PATH_SETTINGS:
-            a, b = saved_digests.get(key), digests.get(key)
-            if a is not None and b is not None:
-                return a != b  # a file or folder: its contents decide, wherever it lies
-        return before != after
-
-    changed = sorted(
-        f"{section}.{key}"
-        for section in set(old) | set(new)
-        for key in set(old.get(section, {})) | set(new.get(section, {}))
-        if differs(section, key)
-    )
-    if changed:
-        raise InputError(
-            f"{path}: was trained with other settings ({', '.join(changed)}); resume with the same config "
-            f"(only {', '.join(RESUMABLE_CHANGES)} may change; files and folders may move if their "
-            "contents stay) or train into another folder"
-        )
 
 
 def training_device(name: str) -> torch.device:
@@ -415,10 +346,10 @@ def train(
     )
     history: list[dict] = []
     start_epoch, elapsed = 0, 0.0
-    settings, digests = _resume_settings(config), _path_digests(config)
+    settings, digests = resume_settings(config), path_digests(config)
     if resume:
         state = load_checkpoint(checkpoint_path)
-        _check_resumable(state, settings, digests, checkpoint_path)
+        check_resumable(state, settings, digests, checkpoint_path)
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:  # the schedule restarts from the base rate and is replayed below
