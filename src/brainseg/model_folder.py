@@ -79,6 +79,7 @@ RECORDS = (
     "checkpoint.pt",
     "ablation_row.json",
     "prior_calibration.csv",
+    "crf_tuning.csv",
 )
 
 

@@ -23,6 +23,7 @@ SMALL = CRFParameters(
     intensity_sigma=0.5,
     iterations=5,
     top_k=0,
+    prune_margin=0.0,
 )
 
 
@@ -109,6 +110,26 @@ def test_top_k_equal_to_the_classes_is_exact():
     assert ((marginals > 0).sum(0) <= 2).all()  # at most 2 classes per voxel keep a marginal
     top2 = np.argsort(-probs, axis=0)[:2]
     assert ((classes == top2[0]) | (classes == top2[1])).all()
+
+
+def test_pruning_drops_classes_that_cannot_win_and_keeps_the_labels():
+    # peaked probabilities: most classes lie far below each voxel's best
+    rng = np.random.default_rng(11)
+    num_classes, shape = 6, (9, 8, 7)
+    truth = rng.integers(0, num_classes, shape)
+    logits = rng.normal(0, 1.0, (num_classes,) + shape) + 9.0 * (truth[None] == np.arange(num_classes)[:, None, None, None])
+    logits[1] += 8.5 * (rng.random(shape) < 0.3)  # a close second class at some voxels
+    probs = (np.exp(logits) / np.exp(logits).sum(0)).astype(np.float32)
+    image = rng.normal(0, 1, shape).astype(np.float32)
+    params = dataclasses.replace(SMALL, appearance_weight=2.0, smoothness_weight=1.0)
+    exact_classes, exact = dense_crf(probs, image, SPACING, params, return_marginals=True)
+    pruned = dataclasses.replace(params, prune_margin=1.0)
+    classes, marginals = dense_crf(probs, image, SPACING, pruned, return_marginals=True)
+    np.testing.assert_array_equal(classes, exact_classes)
+    far = -np.log(probs) > -np.log(probs.max(0)) + 2.0 + 1.0 + 1.0  # unary beyond the best's + v1 + v2 + margin
+    assert far.mean() > 0.5 and (marginals[far] == 0).all() and (exact[far] > 0).all()
+    # with messages within [0, v1 + v2] a dropped class's marginal is below exp(-margin)
+    assert exact[far].max() < np.exp(-1.0) and np.abs(marginals - exact).max() < np.exp(-1.0)
 
 
 def test_background_far_from_the_brain_is_left_alone():

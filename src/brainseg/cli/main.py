@@ -12,12 +12,12 @@ import sys
 from collections.abc import Sequence
 
 from brainseg import __version__
-from brainseg.cli import ablation, atlas, calibrate, evaluate, info, labels, manifest, segment, train
+from brainseg.cli import ablation, atlas, calibrate, evaluate, info, labels, manifest, segment, train, tune_crf
 from brainseg.errors import InputError
 
 __all__ = ["main"]
 
-COMMANDS = (segment, evaluate, train, labels, calibrate, atlas, ablation, manifest, info)
+COMMANDS = (segment, evaluate, train, labels, calibrate, tune_crf, atlas, ablation, manifest, info)
 
 
 def _parser() -> argparse.ArgumentParser:

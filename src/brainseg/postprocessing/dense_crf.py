@@ -57,6 +57,7 @@ Deviations from the papers
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,6 +104,12 @@ class CRFParameters:
         Mean-field iterations (5 by default).
     top_k : int
         Classes kept per voxel (0: all, exact).
+    prune_margin : float
+        Of a voxel's ``top_k`` classes, those whose unary exceeds its best class's by more than
+        ``appearance_weight + smoothness_weight + prune_margin`` (nats) are dropped too (0: keep
+        all ``top_k``, exact with ``top_k = 0``). With the normalised kernels a class's message
+        lies within about ``[0, v1 + v2]``, so such a class cannot become the voxel's label; what
+        is lost is its small share in its neighbours' messages.
     """
 
     appearance_weight: float = 3.0
@@ -112,6 +119,7 @@ class CRFParameters:
     smoothness_sigma_mm: float = 3.0
     iterations: int = 5
     top_k: int = 6
+    prune_margin: float = 2.0
 
     def __post_init__(self) -> None:
         for name in ("appearance_weight", "smoothness_weight"):
@@ -120,6 +128,8 @@ class CRFParameters:
         for name in ("position_sigma_mm", "intensity_sigma", "smoothness_sigma_mm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.prune_margin < 0:
+            raise ValueError(f"prune_margin must be >= 0, got {self.prune_margin}")
         if self.iterations < 0 or self.top_k < 0:
             raise ValueError(f"iterations and top_k must be >= 0, got {self.iterations} and {self.top_k}")
 
@@ -148,7 +158,9 @@ class _SparseSmoother:
     voxels that keep it; the grouping by class is done once.
     """
 
-    def __init__(self, classes: torch.Tensor, voxels: np.ndarray, shape: tuple, sigma_mm: float, spacing) -> None:
+    def __init__(
+        self, classes: torch.Tensor, voxels: np.ndarray, shape: tuple, sigma_mm: float, spacing, num_classes: int
+    ) -> None:
         self.sigma_vox = sigma_mm / np.asarray(spacing, np.float64)
         self.mass = np.float32(_smoothness_mass(sigma_mm, np.asarray(spacing, np.float64)))
         reach = np.ceil(4 * self.sigma_vox).astype(int) + 1
@@ -157,7 +169,7 @@ class _SparseSmoother:
         bounds = np.searchsorted(flat[order], np.arange(int(flat.max()) + 2))
         k = classes.shape[1]
         self.groups = []
-        for label in range(len(bounds) - 1):
+        for label in range(min(len(bounds) - 1, num_classes)):  # entries of class num_classes (pruned) stay 0
             entries = order[bounds[label] : bounds[label + 1]]
             if len(entries) == 0:
                 continue
@@ -171,11 +183,18 @@ class _SparseSmoother:
         flat_q = q.reshape(-1).numpy()
         out = torch.zeros(q.numel())
         flat_out = out.numpy()
-        for entries, local, box_shape in self.groups:
+
+        def one_class(group: tuple) -> None:
+            entries, local, box_shape = group
             box = np.zeros(box_shape, np.float32)
             box[local] = flat_q[entries]
             filtered = ndimage.gaussian_filter(box, self.sigma_vox, mode="constant", cval=0.0, truncate=4.0)
-            flat_out[entries] = filtered[local] * self.mass
+            flat_out[entries] = filtered[local] * self.mass  # each class writes its own entries
+
+        # scipy's filters release the GIL: the classes run on torch's threads
+        with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+            for _ in pool.map(one_class, self.groups):
+                pass
         return out.view(q.shape)
 
 
@@ -260,11 +279,13 @@ def dense_crf(
         raise ValueError(f"spacing must be 3 positive numbers (mm), got {spacing}")
     num_classes = probabilities.shape[0]
     out_dtype = np.uint8 if num_classes <= 256 else np.int16
-    classes = _argmax_classes(probabilities, out_dtype)
     marginals = probabilities.copy() if return_marginals else None
     foreground = probabilities[0] < 1 - 1e-6 if num_classes > 1 else np.zeros(image.shape, bool)
-    if not foreground.any() or params.iterations == 0:
-        return classes, marginals
+    no_pairwise = params.appearance_weight == 0 and params.smoothness_weight == 0
+    if not foreground.any() or params.iterations == 0 or no_pairwise:  # the unary alone: its arg-max
+        return _argmax_classes(probabilities, out_dtype), marginals
+    # outside the CRF's voxels the background is certain (probability >= 1 - 1e-6): class 0
+    classes = np.zeros(image.shape, out_dtype)
     reach = _reach(params, spacing_)
     where = np.nonzero(foreground)
     lo = np.maximum([int(w.min()) for w in where] - reach, 0)
@@ -278,7 +299,13 @@ def dense_crf(
     voxels = np.argwhere(active)  # C order: sorted by the first axis
     k = num_classes if params.top_k == 0 else min(params.top_k, num_classes)
     top, kept = _top_classes(probabilities, box, active, k)
-    unary = torch.from_numpy(-np.log(np.clip(kept, 1e-8, None)))
+    unary_np = -np.log(np.clip(kept, 1e-8, None))
+    if params.prune_margin > 0:  # classes that cannot win: the spare channel C, unary +inf, marginal 0
+        margin = params.appearance_weight + params.smoothness_weight + params.prune_margin
+        pruned = unary_np > unary_np[:, :1] + margin
+        top[pruned], unary_np[pruned] = num_classes, np.inf
+        del pruned
+    unary = torch.from_numpy(unary_np)
     top_t = torch.from_numpy(np.ascontiguousarray(top, dtype=np.int64))
     features = np.concatenate(
         [voxels * (spacing_ / params.position_sigma_mm), image[box][active][:, None] / params.intensity_sigma], axis=1
@@ -292,14 +319,16 @@ def dense_crf(
         norm_a = lattice.filter(ones)[:, :1].clamp_min(1e-20).rsqrt()
     if params.smoothness_weight > 0:
         norm_s = (
-            _SparseSmoother(first, voxels, shape, params.smoothness_sigma_mm, spacing_)(ones).clamp_min(1e-20).rsqrt()
+            _SparseSmoother(first, voxels, shape, params.smoothness_sigma_mm, spacing_, 1)(ones)
+            .clamp_min(1e-20)
+            .rsqrt()
         )
-        smoother = _SparseSmoother(top_t, voxels, shape, params.smoothness_sigma_mm, spacing_)
+        smoother = _SparseSmoother(top_t, voxels, shape, params.smoothness_sigma_mm, spacing_, num_classes)
     q = _softmax_energy(unary, torch.zeros_like(unary))
     for _ in range(params.iterations):
         message = torch.zeros_like(q)
         if lattice is not None and norm_a is not None:  # j != i: the self term n_i^2 k(i, i) Q_i comes out
-            filtered = lattice.filter(q * norm_a, top_t, num_channels=num_classes)
+            filtered = lattice.filter(q * norm_a, top_t, num_channels=num_classes + 1)
             message += params.appearance_weight * norm_a * (filtered - norm_a * q)
         if norm_s is not None:
             filtered = smoother(q * norm_s)
@@ -315,9 +344,9 @@ def dense_crf(
             if rows.start == rows.stop:
                 continue
             plane = marginals[:, lo[0] + z, box[1], box[2]]  # a view: (C, H', W')
-            inside = np.zeros((rows.stop - rows.start, num_classes), marginals.dtype)
+            inside = np.zeros((rows.stop - rows.start, num_classes + 1), marginals.dtype)
             np.put_along_axis(inside, top[rows], q_np[rows].astype(marginals.dtype), axis=1)
-            plane[:, voxels[rows, 1], voxels[rows, 2]] = inside.T
+            plane[:, voxels[rows, 1], voxels[rows, 2]] = inside[:, :num_classes].T
     return classes, marginals
 
 
