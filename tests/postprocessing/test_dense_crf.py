@@ -117,7 +117,9 @@ def test_pruning_drops_classes_that_cannot_win_and_keeps_the_labels():
     rng = np.random.default_rng(11)
     num_classes, shape = 6, (9, 8, 7)
     truth = rng.integers(0, num_classes, shape)
-    logits = rng.normal(0, 1.0, (num_classes,) + shape) + 9.0 * (truth[None] == np.arange(num_classes)[:, None, None, None])
+    logits = rng.normal(0, 1.0, (num_classes,) + shape) + 9.0 * (
+        truth[None] == np.arange(num_classes)[:, None, None, None]
+    )
     logits[1] += 8.5 * (rng.random(shape) < 0.3)  # a close second class at some voxels
     probs = (np.exp(logits) / np.exp(logits).sum(0)).astype(np.float32)
     image = rng.normal(0, 1, shape).astype(np.float32)
