@@ -41,7 +41,8 @@ Only voxels within 3 kernel widths (mm) of a voxel whose background probability 
 part; the others keep their arg-max (they are background for certain, and the part of a Gaussian
 kernel's mass beyond 3 widths, about 3 % in 3-D, is what the voxels near the brain lose by it). Each of them keeps its
 ``top_k`` most probable classes from the unary (exact when ``top_k`` is the number of classes):
-``Q`` is ``(N, k)``, and no ``(N, C)`` array is made. The smoothness filter works one class at a
+``Q`` is ``(N, k)``, and no ``(N, C)`` array is made; of those, the classes that cannot win are
+dropped (``prune_margin``). The lattice filters 32 classes at a time. The smoothness filter works one class at a
 time on the bounding box of the voxels that keep that class.
 
 Deviations from the papers
@@ -328,7 +329,7 @@ def dense_crf(
     for _ in range(params.iterations):
         message = torch.zeros_like(q)
         if lattice is not None and norm_a is not None:  # j != i: the self term n_i^2 k(i, i) Q_i comes out
-            filtered = lattice.filter(q * norm_a, top_t, num_channels=num_classes + 1)
+            filtered = lattice.filter(q * norm_a, top_t, num_channels=num_classes)  # pruned (channel C): 0
             message += params.appearance_weight * norm_a * (filtered - norm_a * q)
         if norm_s is not None:
             filtered = smoother(q * norm_s)

@@ -9,7 +9,8 @@ features (position in mm and intensity, each divided by its kernel width). Done 
 quadratic in the voxels. The lattice does it in linear time: each feature vector is *splatted*
 onto the ``d + 1`` vertices of the lattice simplex enclosing it (barycentric weights), the lattice
 values are *blurred* with a ``[1/2, 1, 1/2]`` kernel along each of the lattice's ``d + 1``
-directions (one sparse ``(M, M)`` matrix product per direction, on ``(M, C)`` values), and each voxel *slices* its value back from its vertices.
+directions (one sparse ``(M, M)`` matrix product per direction), and each voxel *slices* its value back from
+its vertices.
 
 The lattice's output approximates the Gaussian sum up to a constant factor, which depends on the
 dimension only (the density of lattice points per unit feature volume). :class:`PermutohedralLattice`
@@ -18,8 +19,10 @@ divides it out (:func:`lattice_gain`), so its :meth:`~PermutohedralLattice.filte
 sum itself; tests compare it with explicit sums on small volumes.
 
 Values are sparse: each point carries values for a few channels only (a voxel's most likely
-classes), given as ``(N, k)`` channel indices and values; the lattice holds ``(M, C)`` values
-for its ``M`` vertices, so memory scales with ``N k + M C``, not ``N C``.
+classes), given as ``(N, k)`` channel indices and values. The channels are filtered a chunk at a
+time (32 by default): the lattice holds ``(M, 32)`` values for its ``M`` vertices, and each chunk
+splats and slices only the values of its channels, so memory scales with ``N k + 32 M``, not
+``N C``.
 
 Deviations from Adams et al.: lattice vertices are found with a sort of packed integer keys
 (:func:`numpy.unique`), not a hash table; the filter is not normalised (the CRF needs the sum).
@@ -205,6 +208,7 @@ class PermutohedralLattice:
         *,
         num_channels: int | None = None,
         out_channels: torch.Tensor | None = None,
+        channel_chunk: int = 32,
     ) -> torch.Tensor:
         """Estimate ``sum_j exp(-|f_i - f_j|^2 / 2) v_j[c]`` at every point ``i`` (``j = i`` included).
 
@@ -214,11 +218,15 @@ class PermutohedralLattice:
             Values of the points; with ``channels``, value ``[i, m]`` belongs to channel
             ``channels[i, m]``, else ``k`` is the number of channels.
         channels : Tensor of int64, shape (N, k), optional
-            Channel of each value (sparse values).
+            Channel of each value (sparse values). Values of channels outside
+            ``[0, num_channels)`` are left out.
         num_channels : int, optional
             Number of channels ``C`` when ``channels`` is given (default: its maximum + 1).
         out_channels : Tensor of int64, shape (N, k'), optional
-            Channels to read back at each point (default: ``channels``, or all).
+            Channels to read back at each point (default: ``channels``, or all); those outside
+            ``[0, num_channels)`` read 0.
+        channel_chunk : int
+            Channels filtered together: the lattice holds ``(M, channel_chunk)`` values at a time.
 
         Returns
         -------
@@ -233,7 +241,6 @@ class PermutohedralLattice:
         if values.ndim != 2 or values.shape[0] != self.size:
             raise ValueError(f"expected values of shape ({self.size}, k), got {tuple(values.shape)}")
         values = values.float()
-        m = self.vertices
         if channels is None:
             num_channels = values.shape[1]
             channels = torch.arange(num_channels).expand(self.size, -1)
@@ -242,20 +249,33 @@ class PermutohedralLattice:
         if num_channels is None:
             num_channels = int(channels.max()) + 1 if channels.numel() else 1
         out_channels = channels if out_channels is None else out_channels
-        # the lattice's values, (M, C) row-major
-        grid = torch.zeros(m * num_channels)
-        for r in range(self.dimension + 1):  # splat
-            flat = self._index[:, r, None] * num_channels + channels
-            grid.index_add_(0, flat.reshape(-1), (values * self._weights[:, r, None]).reshape(-1))
-        grid = grid.view(m, num_channels)
-        for blur in self._blurs:  # blur: [1/2, 1, 1/2] along each lattice direction, a sparse product
-            grid = torch.sparse.mm(blur, grid)
-        flat_grid = grid.reshape(-1)
-        out = torch.zeros(out_channels.shape)
-        for r in range(self.dimension + 1):  # slice
-            flat = self._index[:, r, None] * num_channels + out_channels
-            out += flat_grid[flat] * self._weights[:, r, None]
-        return out / self._gain
+        in_ch, in_values = channels.reshape(-1), values.reshape(-1)
+        out_ch = out_channels.reshape(-1)
+        k_in, k_out = channels.shape[1], out_channels.shape[1]
+        out = torch.zeros(out_ch.shape[0])
+        for c0 in range(0, num_channels, channel_chunk):  # the lattice's values, (M, chunk) row-major
+            c1 = min(c0 + channel_chunk, num_channels)
+            sources = torch.nonzero((in_ch >= c0) & (in_ch < c1))[:, 0]
+            targets = torch.nonzero((out_ch >= c0) & (out_ch < c1))[:, 0]
+            if len(sources) == 0 or len(targets) == 0:
+                continue
+            grid = self._splat(sources // k_in, in_ch[sources] - c0, in_values[sources], c1 - c0)
+            for blur in self._blurs:  # blur: [1/2, 1, 1/2] along each lattice direction, a sparse product
+                grid = torch.sparse.mm(blur, grid)
+            out[targets] = self._slice(grid, targets // k_out, out_ch[targets] - c0)
+        return out.view(out_channels.shape) / self._gain
+
+    def _splat(self, points: torch.Tensor, channels: torch.Tensor, values: torch.Tensor, width: int) -> torch.Tensor:
+        # each value onto its point's d + 1 vertices, with the barycentric weights: (M, width)
+        flat = self._index[points] * width + channels[:, None]
+        grid = torch.zeros(self.vertices * width)
+        grid.index_add_(0, flat.reshape(-1), (values[:, None] * self._weights[points]).reshape(-1))
+        return grid.view(self.vertices, width)
+
+    def _slice(self, grid: torch.Tensor, points: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+        # each point's value from its d + 1 vertices, with the barycentric weights
+        flat = self._index[points] * grid.shape[1] + channels[:, None]
+        return (grid.reshape(-1)[flat] * self._weights[points]).sum(dim=1)
 
 
 @lru_cache(maxsize=8)
