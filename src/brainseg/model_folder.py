@@ -80,6 +80,7 @@ RECORDS = (
     "ablation_row.json",
     "prior_calibration.csv",
     "crf_tuning.csv",
+    "crf_tuning_cases.jsonl",
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 
 import pytest
 import yaml
@@ -11,8 +12,10 @@ import yaml
 from brainseg.cli.main import main
 from brainseg.config import load_config
 from brainseg.errors import InputError
+from brainseg.inference.predictor import Predictor
 from brainseg.model_folder import verify_model_folder
 from brainseg.postprocessing.dense_crf import CRFParameters
+from brainseg.training import crf_tuning
 from brainseg.training.crf_tuning import CRFScores, choose_crf, crf_grid
 
 
@@ -41,7 +44,7 @@ def test_grid_is_the_product_over_the_folder_settings():
         crf_grid(base, {"intensity_sigma": [0.0]})
 
 
-def test_tune_crf_scores_the_network_and_writes_the_chosen_setting(tiny_setup, capsys, one_torch_thread):
+def test_tune_crf_scores_the_network_and_writes_the_chosen_setting(tiny_setup, capsys, monkeypatch, one_torch_thread):
     model = tiny_setup.parent / "model"
     assert main(["train", str(tiny_setup), "-o", str(model), "--no-progress", "--no-card"]) == 0
     before = (model / "config.yaml").read_text()
@@ -74,7 +77,39 @@ def test_tune_crf_scores_the_network_and_writes_the_chosen_setting(tiny_setup, c
         CRFParameters(), appearance_weight=2.0, smoothness_weight=0.0, iterations=3
     )
     assert yaml.safe_load(before)["training"] == yaml.safe_load((model / "config.yaml").read_text())["training"]
-    # a grid where nothing qualifies (the network's own labels) leaves the config as it was
+    # every (case, setting) was logged as scored: a rerun scores only what is missing
+    logged = [json.loads(line) for line in (model / "crf_tuning_cases.jsonl").read_text().splitlines()]
+    assert "identity" in logged[0] and len(logged) == 1 + 5 and {e["case"] for e in logged[1:]} == {"c"}
+    calls = {"crf": 0, "segment": 0}
+    real_crf, real_segment = crf_tuning.dense_crf, Predictor.segment_prepared
+
+    def counting_crf(*args, **kwargs):
+        calls["crf"] += 1
+        return real_crf(*args, **kwargs)
+
+    def counting_segment(self, *args, **kwargs):
+        calls["segment"] += 1
+        return real_segment(self, *args, **kwargs)
+
+    monkeypatch.setattr(crf_tuning, "dense_crf", counting_crf)
+    monkeypatch.setattr(Predictor, "segment_prepared", counting_segment)
+    assert main(["tune-crf", str(model), *grid, "--no-progress"]) == 0
+    assert calls == {"crf": 0, "segment": 0} and "<- chosen" in capsys.readouterr().out
+    # a grid where nothing qualifies (the network's own labels, one new setting) leaves the config as it was
     written = (model / "config.yaml").read_text()
-    assert main(["tune-crf", str(model), "--grid", "appearance_weight=0", "--grid", "smoothness_weight=0"]) == 0
+    nothing = ["--grid", "appearance_weight=0", "--grid", "smoothness_weight=0", "--grid", "iterations=2"]
+    assert main(["tune-crf", str(model), *nothing, "--no-progress"]) == 0
     assert (model / "config.yaml").read_text() == written and "left as it was" in capsys.readouterr().out
+    assert calls == {"crf": 1, "segment": 1}
+
+
+def test_case_log_resumes_its_own_model_only(tmp_path):
+    path = tmp_path / "crf_tuning_cases.jsonl"
+    log = crf_tuning._CaseLog(path, "model-a")
+    log.add("key", "c", [0.7, 3.0, 1.0, 0.01, 9.0])
+    with open(path, "a") as f:
+        f.write('{"key": "cut sh')  # a crash mid-line
+    assert crf_tuning._CaseLog(path, "model-a").scored == {"key": [0.7, 3.0, 1.0, 0.01, 9.0]}
+    assert crf_tuning._CaseLog(path, "model-b").scored == {}  # retrained: afresh
+    assert json.loads(path.read_text().splitlines()[0]) == {"identity": "model-b"}
+    assert crf_tuning._CaseLog(None, "model-b").scored == {}

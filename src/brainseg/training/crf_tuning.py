@@ -13,6 +13,11 @@ HD95 is below the network's; of those, the one with the lowest mean HD95 is writ
 folder's ``config.yaml`` (its ``crf:`` section; checksums rewritten), so that ``segment --crf`` uses
 it. When none qualifies, the config is left alone. Every row goes to ``crf_tuning.csv``.
 
+Scoring takes hours on a laptop CPU (one CRF per case and setting), so every (case, setting) is
+appended to ``crf_tuning_cases.jsonl`` as soon as it is scored, under an identity of the folder's
+weights, prior, labels, normalisation and reference: a rerun (with the same or another grid) scores
+only what is missing, and a retrained folder starts afresh.
+
 The settings are chosen on the cases they are then reported on: the chosen row's figures are
 slightly optimistic.
 """
@@ -21,8 +26,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import itertools
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,18 +41,29 @@ from tqdm import tqdm
 
 from brainseg.errors import InputError
 from brainseg.inference.predictor import Predictor
-from brainseg.io.atomic import atomic_write_text
+from brainseg.io.atomic import atomic_write_text, sha256_file
 from brainseg.io.manifest import read_manifest
 from brainseg.io.nifti import load_volume, voxel_spacing
 from brainseg.metrics.report import evaluate_label_maps, summarize
-from brainseg.model_folder import LoadedModel, load_model_folder, write_checksums
+from brainseg.model_folder import PAYLOAD, LoadedModel, load_model_folder, write_checksums
 from brainseg.postprocessing.dense_crf import CRFParameters, dense_crf
 from brainseg.preprocessing.pipeline import prepare_image
 from brainseg.preprocessing.reference import load_transforms
 
-__all__ = ["DEFAULT_GRID", "TUNING_FILE", "CRFScores", "choose_crf", "crf_grid", "score_crf_settings", "tune_crf"]
+__all__ = [
+    "CASES_FILE",
+    "DEFAULT_GRID",
+    "TUNING_FILE",
+    "CRFScores",
+    "choose_crf",
+    "crf_grid",
+    "score_crf_settings",
+    "tune_crf",
+]
 
 TUNING_FILE = "crf_tuning.csv"
+#: Per case and setting, one JSON line as each is scored: the record, and what a rerun resumes from.
+CASES_FILE = "crf_tuning_cases.jsonl"
 
 #: Issue G's small grid over (sa, sb, v1): 2 x 2 x 2 settings around DeepNAT's (mapped) defaults,
 #: with the smoothness weight v2 = 1 (DeepNAT's 3 lowered the default model's Dice on validation
@@ -132,11 +150,51 @@ def _figures(prediction: np.ndarray, reference: np.ndarray, model: LoadedModel, 
     return summarize(present)
 
 
+def _model_identity(folder: Path) -> str:
+    # what the probabilities depend on: every payload file but config.yaml (whose crf: section tuning writes)
+    digest = hashlib.sha256()
+    for name in PAYLOAD:
+        if name != "config.yaml" and (folder / name).is_file():
+            digest.update(f"{name} {sha256_file(folder / name)}\n".encode())
+    return digest.hexdigest()
+
+
+def _key(case_id: str, params: CRFParameters | None) -> str:
+    return json.dumps([case_id, None if params is None else dataclasses.asdict(params)], sort_keys=True)
+
+
+class _CaseLog:
+    """The append-only ``crf_tuning_cases.jsonl``: read what a previous run scored, add as we go."""
+
+    def __init__(self, path: Path | None, identity: str) -> None:
+        self.path, self.identity, self.scored = path, identity, {}
+        if path is None:
+            return
+        lines = path.read_text().splitlines() if path.is_file() else []
+        entries = []
+        for line in lines:
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a crash
+                continue
+        if entries and entries[0].get("identity") == identity:
+            self.scored = {e["key"]: e["figures"] for e in entries[1:] if "key" in e}
+        else:  # absent, or another model's: start afresh
+            atomic_write_text(path, json.dumps({"identity": identity}) + "\n")
+
+    def add(self, key: str, case_id: str, figures: list[float]) -> None:
+        self.scored[key] = figures
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"key": key, "case": case_id, "figures": figures}) + "\n")
+
+
 def score_crf_settings(
     model: LoadedModel,
     settings: Sequence[CRFParameters],
     case_ids: Sequence[str] | None = None,
     progress: bool = False,
+    log: str | Path | None = None,
 ) -> list[CRFScores]:
     """Validation figures of the network alone and of each CRF setting (see the module docstring).
 
@@ -150,6 +208,8 @@ def score_crf_settings(
         Default: the validation cases of the model's config.
     progress : bool
         Show a progress bar.
+    log : str or Path, optional
+        A ``crf_tuning_cases.jsonl`` to resume from and append to (see the module docstring).
 
     Returns
     -------
@@ -171,10 +231,16 @@ def score_crf_settings(
     rows = [None, *settings]
     figures = np.zeros((len(rows), len(case_ids), 5))
     bar = tqdm(total=len(rows) * len(case_ids), desc="CRF settings x cases", disable=not progress)
+    scored = _CaseLog(Path(log) if log is not None else None, _model_identity(Path(model.path)))
     for k, case_id in enumerate(case_ids):
         case = by_id.get(case_id)
         if case is None or case.label_map is None:
             raise InputError(f"{tc.manifest}: no labelled case {case_id!r}")
+        keys = [_key(case_id, params) for params in rows]
+        if all(key in scored.scored for key in keys):  # scored by an earlier run
+            figures[:, k] = [scored.scored[key] for key in keys]
+            bar.update(len(rows))
+            continue
         image = load_volume(case.image)
         mask = load_volume(case.mask, kind="mask").data if case.mask else None
         reference = load_volume(case.label_map, kind="label_map").data
@@ -187,6 +253,10 @@ def score_crf_settings(
         else:
             working, spacing = registered.image, voxel_spacing(registered.reference_affine)
         for j, params in enumerate(rows):
+            if keys[j] in scored.scored:
+                figures[j, k] = scored.scored[keys[j]]
+                bar.update()
+                continue
             t0 = time.perf_counter()
             if params is None:
                 classes, seconds = network_classes, 0.0
@@ -198,6 +268,7 @@ def score_crf_settings(
             summary = _figures(label_map, reference, model, image.spacing, case_id)
             changed = float((classes != network_classes).sum()) / max(1, int(prepared.mask.sum()))
             figures[j, k] = summary["dice"], summary["hd95"], summary["msd"], changed, seconds
+            scored.add(keys[j], case_id, [float(v) for v in figures[j, k]])
             bar.update()
         del probs
     bar.close()
@@ -250,7 +321,8 @@ def tune_crf(
     ----------
     model_dir : str or Path
         A trained model folder (written in place: ``config.yaml``'s ``crf:`` section,
-        ``crf_tuning.csv``, checksums).
+        ``crf_tuning.csv``, ``crf_tuning_cases.jsonl``, checksums). A rerun resumes from
+        ``crf_tuning_cases.jsonl``.
     grid : dict of str to sequence of float, optional
         Setting name -> candidates (default :data:`DEFAULT_GRID`) over the folder's settings.
     case_ids : sequence of str, optional
@@ -272,7 +344,8 @@ def tune_crf(
     """
     model = load_model_folder(model_dir)
     settings = crf_grid(model.config.crf, DEFAULT_GRID if grid is None else grid)
-    scores = score_crf_settings(model, settings, case_ids, progress)
+    folder = Path(model.path)
+    scores = score_crf_settings(model, settings, case_ids, progress, log=folder / CASES_FILE)
     chosen = choose_crf(scores)
     names = [f.name for f in dataclasses.fields(CRFParameters)]
     buffer = io.StringIO()
@@ -282,7 +355,6 @@ def tune_crf(
         values = ["" for _ in names] if s.settings is None else [getattr(s.settings, n) for n in names]
         figures = [f"{s.dice:.4f}", f"{s.hd95:.3f}", f"{s.msd:.3f}", f"{s.changed:.5f}", f"{s.seconds:.1f}"]
         writer.writerow(["no" if s.settings is None else "yes", *values, *figures, "yes" if s is chosen else ""])
-    folder = Path(model.path)
     if chosen is not None and chosen.settings is not None:
         _write_crf_section(folder / "config.yaml", chosen.settings)
     atomic_write_text(folder / TUNING_FILE, buffer.getvalue())
