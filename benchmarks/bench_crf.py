@@ -150,7 +150,13 @@ def run_one(args: argparse.Namespace, engine: str, top_k: int, crop: int) -> Non
         )
         after = np.argmax(np.array(crf.inference(args.iterations)), axis=0).reshape(image.shape)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    # this process's own high-water mark (ru_maxrss would start from the parent's, which made the probabilities)
+    status = Path("/proc/self/status")
+    if status.is_file():
+        hwm = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM"))
+        peak = int(hwm.split()[1]) / 1024**2
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     out = {
         "wall_s": wall,
         "peak_rss_gb": peak,

@@ -20,8 +20,8 @@ sum itself; tests compare it with explicit sums on small volumes.
 
 Values are sparse: each point carries values for a few channels only (a voxel's most likely
 classes), given as ``(N, k)`` channel indices and values. The channels are filtered a chunk at a
-time (32 by default): the lattice holds ``(M, 32)`` values for its ``M`` vertices, and each chunk
-splats and slices only the values of its channels, so memory scales with ``N k + 32 M``, not
+time (16 by default): the lattice holds ``(M, 16)`` values for its ``M`` vertices, and each chunk
+splats and slices only the values of its channels, so memory scales with ``N k + 16 M``, not
 ``N C``.
 
 Deviations from Adams et al.: lattice vertices are found with a sort of packed integer keys
@@ -53,6 +53,9 @@ def _elevate(features: np.ndarray) -> np.ndarray:
 
 
 _CHUNK = 1 << 18  # points per chunk of the lattice construction
+
+#: Channels :meth:`PermutohedralLattice.filter` blurs together by default.
+CHANNEL_CHUNK = 16
 
 
 def _simplices(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -168,7 +171,10 @@ class PermutohedralLattice:
         del packed
         self.vertices = len(vertices)
         self._keys = vertices  # packed, sorted: vertex m's key is self._unpack(self._keys[m : m + 1])
-        self._index = torch.from_numpy(inverse.reshape(n, d + 1).astype(np.int64, copy=False))
+        # int32 vertex indices (half the memory; torch's index_add_ and gathers take them)
+        index_type = np.int32 if len(vertices) < 2**31 else np.int64
+        self._index = torch.from_numpy(inverse.reshape(n, d + 1).astype(index_type))
+        del inverse
         self._weights = torch.from_numpy(weights)
         # neighbours of every vertex along each of the d + 1 lattice directions (-1: absent -> the zero row M)
         unpacked = self._unpack(vertices)
@@ -208,7 +214,7 @@ class PermutohedralLattice:
         *,
         num_channels: int | None = None,
         out_channels: torch.Tensor | None = None,
-        channel_chunk: int = 32,
+        channel_chunk: int | None = None,
     ) -> torch.Tensor:
         """Estimate ``sum_j exp(-|f_i - f_j|^2 / 2) v_j[c]`` at every point ``i`` (``j = i`` included).
 
@@ -225,8 +231,9 @@ class PermutohedralLattice:
         out_channels : Tensor of int64, shape (N, k'), optional
             Channels to read back at each point (default: ``channels``, or all); those outside
             ``[0, num_channels)`` read 0.
-        channel_chunk : int
-            Channels filtered together: the lattice holds ``(M, channel_chunk)`` values at a time.
+        channel_chunk : int, optional
+            Channels filtered together (default :data:`CHANNEL_CHUNK`): the lattice holds
+            ``(M, channel_chunk)`` values at a time.
 
         Returns
         -------
@@ -253,6 +260,7 @@ class PermutohedralLattice:
         out_ch = out_channels.reshape(-1)
         k_in, k_out = channels.shape[1], out_channels.shape[1]
         out = torch.zeros(out_ch.shape[0])
+        channel_chunk = channel_chunk or CHANNEL_CHUNK
         for c0 in range(0, num_channels, channel_chunk):  # the lattice's values, (M, chunk) row-major
             c1 = min(c0 + channel_chunk, num_channels)
             sources = torch.nonzero((in_ch >= c0) & (in_ch < c1))[:, 0]
@@ -267,15 +275,22 @@ class PermutohedralLattice:
 
     def _splat(self, points: torch.Tensor, channels: torch.Tensor, values: torch.Tensor, width: int) -> torch.Tensor:
         # each value onto its point's d + 1 vertices, with the barycentric weights: (M, width)
-        flat = self._index[points] * width + channels[:, None]
+        flat = self._flat(points, channels, width)
         grid = torch.zeros(self.vertices * width)
         grid.index_add_(0, flat.reshape(-1), (values[:, None] * self._weights[points]).reshape(-1))
         return grid.view(self.vertices, width)
 
     def _slice(self, grid: torch.Tensor, points: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
         # each point's value from its d + 1 vertices, with the barycentric weights
-        flat = self._index[points] * grid.shape[1] + channels[:, None]
+        flat = self._flat(points, channels, grid.shape[1])
         return (grid.reshape(-1)[flat] * self._weights[points]).sum(dim=1)
+
+    def _flat(self, points: torch.Tensor, channels: torch.Tensor, width: int) -> torch.Tensor:
+        # positions in the (M, width) row-major lattice values of each point's d + 1 vertices, channel given
+        index = self._index[points]
+        if self.vertices * width >= 2**31:
+            index = index.long()
+        return index * width + channels[:, None].to(index.dtype)
 
 
 @lru_cache(maxsize=8)
