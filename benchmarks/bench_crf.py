@@ -109,7 +109,8 @@ def run_one(args: argparse.Namespace, engine: str, top_k: int, crop: int) -> Non
     truth = None
     if args.source == "model":
         folder = Path(args.cache)
-        probs = np.load(folder / "probabilities.npy")
+        # a crop reads its part of the file only (its peak RSS then is the crop's)
+        probs = np.load(folder / "probabilities.npy", mmap_mode="r" if crop else None)
         image, mask = np.load(folder / "image.npy"), np.load(folder / "mask.npy")
         spacing = tuple(json.loads((folder / "spacing.json").read_text()))
     else:
