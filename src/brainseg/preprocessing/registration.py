@@ -214,7 +214,7 @@ def register_affine(
     *,
     iterations: int = 200,
     sampling_fraction: float = 0.05,
-    seed: int = 0,
+    seed: int = 1,
     initial: np.ndarray | None = None,
 ) -> AffineRegistration:
     """Affinely register a moving image to a reference image.
@@ -237,7 +237,8 @@ def register_affine(
     sampling_fraction : float
         Fraction of voxels sampled for the metric (random, seeded).
     seed : int
-        Seed of the metric's voxel sampling (results are reproducible).
+        Seed of the metric's voxel sampling, >= 1 (results are reproducible; SimpleITK reads 0
+        as "seed from the wall clock": the default was 0 once, and every run differed).
     initial : ndarray, shape (4, 4), optional
         A starting transform (reference mm -> moving mm) to use instead of
         :func:`initial_transforms`.
@@ -249,8 +250,10 @@ def register_affine(
     Raises
     ------
     ValueError
-        If an image is not 3-D or is empty.
+        If an image is not 3-D or is empty, or ``seed`` < 1.
     """
+    if seed < 1:
+        raise ValueError(f"seed must be >= 1 (SimpleITK reads 0 as the wall clock), got {seed}")
     for name, data in (("moving", moving), ("reference", reference)):
         if data.ndim != 3 or not np.any(data):
             raise ValueError(f"{name} image must be a non-empty 3-D array, got shape {data.shape}")
