@@ -33,7 +33,14 @@ from brainseg.postprocessing.prior import PRIOR_FILE, ClassPrior
 from brainseg.preprocessing.pipeline import prepare_image
 from brainseg.preprocessing.reference import load_transforms
 
-__all__ = ["CALIBRATION_FILE", "StrengthScores", "calibrate_prior", "prior_from_training_cases", "score_strengths"]
+__all__ = [
+    "CALIBRATION_FILE",
+    "StrengthScores",
+    "calibrate_prior",
+    "prior_from_training_cases",
+    "score_strengths",
+    "validation_setup",
+]
 
 CALIBRATION_FILE = "prior_calibration.csv"
 
@@ -71,6 +78,38 @@ def _case_figures(predicted: np.ndarray, reference: np.ndarray, num_classes: int
     return float(np.nanmean(dice[present])), float(vs.mean()), int((ratio > 1.25).sum()), int((ratio < 0.8).sum())
 
 
+def validation_setup(
+    model: LoadedModel, case_ids: Sequence[str] | None = None
+) -> tuple[dict, list[str], dict[str, np.ndarray]]:
+    """The manifest's cases by id, the cases to score and the reference space's stored transforms.
+
+    Parameters
+    ----------
+    model : LoadedModel
+    case_ids : sequence of str, optional
+        Default: the validation cases of the model's config.
+
+    Returns
+    -------
+    by_id : dict of str to Case
+    case_ids : list of str
+    transforms : dict of str to ndarray, shape (4, 4)
+        Known template mm -> scan mm transforms (empty without a reference space).
+
+    Raises
+    ------
+    InputError
+        If there are no cases to score.
+    """
+    tc = model.config.training
+    by_id = {c.case_id: c for c in read_manifest(tc.manifest)}
+    case_ids = list(case_ids or tc.validation_cases)
+    if not case_ids:
+        raise InputError(f"{model.path}: the config names no validation cases; pass --cases")
+    transforms = load_transforms(tc.reference) if tc.reference else {}
+    return by_id, case_ids, transforms
+
+
 def score_strengths(
     model: LoadedModel, strengths: Sequence[float], case_ids: Sequence[str] | None = None, progress: bool = False
 ) -> list[StrengthScores]:
@@ -100,19 +139,14 @@ def score_strengths(
     """
     if model.prior is None:
         raise InputError(f"{model.path}: no {PRIOR_FILE}; train with brainseg >= 0.2 or write one first")
-    tc = model.config.training
-    by_id = {c.case_id: c for c in read_manifest(tc.manifest)}
-    case_ids = list(case_ids or tc.validation_cases)
-    if not case_ids:
-        raise InputError(f"{model.path}: the config names no validation cases; pass --cases")
-    transforms = load_transforms(tc.reference) if tc.reference else {}
+    by_id, case_ids, transforms = validation_setup(model, case_ids)
     unadjusted = Predictor(LoadedModel(**{**model.__dict__, "prior": model.prior.with_strength(0.0)}))
     weights = [np.exp(model.prior.logit_bias(s)).astype(np.float32) for s in strengths]
     figures = np.zeros((len(strengths), len(case_ids), 4))
     for k, case_id in enumerate(tqdm(case_ids, desc="validation cases", disable=not progress)):
         case = by_id.get(case_id)
         if case is None or case.label_map is None:
-            raise InputError(f"{tc.manifest}: no labelled case {case_id!r}")
+            raise InputError(f"{model.config.training.manifest}: no labelled case {case_id!r}")
         image = load_volume(case.image)
         mask = load_volume(case.mask, kind="mask").data if case.mask else None
         reference = model.labels.to_classes(load_volume(case.label_map, kind="label_map").data)

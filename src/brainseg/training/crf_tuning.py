@@ -42,13 +42,12 @@ from tqdm import tqdm
 from brainseg.errors import InputError
 from brainseg.inference.predictor import Predictor
 from brainseg.io.atomic import atomic_write_text, sha256_file
-from brainseg.io.manifest import read_manifest
 from brainseg.io.nifti import load_volume, voxel_spacing
 from brainseg.metrics.report import evaluate_label_maps, summarize
 from brainseg.model_folder import PAYLOAD, LoadedModel, load_model_folder, write_checksums
 from brainseg.postprocessing.dense_crf import CRFParameters, dense_crf
 from brainseg.preprocessing.pipeline import prepare_image
-from brainseg.preprocessing.reference import load_transforms
+from brainseg.training.calibration import validation_setup
 
 __all__ = [
     "CASES_FILE",
@@ -222,11 +221,7 @@ def score_crf_settings(
         If the config names no validation cases, or a case or its label map is missing.
     """
     tc = model.config.training
-    by_id = {c.case_id: c for c in read_manifest(tc.manifest)}
-    case_ids = list(case_ids or tc.validation_cases)
-    if not case_ids:
-        raise InputError(f"{model.path}: the config names no validation cases; pass --cases")
-    transforms = load_transforms(tc.reference) if tc.reference else {}
+    by_id, case_ids, transforms = validation_setup(model, case_ids)
     predictor = Predictor(model)
     rows = [None, *settings]
     figures = np.zeros((len(rows), len(case_ids), 5))
