@@ -313,15 +313,26 @@ class _DenseConvStage:
         return torch.relu_(F.conv3d(a, self.w3, self.b3, dilation=2))[0]  # (c3, L + 5)
 
 
-def _gather_features(conv3: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
-    """Flat conv3 features ``(N, c3 * 27)``, channel-major like the patch network, at local voxels ``(N, 3)``."""
-    c, d1, d2, d3 = conv3.shape
-    flat = conv3.reshape(c, -1)
-    cells = []
-    for n in np.ndindex(*(FEATURE_GRID,) * 3):
-        pos = local + 2 * torch.tensor(n, dtype=local.dtype, device=local.device)
-        cells.append(flat[:, (pos[:, 0] * d2 + pos[:, 1]) * d3 + pos[:, 2]])  # (c, N)
-    return torch.stack(cells, dim=2).permute(1, 0, 2).reshape(local.shape[0], -1)
+class _ConvCells:
+    """A tile's conv3 map as one row of features per voxel, for gathering patches' 3 x 3 x 3 cells.
+
+    ``rows`` is ``(M, c3)`` (voxel-major), so that a cell of many voxels is a
+    gather of whole rows; a channel-major ``(c3, M)`` map would be gathered
+    column by column (about 2.6 times slower, measured on one thread).
+    """
+
+    def __init__(self, conv3: torch.Tensor) -> None:
+        c, d1, d2, d3 = conv3.shape
+        self.channels, self.strides = c, (d2 * d3, d3, 1)
+        self.rows = conv3.reshape(c, -1).T.contiguous()  # (M, c3)
+        cells = torch.tensor(list(np.ndindex(*(FEATURE_GRID,) * 3)), dtype=torch.int64, device=conv3.device)
+        self.cell_offsets = 2 * cells @ torch.tensor(self.strides, device=conv3.device)  # (27,), flat, C order
+
+    def features(self, local: torch.Tensor) -> torch.Tensor:
+        """Flat conv3 features ``(N, c3 * 27)``, channel-major like the patch network, at local voxels ``(N, 3)``."""
+        first = local.to(torch.int64) @ torch.tensor(self.strides, device=local.device)  # (N,)
+        cells = self.rows[(first[:, None] + self.cell_offsets[None]).reshape(-1)]  # (N * 27, c3)
+        return cells.view(len(local), -1, self.channels).transpose(1, 2).reshape(len(local), -1)
 
 
 class _Runner:
@@ -392,10 +403,10 @@ class _Runner:
         # tile, so that only one conv stage is alive at a time; the last one's are combined chunk by chunk.
         earlier = []
         for stage, member in zip(self.stages[:-1], self.members[:-1]):
-            conv3 = stage(x)
+            conv3 = _ConvCells(stage(x))
             earlier.append([self._head(member, conv3, chunk, lo) for chunk in chunks])
             del conv3
-        conv3 = self.stages[-1](x)
+        conv3 = _ConvCells(self.stages[-1](x))
         for i, chunk in enumerate(chunks):
             logits = self._head(self.members[-1], conv3, chunk, lo)
             if self.combine is not None:
@@ -404,9 +415,9 @@ class _Runner:
                 logits = logits + self.bias
             yield chunk + lo, torch.softmax(logits, dim=2).float().cpu()
 
-    def _head(self, member: DeepNAT, conv3: torch.Tensor, chunk: np.ndarray, lo: np.ndarray) -> torch.Tensor:
+    def _head(self, member: DeepNAT, conv3: _ConvCells, chunk: np.ndarray, lo: np.ndarray) -> torch.Tensor:
         # Per-task logits (n, T, C) of one member at the tile's local voxels ``chunk``.
-        features = _gather_features(conv3, torch.from_numpy(chunk).to(self.device))
+        features = conv3.features(torch.from_numpy(chunk).to(self.device))
         coords = None
         if self.coordinates is not None:
             voxels = chunk + lo
