@@ -9,6 +9,25 @@ SHAPE = (10, 20, 30)
 SPACING = (1.0, 1.0, 2.0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def branch_cache_dir(tmp_path_factory):
+    """One DistBranch cache folder for the whole session (not the user's ~/.cache), inherited by subprocesses.
+
+    Tests that segment with the default model share its table (built once, about half a minute).
+    """
+    import os
+
+    from brainseg.inference.branch_cache import CACHE_ENV
+
+    old = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("branch_cache"))
+    yield
+    if old is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = old
+
+
 @pytest.fixture(autouse=True)
 def tiny_images_allowed(request, monkeypatch):
     """Let synthetic volumes smaller than a brain through the validation gate.

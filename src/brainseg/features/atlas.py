@@ -195,6 +195,34 @@ class ProbabilisticAtlas:
         """
         return self.normalise(self.quantised(indices))
 
+    def support(self, max_background: int = 250) -> np.ndarray:
+        """Voxels where brains land: the stored background frequency at most ``max_background`` / 255.
+
+        Parameters
+        ----------
+        max_background : int
+            Largest stored background value (0..255) of a support voxel; 250 keeps
+            every voxel some training brain reached, after the atlas' smoothing,
+            with a background frequency below 98 %.
+
+        Returns
+        -------
+        ndarray of bool, shape ``self.shape``
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> maps = [np.array([[[0, 1], [0, 0]]]), np.array([[[0, 1], [1, 0]]])]
+        >>> ProbabilisticAtlas.build(maps, 2, sigma_mm=0.0).support()[0].astype(int)
+        array([[0, 1],
+               [1, 0]])
+        """
+        box, values = self.boxes[0], self.values[0]
+        out = np.ones(self.shape, bool)  # no background seen: brain everywhere but where stored
+        if box[0] < box[3]:
+            out[box[0] : box[3], box[1] : box[4], box[2] : box[5]] = values <= max_background
+        return out
+
     def save(self, path: str | Path) -> None:
         """Write an ``.npz`` file (compressed, no pickled objects)."""
         arrays = {"shape": np.array(self.shape), "boxes": self.boxes, "floor": np.array(self.floor)}

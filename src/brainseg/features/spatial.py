@@ -36,12 +36,17 @@ class SpatialInputs:
         Atlas on the same grid (ProbBranch).
     padded_image : ndarray of float32, shape (D + 14, H + 14, W + 14), or None
         The normalised image padded with the background value (3dBranch).
+    support : ndarray of bool, shape (D, H, W), or None
+        The reference grid's voxels where brains land (:meth:`ProbabilisticAtlas.support`): where
+        dense inference reads the DistBranch's output from a table computed once per model
+        (:mod:`brainseg.inference.branch_cache`); None computes it per scan.
     """
 
     affine: np.ndarray
     landmarks: np.ndarray | None = None
     atlas: ProbabilisticAtlas | None = None
     padded_image: np.ndarray | None = None
+    support: np.ndarray | None = None
 
     def patches_3d(self, voxels: np.ndarray) -> np.ndarray:
         """15 x 15 x 15 patches centred on voxels ``(N, 3)`` -> ``(N, 1, 15, 15, 15)`` float32."""
@@ -54,7 +59,14 @@ class SpatialInputs:
         w = v[:, 2, None, None, None] + steps[None, None, None, :]
         return self.padded_image[d, h, w][:, None]
 
-    def at(self, voxels: np.ndarray, *, with_patches_3d: bool = True, with_atlas: bool = True) -> dict[str, np.ndarray]:
+    def at(
+        self,
+        voxels: np.ndarray,
+        *,
+        with_patches_3d: bool = True,
+        with_atlas: bool = True,
+        with_distances: bool = True,
+    ) -> dict[str, np.ndarray]:
         """Extra network inputs at voxels.
 
         Parameters
@@ -67,6 +79,9 @@ class SpatialInputs:
         with_atlas : bool
             Include the atlas vectors (dense inference looks them up for the
             whole brain at once instead).
+        with_distances : bool
+            Include the landmark distances (dense inference may read the
+            DistBranch's output from a table instead).
 
         Returns
         -------
@@ -77,7 +92,7 @@ class SpatialInputs:
         """
         voxels = np.asarray(voxels, dtype=np.int64).reshape(-1, 3)
         out: dict[str, np.ndarray] = {}
-        if self.landmarks is not None:
+        if with_distances and self.landmarks is not None:
             out["distances"] = landmark_distances(voxel_centres_mm(voxels, self.affine), self.landmarks)
         if with_atlas and self.atlas is not None:
             out["atlas"] = self.atlas.lookup(voxels)
@@ -94,6 +109,7 @@ def make_spatial_inputs(
     landmarks: int = 0,
     atlas: ProbabilisticAtlas | None = None,
     patches_3d: bool = False,
+    support: np.ndarray | None = None,
 ) -> SpatialInputs:
     """Set up the spatial inputs of one image.
 
@@ -111,6 +127,8 @@ def make_spatial_inputs(
         Atlas on the same grid.
     patches_3d : bool
         Keep a padded copy of the image for 3-D patches.
+    support : ndarray of bool, shape (D, H, W), optional
+        See :class:`SpatialInputs`.
 
     Returns
     -------
@@ -119,15 +137,17 @@ def make_spatial_inputs(
     Raises
     ------
     ValueError
-        If the atlas grid differs from the image's.
+        If the atlas grid or the support differs from the image's.
     """
     if atlas is not None and tuple(atlas.shape) != tuple(image.shape):
         raise ValueError(f"atlas grid {atlas.shape} differs from the image grid {image.shape}")
+    if support is not None and tuple(support.shape) != tuple(image.shape):
+        raise ValueError(f"support grid {support.shape} differs from the image grid {image.shape}")
     marks = landmark_grid(image.shape, affine, landmarks) if landmarks > 0 else None
     padded = None
     if patches_3d:
         padded = np.pad(image.astype(np.float32), HALF_3D, constant_values=background)
-    return SpatialInputs(np.asarray(affine, float), marks, atlas, padded)
+    return SpatialInputs(np.asarray(affine, float), marks, atlas, padded, support if landmarks > 0 else None)
 
 
 def spatial_inputs_for(
@@ -147,10 +167,12 @@ def spatial_inputs_for(
         As in :func:`make_spatial_inputs` (the working grid: the template's for
         reference-space models).
     atlas : ProbabilisticAtlas, optional
-        The reference atlas; used only if the model has a ProbBranch.
+        The reference atlas: the ProbBranch's input, and its support tells
+        the DistBranch where brains land (see :class:`SpatialInputs`).
     """
     if not (model.needs_reference or model.branch_3d_widths):
         return None
+    support = atlas.support() if (atlas is not None and model.landmarks) else None
     return make_spatial_inputs(
         image,
         affine,
@@ -158,4 +180,5 @@ def spatial_inputs_for(
         landmarks=model.landmarks,
         atlas=atlas if model.prob_branch else None,
         patches_3d=bool(model.branch_3d_widths),
+        support=support,
     )

@@ -26,6 +26,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from tqdm import tqdm
 
 from brainseg.features.spatial import SpatialInputs
+from brainseg.inference.branch_cache import DistanceFeatureTable
 from brainseg.models.ganaye2018 import ConvBranch, ConvBranch3d, GanayeNet
 from brainseg.preprocessing.masking import brain_bounding_box
 from brainseg.sampling.patches import (
@@ -106,12 +107,15 @@ def _bias(model: GanayeNet, logit_bias: np.ndarray | None) -> torch.Tensor:
 
 
 class _DenseBaseNet:
-    """A network's 2-D branches rearranged for dense inference (eval mode only).
+    """A network rearranged for dense inference (eval mode only).
 
     Batch normalisation is folded into the convolutions; the 1 x 1 mixing
     convolution is split per branch and applied to the branch maps *before*
     the per-voxel gather (it is linear, so this is exact and 9 times cheaper).
-    The fully connected part is the network's own :meth:`GanayeNet.classify`.
+    The fully connected part is :meth:`GanayeNet.classify` with each layer's
+    weight split by input block, so that no ``torch.cat`` copies the blocks
+    (``W [x; d] = W_x x + W_d d``), and the first layer's columns reordered to
+    the gathered cells' cell-major order, so that no permute copies them either.
     """
 
     def __init__(self, model: GanayeNet) -> None:
@@ -121,7 +125,20 @@ class _DenseBaseNet:
         widths = [b.out_channels for b in model.branches]
         mix = model.mix.weight[:, :, 0, 0]  # (M, sum widths)
         self.mix = list(torch.split(mix, widths, dim=1))  # per branch (M, C_j)
-        self.mix_bias = model.mix.bias
+        self.mix_bias = model.mix.bias.detach()
+        m = mix.shape[0]
+        first = model.fc[0].weight.detach()
+        # columns of the 2-D block are channel-major (c * 9 + cell); the gathered features are (cell, c)
+        self.w2d = first[:, : 9 * m].reshape(-1, m, 9).permute(0, 2, 1).reshape(first.shape[0], 9 * m).contiguous()
+        self.w3d = first[:, 9 * m :].contiguous() if model.branch_3d is not None else None
+        self.biases = [layer.bias.detach() for layer in model.fc]
+        self.hidden = []  # layers after the first: (weight of the previous layer's output, weight of d or None)
+        d_width = model.dist_branch.width if model.dist_branch is not None else 0
+        for k, layer in enumerate(list(model.fc)[1:] + [model.out], start=1):
+            w = layer.weight.detach()
+            takes_d = d_width and k == 1
+            self.hidden.append((w[:, : w.shape[1] - d_width] if takes_d else w, w[:, -d_width:] if takes_d else None))
+        self.out_bias = model.out.bias.detach()
 
     @staticmethod
     def _fold(conv: torch.nn.Conv2d, norm: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,9 +161,29 @@ class _DenseBaseNet:
         return torch.matmul(x.permute(1, 2, 0), self.mix[j].T)  # (H', W', M)
 
     def head(self, mixed: torch.Tensor, extras: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits from the summed, gathered mixing outputs ``(N, 9, M)`` and the priors' inputs."""
-        x = torch.relu_(mixed + self.mix_bias).permute(0, 2, 1).reshape(mixed.shape[0], -1)  # channel-major
-        return self.model.classify(x, **extras)[0]
+        """Logits ``(N, num_classes)`` from the summed, gathered mixing outputs ``(N, 9, M)`` and the priors' inputs.
+
+        ``extras`` holds what :meth:`GanayeNet.classify` takes: ``features_3d``, ``atlas`` and either
+        ``dist_features`` or ``distances``.
+        """
+        model = self.model
+        x = torch.relu_(mixed.add_(self.mix_bias)).reshape(mixed.shape[0], -1)  # (N, 9 M), cell-major
+        x = torch.addmm(self.biases[0], x, self.w2d.T)
+        if self.w3d is not None:
+            x.addmm_(model._check("patches_3d", extras.get("features_3d")), self.w3d.T)
+        d = None
+        if model.dist_branch is not None:
+            d = extras.get("dist_features")
+            if d is None:
+                d = model.dist_branch(model._check("distances", extras.get("distances")))
+        biases = self.biases[1:] + [self.out_bias]
+        for (w, w_d), bias in zip(self.hidden, biases):
+            x = torch.addmm(bias, torch.relu_(x), w.T)
+            if w_d is not None:
+                x.addmm_(d, w_d.T)
+        if model.prob_branch is not None:
+            x += model.prob_branch(model._check("atlas", extras.get("atlas")))
+        return x
 
 
 def _layers(branch: ConvBranch) -> list[tuple[torch.nn.Conv2d, torch.nn.Module]]:
@@ -170,6 +207,7 @@ def _slice_probabilities(
     features_3d: _Dense3d | None = None,
     atlas: _DenseAtlas | None = None,
     bias: torch.Tensor | None = None,
+    distances: DistanceFeatureTable | None = None,
 ) -> torch.Tensor:
     y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     cell = ConvBranch.CELL_STRIDE * np.arange(3)
@@ -186,7 +224,9 @@ def _slice_probabilities(
         gathered = maps.reshape(height * width, m).index_select(0, flat).view(len(rows), 9, m)
         mixed = gathered if mixed is None else mixed.add_(gathered)
     voxels = plane_to_volume_indices(np.stack([np.full_like(rows, i), rows, cols], axis=1), stack.plane)
-    extras = _extras(spatial, voxels, with_patches_3d=False, with_atlas=atlas is None)
+    extras = _extras(spatial, voxels, with_patches_3d=False, with_atlas=atlas is None, with_distances=distances is None)
+    if distances is not None:
+        extras["dist_features"] = distances.at(voxels)
     if features_3d is not None:
         extras["features_3d"] = features_3d.at(voxels)
     if atlas is not None:
@@ -312,10 +352,13 @@ def predict_dense(
             dense_3d = _Dense3d(model.branch_3d, spatial, mask, brain)  # type: ignore[arg-type]
         if model.prob_branch is not None:
             dense_atlas = _DenseAtlas(spatial, brain)  # type: ignore[arg-type]
+    table = None
+    if model.dist_branch is not None and spatial is not None and spatial.support is not None and mask.any():
+        table = DistanceFeatureTable.cached(model.dist_branch, spatial.affine, spatial.landmarks, spatial.support)
     slices = [i for i in range(stack.shape[0]) if mask_p[i].any()]
     for i in tqdm(slices, desc="slices", unit="slice", disable=not progress, leave=False):
         rows, cols = np.nonzero(mask_p[i])
-        p = _slice_probabilities(net, stack, i, rows, cols, spatial, dense_3d, dense_atlas, bias)
+        p = _slice_probabilities(net, stack, i, rows, cols, spatial, dense_3d, dense_atlas, bias, table)
         classes[i, rows, cols] = p.argmax(dim=1).numpy().astype(np.uint8)
         if probs is not None:
             probs[:, i, rows, cols] = p.numpy().T

@@ -448,6 +448,7 @@ class GanayeNet(nn.Module):
         distances: torch.Tensor | None = None,
         atlas: torch.Tensor | None = None,
         features_3d: torch.Tensor | None = None,
+        dist_features: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Fully connected part: mixed 2-D features and priors -> logits and auxiliary logits.
 
@@ -459,6 +460,10 @@ class GanayeNet(nn.Module):
             See the class notes; required when the branch exists.
         features_3d : Tensor, shape (B, c3), optional
             :class:`ConvBranch3d` output.
+        dist_features : Tensor, shape (B, distance_width), optional
+            The :class:`DistBranch` output, when already known (dense inference
+            reads it from :mod:`brainseg.inference.branch_cache`); replaces
+            ``distances``.
 
         Returns
         -------
@@ -469,7 +474,9 @@ class GanayeNet(nn.Module):
         x = flat_2d
         if self.branch_3d is not None:
             x = torch.cat([x, self._check("patches_3d", features_3d)], dim=1)
-        d = self.dist_branch(self._check("distances", distances)) if self.dist_branch is not None else None
+        d = None
+        if self.dist_branch is not None:
+            d = dist_features if dist_features is not None else self.dist_branch(self._check("distances", distances))
         auxiliary: dict[str, torch.Tensor] = {}
         for k, layer in enumerate(self.fc):
             if k == 1 and d is not None:
