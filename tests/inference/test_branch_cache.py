@@ -58,7 +58,9 @@ def grid(rng):
         m[:, :5, :7] = 0
     atlas = ProbabilisticAtlas.build(maps, 7, sigma_mm=0.0)
     support = atlas.support()
-    spatial = make_spatial_inputs(image, oblique_affine, -0.7, landmarks=3, atlas=atlas, patches_3d=True, support=support)
+    spatial = make_spatial_inputs(
+        image, oblique_affine, -0.7, landmarks=3, atlas=atlas, patches_3d=True, support=support
+    )
     return _full_model(), spatial
 
 
@@ -77,7 +79,9 @@ def test_support_leaves_out_background_only_voxels(grid):
 
 def test_float32_rows_equal_the_branch_and_outside_is_exact(grid, rng):
     model, spatial = grid
-    table = DistanceFeatureTable.build(model.dist_branch, spatial.affine, spatial.landmarks, spatial.support, np.float32)
+    table = DistanceFeatureTable.build(
+        model.dist_branch, spatial.affine, spatial.landmarks, spatial.support, np.float32
+    )
     inside = np.argwhere(spatial.support)[rng.choice(int(spatial.support.sum()), 200, replace=False)]
     outside = np.argwhere(~spatial.support)[:50]
     for voxels in (inside, outside, np.concatenate([outside[:7], inside[:9]])):

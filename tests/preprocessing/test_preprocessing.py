@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from brainseg.inference.probability_map import ProbabilityMap
 from brainseg.io.nifti import Grid, Volume
 from brainseg.preprocessing import (
     IntensityNormalization,
@@ -216,7 +217,7 @@ def test_probabilities_to_source_grid_agree_with_the_label_map(volume, mask, spa
     logits = rng.standard_normal((4,) + prepared.image.shape)
     probs = (np.exp(logits) / np.exp(logits).sum(axis=0)).astype(np.float16)
     classes = probs.argmax(axis=0).astype(np.uint8)
-    back = prepared.probabilities_to_source_grid(probs)
+    back = np.asarray(ProbabilityMap(probs, prepared.source_index()))
     labels = prepared.to_source_grid(classes)
     assert back.shape == (4,) + mask.shape and back.dtype == np.float16
     np.testing.assert_array_equal(back.argmax(axis=0), labels)

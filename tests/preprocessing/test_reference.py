@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from brainseg.features.atlas import ProbabilisticAtlas
+from brainseg.inference.probability_map import ProbabilityMap
 from brainseg.io.nifti import Grid, Volume
 from brainseg.preprocessing.pipeline import prepare_image
 from brainseg.preprocessing.reference import Reference, load_reference, register_to_reference
@@ -45,7 +46,7 @@ def test_known_translation_round_trip(rng):
     np.testing.assert_array_equal(registered.to_native(on_template), classes)
     np.testing.assert_array_equal(registered.to_source_grid(on_template), classes)
     probs = np.stack([on_template == c for c in range(5)]).astype(np.float32)
-    back = registered.probabilities_to_source_grid(probs)
+    back = np.asarray(ProbabilityMap(probs, registered.source_index()))
     np.testing.assert_allclose(back.argmax(axis=0)[prepared.mask], classes[prepared.mask])
 
 

@@ -149,7 +149,9 @@ class DistanceFeatureTable:
         return cls(branch, affine, landmarks, support, rows)
 
     @classmethod
-    def cached(cls, branch: DistBranch, affine: np.ndarray, landmarks: np.ndarray, support: np.ndarray) -> DistanceFeatureTable | None:
+    def cached(
+        cls, branch: DistBranch, affine: np.ndarray, landmarks: np.ndarray, support: np.ndarray
+    ) -> DistanceFeatureTable | None:
         """The table from the cache folder, built and written there first if missing.
 
         Returns

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from brainseg.families import family_of
+from brainseg.inference.probability_map import ProbabilityMap
 from brainseg.io.nifti import Grid, Volume, load_volume, voxel_spacing
 from brainseg.labels import LabelTable
 from brainseg.model_folder import LoadedModel, load_model_folder
@@ -28,8 +29,9 @@ class Segmentation:
     ----------
     label_map : ndarray of int32, shape (D, H, W)
         Protocol label numbers (0 = background).
-    probabilities : ndarray of float16, shape (C, D, H, W), or None
-        Class probabilities, class ``c`` standing for ``labels.labels[c]``.
+    probabilities : ProbabilityMap or None
+        Class probabilities ``(C, D, H, W)`` (float16), class ``c`` standing for ``labels.labels[c]``:
+        ``probabilities[c]`` is one class's volume, ``np.asarray(probabilities)`` all of them.
     grid : Grid
         The input file's grid, for :func:`brainseg.io.save_volume`.
     spacing : tuple of 3 float
@@ -39,7 +41,7 @@ class Segmentation:
     """
 
     label_map: np.ndarray
-    probabilities: np.ndarray | None
+    probabilities: ProbabilityMap | None
     grid: Grid
     spacing: tuple[float, float, float]
     labels: LabelTable
@@ -193,11 +195,13 @@ class Predictor:
             prepared, matrix=matrix, probabilities=probabilities, progress=progress, crf=crf
         )
         classes = prepared.to_source_grid(classes)
+        probability_map = None
         if probs is not None:
+            # input voxel -> 1 mm voxel [-> template voxel]: the maps the labels came back through
             owner = registered if registered is not None else prepared
-            probs = owner.probabilities_to_source_grid(probs)
+            probability_map = ProbabilityMap(probs, owner.source_index())
         label_map = self.model.labels.to_labels(classes)
-        return Segmentation(label_map, probs, image.grid, image.spacing, self.model.labels)
+        return Segmentation(label_map, probability_map, image.grid, image.spacing, self.model.labels)
 
     def predict_file(self, path: str | Path, **kwargs: object) -> Segmentation:
         """Load an image file and segment it; see :meth:`predict`."""

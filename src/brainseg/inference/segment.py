@@ -127,8 +127,7 @@ def segment_case(
         qc_figure(volume.data, result.label_map, result.spacing, outline=stripping.mask, labels=result.labels),
     )
     if outputs.probabilities is not None and result.probabilities is not None:
-        scaled = np.round(result.probabilities.astype(np.float32) * 255).astype(np.uint8)
-        save_volume(outputs.probabilities, scaled, result.grid, slope=1 / 255)
+        result.probabilities.save(outputs.probabilities, result.grid)
     log.info("%s -> %s", image, outputs.label_map)
     return line
 

@@ -11,7 +11,7 @@ from brainseg.preprocessing.intensity import IntensityNormalization
 from brainseg.preprocessing.masking import brain_mask
 from brainseg.preprocessing.resampling import needs_resampling, resample_image, resample_label_map
 
-__all__ = ["PreparedImage", "prepare_image", "take_nearest"]
+__all__ = ["PreparedImage", "compose_index", "prepare_image", "take_nearest"]
 
 
 @dataclass(frozen=True)
@@ -97,21 +97,38 @@ class PreparedImage:
         index = self.source_index()
         return label_map if index is None else take_nearest(label_map, index)
 
-    def probabilities_to_source_grid(self, probabilities: np.ndarray) -> np.ndarray:
-        """Bring class probabilities ``(C, D', H', W')`` on the 1 mm grid onto the input grid.
-
-        The same nearest-neighbour map as :meth:`to_source_grid` (class 0 has
-        probability 1 outside the brain mask), so the argmax of the result is
-        the label map :meth:`to_source_grid` gives for the argmax of the input.
-        """
-        index = self.source_index()
-        return probabilities if index is None else take_nearest(probabilities, index)
-
     def from_source_grid(self, label_map: np.ndarray) -> np.ndarray:
         """Bring a label map on the input grid onto the 1 mm grid (nearest neighbour)."""
         if not self.resampled:
             return label_map
         return resample_image(label_map, self.source_spacing, order=0).astype(label_map.dtype)
+
+
+def compose_index(outer: np.ndarray | None, inner: np.ndarray | None) -> np.ndarray | None:
+    """Chain two nearest-neighbour maps: ``result[v] = inner.flat[outer[v]]`` (-1 stays -1).
+
+    Parameters
+    ----------
+    outer : ndarray of int, any 3-D shape, or None
+        Flat indices into ``inner``'s grid (-1 for background); None is the identity.
+    inner : ndarray of int, or None
+        Flat indices into the final grid (-1 for background); None is the identity.
+
+    Returns
+    -------
+    ndarray of int64, shape of ``outer`` (else of ``inner``), or None when both are None
+
+    Examples
+    --------
+    >>> compose_index(np.array([[[2, -1, 0]]]), np.array([5, -1, 7]))
+    array([[[ 7, -1,  5]]])
+    """
+    if outer is None:
+        return inner
+    if inner is None:
+        return outer
+    flat = np.asarray(inner).reshape(-1)
+    return np.where(outer >= 0, flat[np.maximum(outer, 0)], -1).astype(np.int64)
 
 
 def take_nearest(values: np.ndarray, index: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from brainseg.preprocessing.pipeline import PreparedImage, take_nearest
+from brainseg.preprocessing.pipeline import PreparedImage, compose_index, take_nearest
 from brainseg.preprocessing.reference.folder import Reference
 from brainseg.preprocessing.registration import register_affine, resample_to_reference
 
@@ -112,13 +112,18 @@ class RegisteredImage:
         """Class map on the template grid -> the canonical input grid."""
         return self.prepared.to_source_grid(self.to_native(classes))
 
-    def probabilities_to_source_grid(self, probabilities: np.ndarray) -> np.ndarray:
-        """Probabilities ``(C, D, H, W)`` on the template grid -> the input grid.
+    def source_index(self) -> np.ndarray:
+        """For each input voxel (RAS+), the flat index of its template voxel (-1 for background).
 
-        The same nearest-neighbour maps as :meth:`to_source_grid` (class 0 has
-        probability 1 outside the brain), so their argmax is the label map.
+        The composition of the input -> 1 mm map (:meth:`PreparedImage.source_index`) and
+        :meth:`native_index`: the maps the labels come back through, so probabilities carried by
+        it (:class:`brainseg.inference.probability_map.ProbabilityMap`) have the label map as arg-max.
+
+        Returns
+        -------
+        ndarray of int64, shape of the input
         """
-        return self.prepared.probabilities_to_source_grid(take_nearest(probabilities, self.native_index()))
+        return compose_index(self.prepared.source_index(), self.native_index())
 
 
 def register_to_reference(
