@@ -183,3 +183,19 @@ def test_missing_model_folder(tmp_path, capsys):
     image = _write(tmp_path / "a.nii.gz", _brain())
     code, err = _run(["segment", image, "-o", tmp_path / "o", "--model", tmp_path / "nomodel"], capsys)
     assert code == 2 and "not a model folder" in err
+
+
+def test_timings_name_every_stage_once(tmp_path, tiny_model, capsys):
+    image = _write(tmp_path / "sub-01.nii.gz", _brain(), np.diag([1.0, 1.0, 1.5, 1.0]))
+    code, err = _run(
+        ["segment", image, "-o", tmp_path / "out", "--model", tiny_model, "--no-progress", "--timings"], capsys
+    )
+    assert code == 0, err
+    (line,) = [x for x in err.splitlines() if x.startswith("timings ")]
+    assert line.startswith(f"timings {image}: ")
+    stages = dict(part.rsplit(" ", 2)[:2] for part in line.split(": ", 1)[1].split(", "))
+    for name in ("load", "skull strip", "prepare", "dense inference", "branch maps", "head", "write"):
+        assert name in stages, (name, line)
+        assert float(stages[name]) >= 0
+    code, err = _run(["segment", image, "-o", tmp_path / "out2", "--model", tiny_model, "--no-progress"], capsys)
+    assert code == 0 and "timings" not in err

@@ -54,6 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "intensity_sigma, smoothness_sigma_mm, iterations, top_k",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--timings", action="store_true", help="print each case's seconds per pipeline stage on stderr")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(run=run)
 
@@ -87,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
     for r in results:
         if r.status != "failed":
             print(r.outputs.label_map)
+        if args.timings and r.timings:
+            from brainseg.timing import format_timings
+
+            print(f"timings {r.outputs.image}: {format_timings(r.timings)}", file=sys.stderr)
     if failed:
         print(
             f"brainseg segment: {len(failed)} of {len(results)} cases failed; see {args.output / 'segment_summary.csv'}",

@@ -19,7 +19,7 @@ import csv
 import glob
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from brainseg.errors import InputError
@@ -83,12 +83,15 @@ class CaseResult:
         Empty, the skull-stripping line, or why the case failed.
     seconds : float
         Wall time spent on the case.
+    timings : dict of str to float
+        Wall seconds per pipeline stage of a segmented case (:mod:`brainseg.timing`); empty otherwise.
     """
 
     outputs: SegmentOutputs
     status: str
     message: str
     seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def _has_glob(text: str) -> bool:

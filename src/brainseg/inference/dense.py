@@ -37,6 +37,7 @@ from brainseg.sampling.patches import (
     plane_to_volume_indices,
     to_plane,
 )
+from brainseg.timing import stage
 
 __all__ = ["predict_dense", "predict_dense_at", "predict_patches"]
 
@@ -216,7 +217,8 @@ def _slice_probabilities(
         start = stack.margin + patch_origin(s)
         extent = 2 * ConvBranch.CELL_STRIDE * s + ConvBranch.SPAN * s
         region = boxed[i, y0 + start : y1 + start + extent, x0 + start : x1 + start + extent]
-        maps = net.branch_maps(j, torch.from_numpy(np.ascontiguousarray(region))[None, None])
+        with stage("branch maps"):
+            maps = net.branch_maps(j, torch.from_numpy(np.ascontiguousarray(region))[None, None])
         height, width, m = maps.shape
         r = (rows - y0)[:, None, None] + s * cell[None, :, None]  # (N, 3, 1)
         c = (cols - x0)[:, None, None] + s * cell[None, None, :]  # (N, 1, 3)
@@ -224,15 +226,19 @@ def _slice_probabilities(
         gathered = maps.reshape(height * width, m).index_select(0, flat).view(len(rows), 9, m)
         mixed = gathered if mixed is None else mixed.add_(gathered)
     voxels = plane_to_volume_indices(np.stack([np.full_like(rows, i), rows, cols], axis=1), stack.plane)
-    extras = _extras(spatial, voxels, with_patches_3d=False, with_atlas=atlas is None, with_distances=distances is None)
-    if distances is not None:
-        extras["dist_features"] = distances.at(voxels)
-    if features_3d is not None:
-        extras["features_3d"] = features_3d.at(voxels)
-    if atlas is not None:
-        extras["atlas"] = atlas.at(voxels)
-    logits = net.head(mixed, extras)
-    return torch.softmax(logits if bias is None else logits + bias, dim=1)
+    with stage("spatial inputs"):
+        extras = _extras(
+            spatial, voxels, with_patches_3d=False, with_atlas=atlas is None, with_distances=distances is None
+        )
+        if distances is not None:
+            extras["dist_features"] = distances.at(voxels)
+        if features_3d is not None:
+            extras["features_3d"] = features_3d.at(voxels)
+        if atlas is not None:
+            extras["atlas"] = atlas.at(voxels)
+    with stage("head"):
+        logits = net.head(mixed, extras)
+        return torch.softmax(logits if bias is None else logits + bias, dim=1)
 
 
 class _BrainRows:
@@ -349,12 +355,15 @@ def predict_dense(
     dense_3d = dense_atlas = None
     if brain is not None and len(brain.voxels):
         if model.branch_3d is not None:
-            dense_3d = _Dense3d(model.branch_3d, spatial, mask, brain)  # type: ignore[arg-type]
+            with stage("3dBranch maps"):
+                dense_3d = _Dense3d(model.branch_3d, spatial, mask, brain)  # type: ignore[arg-type]
         if model.prob_branch is not None:
-            dense_atlas = _DenseAtlas(spatial, brain)  # type: ignore[arg-type]
+            with stage("atlas lookup"):
+                dense_atlas = _DenseAtlas(spatial, brain)  # type: ignore[arg-type]
     table = None
     if model.dist_branch is not None and spatial is not None and spatial.support is not None and mask.any():
-        table = DistanceFeatureTable.cached(model.dist_branch, spatial.affine, spatial.landmarks, spatial.support)
+        with stage("DistBranch table"):
+            table = DistanceFeatureTable.cached(model.dist_branch, spatial.affine, spatial.landmarks, spatial.support)
     slices = [i for i in range(stack.shape[0]) if mask_p[i].any()]
     for i in tqdm(slices, desc="slices", unit="slice", disable=not progress, leave=False):
         rows, cols = np.nonzero(mask_p[i])

@@ -17,6 +17,7 @@ from brainseg.model_folder import LoadedModel, load_model_folder
 from brainseg.postprocessing.dense_crf import CRFParameters, dense_crf
 from brainseg.preprocessing.pipeline import PreparedImage, prepare_image
 from brainseg.preprocessing.reference import RegisteredImage, register_to_reference
+from brainseg.timing import stage
 
 __all__ = ["Predictor", "Segmentation"]
 
@@ -112,24 +113,27 @@ class Predictor:
             The scan in the reference space (reference-space models).
         """
         inputs, mask, registered = self.working_inputs(prepared, matrix)
-        classes, probs = family_of(self.model.config.model).predict(
-            self.model.network,
-            inputs,
-            mask,
-            probabilities=probabilities or crf is not None,
-            progress=progress,
-            probability_dtype=probability_dtype,
-            logit_bias=self.model.prior.logit_bias() if self.model.prior is not None else None,
-        )
+        with stage("dense inference"):
+            classes, probs = family_of(self.model.config.model).predict(
+                self.model.network,
+                inputs,
+                mask,
+                probabilities=probabilities or crf is not None,
+                progress=progress,
+                probability_dtype=probability_dtype,
+                logit_bias=self.model.prior.logit_bias() if self.model.prior is not None else None,
+            )
         if crf is not None:
             if registered is None:
                 image, spacing = prepared.image, (1.0, 1.0, 1.0)
             else:
                 image = registered.image
                 spacing = voxel_spacing(registered.reference_affine)
-            classes, probs = dense_crf(probs, image, spacing, crf, return_marginals=probabilities)  # type: ignore[arg-type]
+            with stage("crf"):
+                classes, probs = dense_crf(probs, image, spacing, crf, return_marginals=probabilities)  # type: ignore[arg-type]
         if registered is not None:
-            classes = registered.to_native(classes)
+            with stage("labels to input grid"):
+                classes = registered.to_native(classes)
         return classes, probs, registered
 
     def working_inputs(
@@ -190,11 +194,13 @@ class Predictor:
         -------
         Segmentation
         """
-        prepared = prepare_image(image, mask, self.model.normalization)
+        with stage("prepare"):
+            prepared = prepare_image(image, mask, self.model.normalization)
         classes, probs, registered = self.segment_prepared(
             prepared, matrix=matrix, probabilities=probabilities, progress=progress, crf=crf
         )
-        classes = prepared.to_source_grid(classes)
+        with stage("labels to input grid"):
+            classes = prepared.to_source_grid(classes)
         probability_map = None
         if probs is not None:
             # input voxel -> 1 mm voxel [-> template voxel]: the maps the labels came back through

@@ -35,13 +35,14 @@ from brainseg.inference.batch import (
     write_record,
     write_summary,
 )
-from brainseg.inference.predictor import Predictor
+from brainseg.inference.predictor import Predictor, Segmentation
 from brainseg.io.nifti import Volume, load_volume, save_volume
 from brainseg.io.validation import check_brain_mask
 from brainseg.postprocessing.dense_crf import CRFParameters
-from brainseg.preprocessing.skull_strip import SKULL_STRIP_MODES, BrainExtractor, skull_strip
+from brainseg.preprocessing.skull_strip import SKULL_STRIP_MODES, BrainExtractor, SkullStripping, skull_strip
 from brainseg.reporting import qc_figure, save_qc_png, structure_volumes, write_volumes_csv
 from brainseg.reporting.volumes import voxel_volume_mm3
+from brainseg.timing import record, stage
 
 __all__ = ["CaseResult", "SegmentOutputs", "segment", "segment_case"]
 
@@ -100,12 +101,14 @@ def segment_case(
         If the image fails the validation gate or deepbet finds no brain.
     """
     image = outputs.image
-    volume = load_volume(image)
+    with stage("load"):
+        volume = load_volume(image)
     voxel_ml = voxel_volume_mm3(volume.affine) / 1000
     if skull_strip_mode != "never" and extractor is None:
         extractor = BrainExtractor()
     try:
-        stripping = skull_strip(volume.data, voxel_ml, skull_strip_mode, extractor)
+        with stage("skull strip"):
+            stripping = skull_strip(volume.data, voxel_ml, skull_strip_mode, extractor)
     except InputError as err:
         raise InputError(f"{image}: {err}") from None
     line = stripping.describe()
@@ -117,6 +120,22 @@ def segment_case(
     result = predictor.predict(
         brain, stripping.mask, probabilities=outputs.probabilities is not None, progress=progress, crf=crf
     )
+    with stage("write"):
+        _write_outputs(outputs, volume, stripping, result, header, line)
+    log.info("%s -> %s", image, outputs.label_map)
+    return line
+
+
+def _write_outputs(
+    outputs: SegmentOutputs,
+    volume: Volume,
+    stripping: SkullStripping,
+    result: Segmentation,
+    header: list[str] | None,
+    line: str,
+) -> None:
+    # The case's files: label map, brain mask, volumes CSV, QC image, probabilities.
+    image = outputs.image
     outputs.label_map.parent.mkdir(parents=True, exist_ok=True)
     save_volume(outputs.label_map, result.label_map, result.grid, dtype=np.int16)
     save_volume(outputs.brain_mask, stripping.mask.astype(np.uint8), result.grid, dtype=np.uint8)
@@ -128,8 +147,6 @@ def segment_case(
     )
     if outputs.probabilities is not None and result.probabilities is not None:
         result.probabilities.save(outputs.probabilities, result.grid)
-    log.info("%s -> %s", image, outputs.label_map)
-    return line
 
 
 def crf_settings_of(defaults: CRFParameters, changes: dict[str, str | float] | None) -> CRFParameters:
@@ -260,17 +277,18 @@ def segment(
                     load_volume(outputs.image)  # raises the gate's message for a missing file
                 outputs.record.unlink(missing_ok=True)
                 remove_stale_temporaries(outputs)
-                line = segment_case(
-                    outputs,
-                    predictor,
-                    skull_strip_mode=skull_strip,
-                    extractor=extractor.get() if skull_strip != "never" else None,
-                    header=header,
-                    progress=progress and not batch,
-                    crf=crf_parameters,
-                )
+                with record() as times:
+                    line = segment_case(
+                        outputs,
+                        predictor,
+                        skull_strip_mode=skull_strip,
+                        extractor=extractor.get() if skull_strip != "never" else None,
+                        header=header,
+                        progress=progress and not batch,
+                        crf=crf_parameters,
+                    )
                 write_record(outputs, identity, line)  # type: ignore[arg-type]
-                results.append(CaseResult(outputs, "ok", line, time.perf_counter() - start))
+                results.append(CaseResult(outputs, "ok", line, time.perf_counter() - start, dict(times)))
         except Exception as err:  # one failed case must not stop a batch
             _remove_outputs(outputs)
             if not keep_going:

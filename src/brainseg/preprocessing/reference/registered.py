@@ -19,6 +19,7 @@ from scipy import ndimage
 from brainseg.preprocessing.pipeline import PreparedImage, compose_index, take_nearest
 from brainseg.preprocessing.reference.folder import Reference
 from brainseg.preprocessing.registration import register_affine, resample_to_reference
+from brainseg.timing import stage
 
 __all__ = ["RegisteredImage", "moving_image", "register_prepared", "register_to_reference"]
 
@@ -147,10 +148,13 @@ def register_to_reference(
     """
     moving = moving_image(prepared)
     if matrix is None:
-        matrix = register_prepared(prepared, reference.template, reference.affine)
+        with stage("registration"):
+            matrix = register_prepared(prepared, reference.template, reference.affine)
     shape = reference.shape
-    image = resample_to_reference(moving, np.eye(4), matrix, shape, reference.affine, order=1)
-    mask = resample_to_reference(prepared.mask.astype(np.float32), np.eye(4), matrix, shape, reference.affine) >= 0.5
+    with stage("resampling to the reference"):
+        image = resample_to_reference(moving, np.eye(4), matrix, shape, reference.affine, order=1)
+        mask = resample_to_reference(prepared.mask.astype(np.float32), np.eye(4), matrix, shape, reference.affine)
+        mask = mask >= 0.5
     image = np.where(mask, image, 0) + prepared.background
     voxels = np.argwhere(prepared.mask)[::97]  # a sample of brain voxels, mapped into the template grid
     to_template = np.linalg.inv(reference.affine) @ np.linalg.inv(matrix)
