@@ -3,9 +3,10 @@
 Ganaye et al. (2018, section 3.1) register every image affinely to a
 reference atlas (FSL FLIRT) before computing spatial priors. brainseg uses
 SimpleITK's ``ImageRegistrationMethod`` (Mattes mutual information, a
-regular-step gradient descent, three resolution levels, started from the
-header's orientation and from the principal axes of the brain, whichever
-fits better at the coarsest level): it is a maintained wrapper of ITK with binary wheels for
+regular-step gradient descent on a 4 mm and 2 mm pyramid of block-averaged
+images, started from the header's orientation and from the principal axes of
+the brain, whichever fits better at the coarsest level, and refined briefly at
+full resolution): it is a maintained wrapper of ITK with binary wheels for
 every platform, needs no external executables (unlike FLIRT), and an affine
 registration of a 1 mm brain takes seconds on two cores.
 
@@ -24,6 +25,7 @@ import numpy as np
 
 __all__ = [
     "AffineRegistration",
+    "block_average",
     "initial_transforms",
     "principal_axes",
     "register_affine",
@@ -206,6 +208,40 @@ def _optimise(fixed, moving, initial: np.ndarray, shrink, sigmas, iterations, sa
     return _ras_matrix(result), float(method.GetMetricValue())
 
 
+def block_average(data: np.ndarray, affine: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Average ``factor``-cubed blocks of voxels: a ``factor`` times coarser image on the same world frame.
+
+    Parameters
+    ----------
+    data : ndarray, shape (D, H, W)
+        Image; trailing voxels that do not fill a block are dropped.
+    affine : ndarray, shape (4, 4)
+        Voxel -> mm.
+    factor : int
+        Block side in voxels (1 returns the inputs).
+
+    Returns
+    -------
+    data : ndarray of float32, shape (D // factor, H // factor, W // factor)
+    affine : ndarray of float64, shape (4, 4)
+        The coarse voxel centres: block ``i`` is centred on fine voxel ``factor * i + (factor - 1) / 2``.
+
+    Examples
+    --------
+    >>> d, a = block_average(np.arange(8.0).reshape(2, 2, 2), np.eye(4), 2)
+    >>> float(d[0, 0, 0]), a[:3, 3].tolist(), float(a[0, 0])
+    (3.5, [0.5, 0.5, 0.5], 2.0)
+    """
+    if factor == 1:
+        return data, np.asarray(affine, float)
+    d, h, w = (n // factor for n in data.shape)
+    blocks = np.asarray(data, np.float32)[: d * factor, : h * factor, : w * factor]
+    coarse = blocks.reshape(d, factor, h, factor, w, factor).mean(axis=(1, 3, 5))
+    out = np.asarray(affine, float) @ np.diag([factor, factor, factor, 1.0])
+    out[:3, 3] = np.asarray(affine, float)[:3, :3] @ np.full(3, (factor - 1) / 2) + np.asarray(affine, float)[:3, 3]
+    return coarse.astype(np.float32), out
+
+
 def register_affine(
     moving: np.ndarray,
     moving_affine: np.ndarray,
@@ -216,15 +252,21 @@ def register_affine(
     sampling_fraction: float = 0.05,
     seed: int = 1,
     initial: np.ndarray | None = None,
+    coarse_mm: float = 2.0,
+    refine_iterations: int = 30,
+    refine_fraction: float = 0.01,
 ) -> AffineRegistration:
     """Affinely register a moving image to a reference image.
 
-    The registration starts from each of :func:`initial_transforms` (the
-    header's orientation, and the principal axes where they disagree with
-    it), runs the coarsest level (4x shrink) from each, and finishes the
-    finer levels from the candidate with the better metric, so strongly
-    tilted heads (tested to 45 degrees) are recovered without relying on the
-    optimiser to find large rotations.
+    A pyramid on block-averaged copies of both images (``coarse_mm`` voxels, then twice that):
+    the coarsest level runs from each of :func:`initial_transforms` (the header's orientation,
+    and the principal axes where they disagree with it), the ``coarse_mm`` level finishes from
+    the candidate with the better metric, so strongly tilted heads (tested to 45 degrees) are
+    recovered without relying on the optimiser to find large rotations; a short refinement on
+    the full-resolution images (``refine_iterations`` at ``refine_fraction`` sampling) ends it.
+    On MICCAI 2012 training subjects this lands within 0.15 mm on average of the earlier
+    full-resolution pyramid (4, 2, 1 mm, 200 iterations each) at about a third of its time
+    (``docs/speed.md``).
 
     Parameters
     ----------
@@ -233,15 +275,22 @@ def register_affine(
     moving_affine, reference_affine : ndarray of float, shape (4, 4)
         Voxel index -> RAS+ mm of each image.
     iterations : int
-        Optimiser iterations per resolution level.
+        Optimiser iterations per pyramid level.
     sampling_fraction : float
-        Fraction of voxels sampled for the metric (random, seeded).
+        Fraction of voxels sampled for the metric on the pyramid (random, seeded).
     seed : int
         Seed of the metric's voxel sampling, >= 1 (results are reproducible; SimpleITK reads 0
         as "seed from the wall clock": the default was 0 once, and every run differed).
     initial : ndarray, shape (4, 4), optional
         A starting transform (reference mm -> moving mm) to use instead of
         :func:`initial_transforms`.
+    coarse_mm : float
+        Voxel size of the pyramid's finest level (images smaller than 32 blocks on an axis are
+        not block-averaged).
+    refine_iterations : int
+        Iterations at full resolution after the pyramid (0: none).
+    refine_fraction : float
+        Fraction of voxels sampled in the refinement.
 
     Returns
     -------
@@ -257,24 +306,45 @@ def register_affine(
     for name, data in (("moving", moving), ("reference", reference)):
         if data.ndim != 3 or not np.any(data):
             raise ValueError(f"{name} image must be a non-empty 3-D array, got shape {data.shape}")
-    fixed_img = _to_sitk(reference, reference_affine)
-    moving_img = _to_sitk(moving, moving_affine)
+
+    def coarse(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        factor = max(1, int(round(coarse_mm / float(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0).min()))))
+        factor = factor if min(data.shape) >= 32 * factor else 1
+        return block_average(data, affine, factor)
+
+    small_moving, small_moving_affine = coarse(moving, moving_affine)
+    small_reference, small_reference_affine = coarse(reference, reference_affine)
+    fixed_img = _to_sitk(small_reference, small_reference_affine)
+    moving_img = _to_sitk(small_moving, small_moving_affine)
     starts = (
         [np.asarray(initial, float)]
         if initial is not None
-        else initial_transforms(moving, moving_affine, reference, reference_affine)
+        else initial_transforms(small_moving, small_moving_affine, small_reference, small_reference_affine)
     )
-    # Shrink factors 4, 2, 1 (smoothing 2, 1, 0 mm), skipping levels that would leave < 16 voxels on an axis.
-    levels = [(f, sigma) for f, sigma in ((4, 2.0), (2, 1.0), (1, 0.0)) if min(reference.shape) >= 16 * f]
+    # Shrink factors 2, 1 of the block-averaged images (smoothing 2 coarse voxels, then none), the first
+    # skipped when it would leave < 16 voxels on an axis.
+    step = float(np.linalg.norm(small_reference_affine[:3, :3], axis=0).min())
+    levels = [(f, sigma) for f, sigma in ((2, 2.0 * step), (1, 0.0)) if min(small_reference.shape) >= 16 * f]
     levels = levels or [(1, 0.0)]
     shrink, sigmas = [f for f, _ in levels], [sigma for _, sigma in levels]
-    coarse = [
+    candidates = [
         _optimise(fixed_img, moving_img, s, shrink[:1], sigmas[:1], iterations, sampling_fraction, seed) for s in starts
     ]
-    best, metric = min(coarse, key=lambda c: c[1])
+    best, metric = min(candidates, key=lambda c: c[1])
     if len(levels) > 1:
         best, metric = _optimise(
             fixed_img, moving_img, best, shrink[1:], sigmas[1:], iterations, sampling_fraction, seed
+        )
+    if refine_iterations > 0 and small_reference is not reference:
+        best, metric = _optimise(
+            _to_sitk(reference, reference_affine),
+            _to_sitk(moving, moving_affine),
+            best,
+            [1],
+            [0.0],
+            refine_iterations,
+            refine_fraction,
+            seed,
         )
     return AffineRegistration(best, metric)
 
