@@ -25,13 +25,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from brainseg.features.landmarks import landmark_distances, voxel_centres_mm
+from brainseg.io.atomic import atomic_path
 from brainseg.models.ganaye2018 import DistBranch
 
 __all__ = ["DistanceFeatureTable", "cache_dir", "distance_features"]
@@ -180,15 +180,8 @@ class DistanceFeatureTable:
         )
         table = cls.build(branch, affine, landmarks, support)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".distbranch-", suffix=".npy", dir=folder)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    np.save(f, table.rows, allow_pickle=False)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_path(path, suffix=".npy") as tmp:
+                np.save(tmp, table.rows, allow_pickle=False)
         except OSError as error:
             log.warning("could not write the DistBranch cache in %s (%s); using it for this run only", folder, error)
         return table
