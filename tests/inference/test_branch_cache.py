@@ -92,7 +92,9 @@ def test_float32_rows_equal_the_branch_and_outside_is_exact(grid, rng):
 
 def test_float16_rows_are_within_half_precision(grid):
     model, spatial = grid
-    table = DistanceFeatureTable.build(model.dist_branch, spatial.affine, spatial.landmarks, spatial.support)
+    table = DistanceFeatureTable.build(
+        model.dist_branch, spatial.affine, spatial.landmarks, spatial.support, np.float16
+    )
     voxels = np.argwhere(spatial.support)
     exact = _exact(model, spatial, voxels)
     assert table.rows.dtype == np.float16
@@ -169,28 +171,20 @@ def test_default_cache_folder(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("plane", ["axial", "sagittal"])
-def test_dense_inference_with_the_table_equals_without(grid, mask, monkeypatch, plane):
-    # Exact (float32) rows: the same probabilities as computing the branch per voxel; float16 rows: the same
-    # labels here and probabilities within 5e-3 (the DistBranch weighs 20 times more here than trained).
+def test_dense_inference_with_the_table_equals_without(grid, mask, tmp_path, monkeypatch, plane):
+    # The cached table (the path `brainseg segment` takes) gives the probabilities of computing the branch per
+    # voxel, on rows read from the table and on voxels outside the support computed on the spot.
     model, spatial = grid
     stack = build_stack(spatial.padded_image[7:-7, 7:-7, 7:-7], plane, (1, 2, 3), background=-0.7)
     kwargs = dict(probabilities=True, probability_dtype=np.float32)
     labels, exact = predict_dense(model, stack, mask, spatial=replace(spatial, support=None), **kwargs)
-    calls = []
-    real_build = DistanceFeatureTable.build.__func__
-
-    def build32(cls, *args, **kw):
-        calls.append(1)
-        return real_build(cls, *args, dtype=np.float32)
-
-    with monkeypatch.context() as m:
-        m.setattr(DistanceFeatureTable, "build", classmethod(build32))
-        m.setenv(branch_cache.CACHE_ENV, "off")
-        m.setattr(DistanceFeatureTable, "cached", classmethod(lambda cls, *a: cls.build(*a)))
-        labels32, table32 = predict_dense(model, stack, mask, spatial=spatial, **kwargs)
-    assert calls and np.abs(table32 - exact).max() <= 1e-5
-    np.testing.assert_array_equal(labels32, labels)
-    labels16, table16 = predict_dense(model, stack, mask, spatial=spatial, **kwargs)
-    assert np.abs(table16 - exact).max() <= 5e-3
-    np.testing.assert_array_equal(labels16, labels)
+    monkeypatch.setenv(branch_cache.CACHE_ENV, str(tmp_path))
+    for _ in range(2):  # builds the cache file, then reads it
+        cached_labels, cached = predict_dense(model, stack, mask, spatial=spatial, **kwargs)
+        assert np.abs(cached - exact).max() <= 1e-5
+        np.testing.assert_array_equal(cached_labels, labels)
+    assert len(list(tmp_path.glob("distbranch-*.npy"))) == 1
     assert (mask & ~spatial.support).any() and (mask & spatial.support).any()  # rows read and rows computed
+    # and the DistBranch matters here: shifting its features changes the probabilities
+    shifted = replace(spatial, support=None, landmarks=spatial.landmarks + 10.0)
+    assert np.abs(predict_dense(model, stack, mask, spatial=shifted, **kwargs)[1] - exact).max() > 1e-2
