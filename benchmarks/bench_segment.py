@@ -70,18 +70,22 @@ def report(model: str, first: dict, runs: list[dict], with_probabilities: dict |
     """Print the medians and the previous release's figures."""
     wall = statistics.median(r["wall_s"] for r in runs)
     peak = statistics.median(r["peak_gb"] for r in runs)
-    print(f"\nmodel {model}: {len(runs)} runs, median {wall:.1f} s wall ({', '.join(f'{r['wall_s']:.1f}' for r in runs)}), "
-          f"median peak RSS {peak:.2f} GB")
-    print(f"  first run: {first['wall_s']:.1f} s, {first['peak_gb']:.2f} GB "
-          f"(DistBranch table {first['stages'].get('DistBranch table', 0.0):.1f} s)")
+    walls = ", ".join(f"{r['wall_s']:.1f}" for r in runs)
+    print(f"\nmodel {model}: {len(runs)} runs, median {wall:.1f} s wall ({walls}), median peak RSS {peak:.2f} GB")
+    print(
+        f"  first run: {first['wall_s']:.1f} s, {first['peak_gb']:.2f} GB "
+        f"(DistBranch table {first['stages'].get('DistBranch table', 0.0):.1f} s)"
+    )
     names = list(dict.fromkeys(name for r in runs for name in r["stages"]))
     for name in names:
         values = [r["stages"].get(name, 0.0) for r in runs]
         print(f"  {name:<28} {statistics.median(values):7.1f} s")
     if with_probabilities is not None:
         extra = with_probabilities["wall_s"] - wall
-        print(f"  --probabilities: {with_probabilities['wall_s']:.1f} s wall (+{extra:.1f} s), "
-              f"peak RSS {with_probabilities['peak_gb']:.2f} GB")
+        print(
+            f"  --probabilities: {with_probabilities['wall_s']:.1f} s wall (+{extra:.1f} s), "
+            f"peak RSS {with_probabilities['peak_gb']:.2f} GB"
+        )
     before = PREVIOUS.get(model)
     if before:
         print("  previous release: " + ", ".join(f"{k} {v}" for k, v in before.items()))
@@ -132,8 +136,10 @@ def main() -> None:
     parser.add_argument("--probabilities", action="store_true", help="also one run with --probabilities")
     parser.add_argument("--dense-vs-patches", type=int, default=0, metavar="N", help="central slices to compare")
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"--threads {args.threads}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"--threads {args.threads}"
+    )
     print(f"image: {args.image}")
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, BRAINSEG_CACHE_DIR=cache, OMP_NUM_THREADS=str(args.threads))
