@@ -137,20 +137,26 @@ class ProbabilisticAtlas:
         out = np.zeros((len(idx), self.num_classes), np.uint8)
         inside = np.all((idx >= 0) & (idx < np.array(self.shape)), axis=1)
         if len(idx) > 4096:
-            # Many voxels: walk each class's box once through a voxel -> row index volume.
+            # Many voxels: walk each class's box once through a voxel -> row index volume, filling one
+            # class row at a time (contiguous writes); a repeated voxel reads the row of its last copy.
             flat = np.ravel_multi_index(tuple(idx[inside].T), self.shape)
-            unique, inverse = np.unique(flat, return_inverse=True)
-            rows = np.full(int(np.prod(self.shape)), -1, np.int64)
-            rows[unique] = np.arange(len(unique))
+            rows = np.full(int(np.prod(self.shape)), -1, np.int32 if len(flat) < 2**31 else np.int64)
+            rows[flat] = np.arange(len(flat))
             rows = rows.reshape(self.shape)
-            found = np.zeros((len(unique), self.num_classes), np.uint8)
+            found = np.zeros((self.num_classes, len(flat)), np.uint8)
             for c, (box, values) in enumerate(zip(self.boxes, self.values)):
                 if box[0] == box[3]:
                     continue
                 sub = rows[box[0] : box[3], box[1] : box[4], box[2] : box[5]]
                 hit = sub >= 0
-                found[sub[hit], c] = values[hit]
-            out[inside] = found[inverse.reshape(-1)]
+                found[c, sub[hit]] = values[hit]
+            found = np.ascontiguousarray(found.T)  # (voxels, classes): one transposing copy
+            order = rows.reshape(-1)[flat]
+            if not np.array_equal(order, np.arange(len(flat))):  # repeated voxels
+                found = found[order]
+            if inside.all():
+                return found
+            out[inside] = found
             return out
         for c, (box, values) in enumerate(zip(self.boxes, self.values)):
             if box[0] == box[3]:
