@@ -12,15 +12,16 @@ BACKGROUND = -1.5
 PAD = 60
 
 
-def _hand_patch(slice_2d: np.ndarray, a: int, b: int, s: int) -> np.ndarray:
+def _hand_patch(slice_2d: np.ndarray, a: int, b: int, s: int, half: int = 12) -> np.ndarray:
     """Scale-``s`` patch of voxel (a, b) of a 2-D slice, from the module docstring's definition."""
     padded = np.pad(slice_2d.astype(np.float64), PAD, constant_values=BACKGROUND)
     c = (s - 1) // 2
-    out = np.empty((25, 25))
-    for k in range(25):
-        for col in range(25):
-            y = PAD + a + s * (k - 12) - c
-            x = PAD + b + s * (col - 12) - c
+    width = 2 * half + 1
+    out = np.empty((width, width))
+    for k in range(width):
+        for col in range(width):
+            y = PAD + a + s * (k - half) - c
+            x = PAD + b + s * (col - half) - c
             out[k, col] = padded[y : y + s, x : x + s].mean()
     return out
 
@@ -89,7 +90,27 @@ def test_out_of_range_index(volume):
     assert extract_patches(stack, np.zeros((0, 3), int)).shape == (0, 2, 25, 25)
 
 
+@pytest.mark.parametrize("plane", PLANES)
+def test_29_wide_compressed_patches_are_87_wide_windows_in_3x3_blocks(volume, plane):
+    # de Brebisson and Montana's orthogonal (scale 1) and compressed (scale 3) patches: half-width 14.
+    stack = build_stack(volume, plane, scales=(1, 3), background=BACKGROUND, half=14)
+    assert stack.half == 14 and stack.margin == 15 * 3
+    slices = to_plane(volume, plane)
+    S, A, B = slices.shape
+    for i, a, b in [(0, 0, 0), (S // 2, A // 2, B // 3), (S - 1, A - 1, B - 1)]:
+        patch = extract_patches(stack, np.array([[i, a, b]]))[0]
+        assert patch.shape == (2, 29, 29)
+        np.testing.assert_allclose(patch[0], _hand_patch(slices[i], a, b, 1, 14), atol=1e-5)
+        padded = np.pad(slices[i].astype(np.float64), PAD, constant_values=BACKGROUND)
+        window = padded[PAD + a - 43 : PAD + a + 44, PAD + b - 43 : PAD + b + 44]  # 87 x 87 centred on (a, b)
+        blocks = window.reshape(29, 3, 29, 3).mean(axis=(1, 3))
+        np.testing.assert_allclose(patch[1], blocks, rtol=1e-5, atol=1e-4)
+        assert patch[0, 14, 14] == slices[i, a, b]
+
+
 def test_build_stack_errors(volume):
+    with pytest.raises(ValueError, match="half"):
+        build_stack(volume, "axial", (1,), 0.0, half=0)
     with pytest.raises(ValueError, match="3-D"):
         build_stack(volume[0], "axial", (1,), 0.0)
     with pytest.raises(ValueError, match="scales"):

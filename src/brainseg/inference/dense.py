@@ -30,6 +30,7 @@ from brainseg.inference.branch_cache import DistanceFeatureTable
 from brainseg.models.ganaye2018 import ConvBranch, ConvBranch3d, GanayeNet
 from brainseg.preprocessing.masking import brain_bounding_box
 from brainseg.sampling.patches import (
+    HALF,
     MultiScaleStack,
     extract_patches,
     from_plane,
@@ -95,6 +96,11 @@ def predict_patches(
         extras = _extras(spatial, plane_to_volume_indices(batch, stack.plane))
         out.append(torch.softmax(model(patches, **extras) + bias, dim=1).numpy())
     return np.concatenate(out) if out else np.zeros((0, model.num_classes), np.float32)
+
+
+def _check_stack(stack: MultiScaleStack) -> None:
+    if stack.half != HALF:
+        raise ValueError(f"GanayeNet reads 25 x 25 patches: build the stack with half={HALF}, not {stack.half}")
 
 
 def _bias(model: GanayeNet, logit_bias: np.ndarray | None) -> torch.Tensor:
@@ -375,6 +381,7 @@ def predict_dense(
     if model.training:
         raise ValueError("call model.eval() before dense inference")
     _check_spatial(model, spatial)
+    _check_stack(stack)
     mask_p = to_plane(mask, stack.plane)
     if mask_p.shape != stack.shape:
         raise ValueError(f"mask shape {mask.shape} does not match the stack {stack.shape} in plane {stack.plane}")

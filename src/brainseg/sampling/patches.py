@@ -4,9 +4,11 @@ Every array here is a volume in the canonical RAS+ axis order ``(D, H, W)``
 (see :mod:`brainseg.io.nifti`). A *plane* names the slices the 2-D patches lie
 in; the slice axis is moved first, giving ``(S, A, B)`` stacks.
 
-The scale-``s`` patch of voxel ``(i, a, b)`` has 25 x 25 samples; sample
-``(k, l)`` is the mean of the ``s x s`` in-plane voxels starting at
-``(a + s (k - 12) - c, b + s (l - 12) - c)`` with ``c = (s - 1) // 2``.
+The scale-``s`` patch of voxel ``(i, a, b)`` has ``P x P`` samples, ``P = 2 h + 1``
+(25 for Ganaye et al., ``h = 12``; de Brébisson and Montana's orthogonal and
+compressed patches are ``h = 14`` at scales 1 and 3); sample ``(k, l)`` is the
+mean of the ``s x s`` in-plane voxels starting at
+``(a + s (k - h) - c, b + s (l - h) - c)`` with ``c = (s - 1) // 2``.
 Patch-by-patch extraction and dense inference read the same precomputed
 box-averaged stacks, which is what makes both agree exactly.
 """
@@ -27,7 +29,7 @@ Plane = Literal["sagittal", "coronal", "axial"]
 #: Array axis (RAS+ order) that is constant within a slice of each plane.
 PLANE_AXIS: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
 
-HALF = 12  # patch half-width in samples (25 = 2 * 12 + 1)
+HALF = 12  # default patch half-width in samples (25 = 2 * 12 + 1)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class MultiScaleStack:
         Plane of the slices.
     shape : tuple of 3 int
         Shape ``(S, A, B)`` of the unpadded stack.
+    half : int
+        Patch half-width ``h`` in samples: patches are ``2 h + 1`` samples wide.
     """
 
     stacks: tuple[np.ndarray, ...]
@@ -54,6 +58,7 @@ class MultiScaleStack:
     margin: int
     plane: str
     shape: tuple[int, int, int]
+    half: int = HALF
 
 
 def to_plane(volume: np.ndarray, plane: str) -> np.ndarray:
@@ -68,7 +73,9 @@ def from_plane(stack: np.ndarray, plane: str) -> np.ndarray:
     return np.moveaxis(stack, -3, -3 + PLANE_AXIS[plane])
 
 
-def build_stack(image: np.ndarray, plane: str, scales: Sequence[int], background: float) -> MultiScaleStack:
+def build_stack(
+    image: np.ndarray, plane: str, scales: Sequence[int], background: float, half: int = HALF
+) -> MultiScaleStack:
     """Precompute the box-averaged padded stacks of a normalised image.
 
     Parameters
@@ -81,6 +88,8 @@ def build_stack(image: np.ndarray, plane: str, scales: Sequence[int], background
         Scale factors (>= 1).
     background : float
         Value used for padding (the normalised intensity of an empty voxel).
+    half : int
+        Patch half-width in samples (``2 half + 1`` wide patches).
 
     Returns
     -------
@@ -89,14 +98,16 @@ def build_stack(image: np.ndarray, plane: str, scales: Sequence[int], background
     Raises
     ------
     ValueError
-        If ``image`` is not 3-D or a scale is < 1.
+        If ``image`` is not 3-D, a scale is < 1 or ``half`` < 1.
     """
+    if half < 1:
+        raise ValueError(f"half must be >= 1, got {half}")
     if image.ndim != 3:
         raise ValueError(f"image must be 3-D, got shape {image.shape}")
     scales = tuple(int(s) for s in scales)
     if min(scales) < 1:
         raise ValueError(f"scales must be >= 1, got {scales}")
-    margin = (HALF + 1) * max(scales)
+    margin = (half + 1) * max(scales)
     slices = np.ascontiguousarray(to_plane(image, plane), dtype=np.float32)
     padded = np.pad(slices, ((0, 0), (margin, margin), (margin, margin)), constant_values=background)
     tensor = torch.from_numpy(padded)[:, None]
@@ -104,12 +115,13 @@ def build_stack(image: np.ndarray, plane: str, scales: Sequence[int], background
     for s in scales:
         boxed = tensor if s == 1 else F.avg_pool2d(tensor, s, stride=1)
         stacks.append(np.ascontiguousarray(boxed[:, 0].numpy()))
-    return MultiScaleStack(tuple(stacks), scales, margin, plane, tuple(slices.shape))  # type: ignore[arg-type]
+    shape = tuple(slices.shape)
+    return MultiScaleStack(tuple(stacks), scales, margin, plane, shape, int(half))  # type: ignore[arg-type]
 
 
-def patch_origin(scale: int) -> int:
+def patch_origin(scale: int, half: int = HALF) -> int:
     """Offset from a voxel to its scale-``scale`` patch's first sample, in voxels."""
-    return -scale * HALF - (scale - 1) // 2
+    return -scale * half - (scale - 1) // 2
 
 
 def extract_patches(stack: MultiScaleStack, indices: np.ndarray) -> np.ndarray:
@@ -124,7 +136,8 @@ def extract_patches(stack: MultiScaleStack, indices: np.ndarray) -> np.ndarray:
 
     Returns
     -------
-    ndarray of float32, shape (N, len(scales), 25, 25)
+    ndarray of float32, shape (N, len(scales), P, P)
+        ``P = 2 stack.half + 1`` (25 by default).
 
     Raises
     ------
@@ -134,11 +147,12 @@ def extract_patches(stack: MultiScaleStack, indices: np.ndarray) -> np.ndarray:
     indices = np.asarray(indices, dtype=np.int64).reshape(-1, 3)
     if indices.size and ((indices < 0).any() or (indices >= np.array(stack.shape)).any()):
         raise ValueError(f"voxel indices outside the volume of shape {stack.shape}")
-    steps = np.arange(2 * HALF + 1)
-    out = np.empty((len(indices), len(stack.scales), 2 * HALF + 1, 2 * HALF + 1), np.float32)
+    width = 2 * stack.half + 1
+    steps = np.arange(width)
+    out = np.empty((len(indices), len(stack.scales), width, width), np.float32)
     for j, (s, boxed) in enumerate(zip(stack.scales, stack.stacks)):
-        start = stack.margin + patch_origin(s)
-        rows = indices[:, 1, None] + start + s * steps  # (N, 25)
+        start = stack.margin + patch_origin(s, stack.half)
+        rows = indices[:, 1, None] + start + s * steps  # (N, P)
         cols = indices[:, 2, None] + start + s * steps
         out[:, j] = boxed[indices[:, 0, None, None], rows[:, :, None], cols[:, None, :]]
     return out
