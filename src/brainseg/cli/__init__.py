@@ -6,7 +6,10 @@ import argparse
 
 #: Help of ``--model``; names the keys of ``brainseg.model_folder.SHIPPED_MODELS`` without importing
 #: torch when the parser is built (tested to stay in step).
-MODEL_HELP = "model folder, or a shipped model: 'default' (the full model) or 'basenet' (faster)"
+MODEL_HELP = (
+    "model folder, or a shipped model: 'default' (the full model), 'basenet' (faster) or "
+    "'deepnat' (DeepNAT, 25 structures)"
+)
 
 
 def add_model_option(parser: argparse.ArgumentParser) -> None:
