@@ -12,7 +12,7 @@ import torch
 from brainseg.features.atlas import ProbabilisticAtlas
 from brainseg.features.spatial import make_spatial_inputs
 from brainseg.inference import branch_cache
-from brainseg.inference.branch_cache import DistanceFeatureTable, cache_dir, table_key
+from brainseg.inference.branch_cache import DistanceFeatureTable, RowFile, cache_dir, support_voxels, table_key
 from brainseg.inference.dense import predict_dense
 from brainseg.models.ganaye2018 import DistBranch, GanayeNet
 from brainseg.sampling.patches import build_stack
@@ -101,6 +101,35 @@ def test_float16_rows_are_within_half_precision(grid):
     np.testing.assert_allclose(table.at(voxels).numpy(), exact, rtol=2**-10, atol=1e-7)
 
 
+@pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
+def test_rows_are_grouped_by_slice_of_the_plane(grid, plane):
+    model, spatial = grid
+    voxels = support_voxels(spatial.support, plane)
+    axis = {"sagittal": 0, "coronal": 1, "axial": 2}[plane]
+    assert len(voxels) == spatial.support.sum() and spatial.support[tuple(voxels.T)].all()
+    assert (np.diff(voxels[:, axis]) >= 0).all()  # one slice after the other: a slice's rows are one block
+    assert len({tuple(v) for v in voxels.tolist()}) == len(voxels)
+    table = DistanceFeatureTable.build(
+        model.dist_branch, spatial.affine, spatial.landmarks, spatial.support, plane=plane
+    )
+    some = voxels[::7]
+    np.testing.assert_allclose(table.at(some).numpy(), _exact(model, spatial, some), atol=1e-5)
+    assert table_key(model.dist_branch, spatial.affine, spatial.landmarks, spatial.support, plane) != table_key(
+        model.dist_branch, spatial.affine, spatial.landmarks, spatial.support, "other"
+    )
+
+
+def test_row_file_reads_blocks_of_the_npy(tmp_path, rng):
+    rows = rng.standard_normal((50, 6)).astype(np.float32)
+    np.save(tmp_path / "rows.npy", rows)
+    f = RowFile(tmp_path / "rows.npy")
+    assert f.shape == (50, 6) and f.dtype == np.float32
+    np.testing.assert_array_equal(f.block(7, 19), rows[7:19])
+    np.save(tmp_path / "cube.npy", np.zeros((2, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="2-D"):
+        RowFile(tmp_path / "cube.npy")
+
+
 def test_rows_must_match_the_support(grid):
     model, spatial = grid
     with pytest.raises(ValueError, match="expected rows of shape"):
@@ -119,7 +148,7 @@ def test_cache_is_written_once_and_read_back(grid, tmp_path, monkeypatch):
 
     monkeypatch.setattr(DistanceFeatureTable, "build", no_rebuild)
     second = DistanceFeatureTable.cached(model.dist_branch, spatial.affine, spatial.landmarks, spatial.support)
-    assert isinstance(second.rows, np.memmap)
+    assert isinstance(second.rows, RowFile)  # read block by block, not memory-mapped
     voxels = np.argwhere(spatial.support)
     np.testing.assert_array_equal(second.at(voxels).numpy(), first.at(voxels).numpy())
 

@@ -31,6 +31,7 @@ from brainseg.models.ganaye2018 import ConvBranch, ConvBranch3d, GanayeNet
 from brainseg.preprocessing.masking import brain_bounding_box
 from brainseg.sampling.patches import (
     HALF,
+    PLANE_AXIS,
     MultiScaleStack,
     extract_patches,
     from_plane,
@@ -386,10 +387,12 @@ def predict_dense(
     if mask_p.shape != stack.shape:
         raise ValueError(f"mask shape {mask.shape} does not match the stack {stack.shape} in plane {stack.plane}")
     classes = np.zeros(stack.shape, np.uint8)
-    probs = None
+    probs = probs_p = None
     if probabilities:
-        probs = np.zeros((model.num_classes,) + stack.shape, probability_dtype)
+        # allocated in volume order and filled through a plane-order view: no reordering copy at the end
+        probs = np.zeros((model.num_classes,) + mask.shape, probability_dtype)
         probs[0] = 1
+        probs_p = np.moveaxis(probs, 1 + PLANE_AXIS[stack.plane], 1)  # (C, S, A, B) view
     net = _DenseBaseNet(model)
     bias = _bias(model, logit_bias)
     brain = _BrainRows(mask) if (model.branch_3d is not None or model.prob_branch is not None) else None
@@ -404,18 +407,17 @@ def predict_dense(
     table = None
     if model.dist_branch is not None and spatial is not None and spatial.support is not None and mask.any():
         with stage("DistBranch table"):
-            table = DistanceFeatureTable.cached(model.dist_branch, spatial.affine, spatial.landmarks, spatial.support)
+            table = DistanceFeatureTable.cached(
+                model.dist_branch, spatial.affine, spatial.landmarks, spatial.support, stack.plane
+            )
     slices = [i for i in range(stack.shape[0]) if mask_p[i].any()]
     for i in tqdm(slices, desc="slices", unit="slice", disable=not progress, leave=False):
         rows, cols = np.nonzero(mask_p[i])
         p = _slice_probabilities(net, stack, i, rows, cols, spatial, dense_3d, dense_atlas, bias, table)
         classes[i, rows, cols] = p.argmax(dim=1).numpy().astype(np.uint8)
-        if probs is not None:
-            probs[:, i, rows, cols] = p.numpy().T
-    return (
-        np.ascontiguousarray(from_plane(classes, stack.plane)),
-        None if probs is None else np.ascontiguousarray(from_plane(probs, stack.plane)),
-    )
+        if probs_p is not None:
+            probs_p[:, i, rows, cols] = p.numpy().T
+    return np.ascontiguousarray(from_plane(classes, stack.plane)), probs
 
 
 @torch.no_grad()

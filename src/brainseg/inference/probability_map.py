@@ -99,7 +99,7 @@ class ProbabilityMap:
         name = path.name.lower()
         if not name.endswith((".nii", ".nii.gz")):
             return save_volume(path, self.astype(np.float32) * 255 + 0.5, grid, dtype=np.uint8, slope=1 / 255)
-        first = grid.from_canonical(self[0])
+        first = grid.from_canonical(self._quantised(0))
         header = nib.Nifti1Header()
         header.set_data_dtype(np.uint8)
         header.set_data_shape((*first.shape, self.shape[0]))
@@ -114,9 +114,17 @@ class ProbabilityMap:
                 f.write(header.binaryblock)
                 f.write(b"\x00" * 4)  # no extensions
                 for c in range(self.shape[0]):
-                    volume = first if c == 0 else grid.from_canonical(self[c])
-                    f.write(_quantise(volume).tobytes(order="F"))
+                    volume = first if c == 0 else grid.from_canonical(self._quantised(c))
+                    f.write(volume.tobytes(order="F"))
         return path
+
+    def _quantised(self, c: int) -> np.ndarray:
+        # Class c as uint8 steps of 1/255 on the input voxels, quantising only the brain's values.
+        if self.index is None:
+            return _quantise(self.working[c])
+        out = np.full(self.shape[1:], 255 if c == 0 else 0, np.uint8)
+        out[self._inside] = _quantise(self._flat[c, self._rows])
+        return out
 
 
 def _quantise(probabilities: np.ndarray) -> np.ndarray:
