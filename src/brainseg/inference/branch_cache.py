@@ -16,7 +16,7 @@ renamed, read without unpickling. The rows are stored slice by slice of the mode
 that dense inference reads each slice's rows as one block with a plain file read: memory-mapping the
 file put every row read into the process's resident memory (peak RSS 2.89 GB on subject 1000 against
 2.46 GB without the table). The default model's table is 2.3 M rows x 128 features, 1.2 GB,
-built in about half a minute on the first run (see ``docs/speed.md``).
+built in about 80 s on 2 cores on the first run (see ``docs/speed.md``).
 
 Exactness: a row equals the branch's own output (tested to 1e-5), so the labels are those of the
 per-scan computation. Rows stored as float16 (half the file) changed 0.13 % of validation subject
