@@ -114,6 +114,21 @@ def _bias(model: GanayeNet, logit_bias: np.ndarray | None) -> torch.Tensor:
     return bias
 
 
+def fold_batch_norm(
+    conv: torch.nn.Conv2d | torch.nn.Conv3d, norm: torch.nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A convolution's weight and bias with its batch normalisation (if any; eval mode) folded in.
+
+    Shared by the dense predictors of every family (:mod:`brainseg.inference.dense3d` too).
+    """
+    weight, bias = conv.weight, conv.bias
+    if isinstance(norm, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
+        weight, bias = fuse_conv_bn_weights(
+            weight, bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
+        )
+    return weight.detach().contiguous(), bias.detach().contiguous()
+
+
 class _DenseBaseNet:
     """A network rearranged for dense inference (eval mode only).
 
@@ -129,7 +144,7 @@ class _DenseBaseNet:
     def __init__(self, model: GanayeNet) -> None:
         self.model = model
         self.scales = model.scales
-        self.branches = [[self._fold(conv, norm) for conv, norm in _layers(b)] for b in model.branches]
+        self.branches = [[fold_batch_norm(conv, norm) for conv, norm in _layers(b)] for b in model.branches]
         widths = [b.out_channels for b in model.branches]
         mix = model.mix.weight[:, :, 0, 0]  # (M, sum widths)
         self.mix = list(torch.split(mix, widths, dim=1))  # per branch (M, C_j)
@@ -147,15 +162,6 @@ class _DenseBaseNet:
             takes_d = d_width and k == 1
             self.hidden.append((w[:, : w.shape[1] - d_width] if takes_d else w, w[:, -d_width:] if takes_d else None))
         self.out_bias = model.out.bias.detach()
-
-    @staticmethod
-    def _fold(conv: torch.nn.Conv2d, norm: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        weight, bias = conv.weight, conv.bias
-        if isinstance(norm, torch.nn.BatchNorm2d):
-            weight, bias = fuse_conv_bn_weights(
-                weight, bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
-            )
-        return weight.detach().contiguous(), bias.detach().contiguous()
 
     def branch_maps(self, j: int, region: torch.Tensor) -> torch.Tensor:
         """Dense branch ``j`` then its share of the mixing convolution: ``(H', W', M)``."""
@@ -275,18 +281,11 @@ class _DenseAtlas:
         return torch.from_numpy(self.atlas.normalise(self.values[self.brain.rows(voxels, "atlas values")]))
 
 
-def _fold3d(conv: torch.nn.Conv3d, norm: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    weight, bias = conv.weight, conv.bias
-    if isinstance(norm, torch.nn.BatchNorm3d):
-        weight, bias = fuse_conv_bn_weights(
-            weight, bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
-        )
-    return weight.detach().contiguous(), bias.detach().contiguous()
+def max_pool3_stride1(x: torch.Tensor, offset: int) -> torch.Tensor:
+    """2 x 2 x 2 max pooling of ``(N, C, D, H, W)`` with stride 1 and dilation ``offset``, as three pairwise maxima.
 
-
-def _max_pool3(x: torch.Tensor, offset: int) -> torch.Tensor:
-    # 2 x 2 x 2 max pooling with stride 1 and the given dilation, as three pairwise maxima (much faster than
-    # max_pool3d with stride 1 on the CPU).
+    Much faster than ``max_pool3d`` with stride 1 on the CPU; used by both families' dense predictors.
+    """
     for axis in (2, 3, 4):
         n = x.shape[axis] - offset
         x = torch.maximum(x.narrow(axis, 0, n), x.narrow(axis, offset, n))
@@ -299,10 +298,10 @@ def _dense_branch_3d(layers: list[tuple[torch.Tensor, torch.Tensor]], region: to
     ``(1, 1, D, H, W)`` -> ``(1, c2, D - 13, H - 13, W - 13)``.
     """
     (w1, b1), (w2, b2), (w3, b3) = layers
-    x = _max_pool3(torch.relu_(F.conv3d(region, w1, b1)), 1)
+    x = max_pool3_stride1(torch.relu_(F.conv3d(region, w1, b1)), 1)
     x = torch.relu_(F.conv3d(x, w2, b2, dilation=2))
     x = torch.relu_(F.conv3d(x, w3, b3, dilation=2))
-    return _max_pool3(x, 2)
+    return max_pool3_stride1(x, 2)
 
 
 class _Dense3d:
@@ -320,7 +319,7 @@ class _Dense3d:
         self.features = torch.empty((len(brain.voxels), branch.out_channels), dtype=torch.float32)
         image = spatial.padded_image
         layers = [
-            _fold3d(conv, norm)
+            fold_batch_norm(conv, norm)
             for conv, norm in ((branch.conv1, branch.norm1), (branch.conv2, branch.norm2), (branch.conv3, branch.norm3))
         ]
         extent = ConvBranch3d.SPAN + 1  # padded region = outputs + 14

@@ -62,9 +62,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.nn.utils.fusion import fuse_conv_bn_weights
 from tqdm import tqdm
 
+from brainseg.inference.dense import fold_batch_norm, max_pool3_stride1
 from brainseg.models.wachinger2018 import (
     FEATURE_GRID,
     PATCH_PADDING,
@@ -283,20 +283,13 @@ def choose_tile_size(
     return best
 
 
-def _fold(conv: torch.nn.Conv3d, norm: torch.nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
-    weight, bias = fuse_conv_bn_weights(
-        conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
-    )
-    return weight.detach().contiguous(), bias.detach().contiguous()
-
-
 class _DenseConvStage:
     """DeepNAT's convolutions as a fully convolutional network (eval mode; batch norm folded in)."""
 
     def __init__(self, model: DeepNAT) -> None:
         self.w1, self.b1 = model.conv1.weight.detach(), model.conv1.bias.detach()  # type: ignore[union-attr]
-        self.w2, self.b2 = _fold(model.conv2, model.norm2)
-        self.w3, self.b3 = _fold(model.conv3, model.norm3)
+        self.w2, self.b2 = fold_batch_norm(model.conv2, model.norm2)
+        self.w3, self.b3 = fold_batch_norm(model.conv3, model.norm3)
 
     def __call__(self, region: torch.Tensor) -> torch.Tensor:
         """Map a padded region ``(1, 1, L + 23)`` to the conv3 map ``(c3, L + 5)``.
@@ -306,9 +299,7 @@ class _DenseConvStage:
         region voxel ``u``.
         """
         a = torch.relu_(F.conv3d(region, self.w1, self.b1))  # (1, c1, L + 18)
-        for d in (2, 3, 4):  # 2-voxel max pooling with stride 1, one axis at a time
-            n = a.shape[d] - 1
-            a = torch.maximum(a.narrow(d, 0, n), a.narrow(d, 1, n))  # -> (1, c1, L + 17)
+        a = max_pool3_stride1(a, 1)  # -> (1, c1, L + 17)
         a = torch.relu_(F.conv3d(a, self.w2, self.b2, dilation=2))  # (1, c2, L + 9)
         return torch.relu_(F.conv3d(a, self.w3, self.b3, dilation=2))[0]  # (c3, L + 5)
 

@@ -63,12 +63,7 @@ class ProbabilityMap:
         c = int(c)
         if not -self.shape[0] <= c < self.shape[0]:
             raise IndexError(f"class {c} out of range for {self.shape[0]} classes")
-        c %= self.shape[0]
-        if self.index is None:
-            return self.working[c]
-        out = np.full(self.shape[1:], 1 if c == 0 else 0, self.dtype)
-        out[self._inside] = self._flat[c, self._rows]
-        return out
+        return self._volume(c % self.shape[0], self.dtype, 1, lambda values: values)
 
     def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
         out = np.empty(self.shape, dtype or self.dtype)
@@ -120,10 +115,14 @@ class ProbabilityMap:
 
     def _quantised(self, c: int) -> np.ndarray:
         # Class c as uint8 steps of 1/255 on the input voxels, quantising only the brain's values.
+        return self._volume(c, np.uint8, 255, _quantise)
+
+    def _volume(self, c: int, dtype: type, one: int, convert) -> np.ndarray:
+        # Class c on the input voxels: ``convert`` of the working values it points at, background outside.
         if self.index is None:
-            return _quantise(self.working[c])
-        out = np.full(self.shape[1:], 255 if c == 0 else 0, np.uint8)
-        out[self._inside] = _quantise(self._flat[c, self._rows])
+            return convert(self.working[c])
+        out = np.full(self.shape[1:], one if c == 0 else 0, dtype)
+        out[self._inside] = convert(self._flat[c, self._rows])
         return out
 
 

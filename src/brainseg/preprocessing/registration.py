@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from brainseg.io.nifti import voxel_spacing
+
 __all__ = [
     "AffineRegistration",
     "block_average",
@@ -308,7 +310,7 @@ def register_affine(
             raise ValueError(f"{name} image must be a non-empty 3-D array, got shape {data.shape}")
 
     def coarse(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        factor = max(1, int(round(coarse_mm / float(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0).min()))))
+        factor = max(1, int(round(coarse_mm / min(voxel_spacing(affine)))))
         factor = factor if min(data.shape) >= 32 * factor else 1
         return block_average(data, affine, factor)
 
@@ -323,7 +325,7 @@ def register_affine(
     )
     # Shrink factors 2, 1 of the block-averaged images (smoothing 2 coarse voxels, then none), the first
     # skipped when it would leave < 16 voxels on an axis.
-    step = float(np.linalg.norm(small_reference_affine[:3, :3], axis=0).min())
+    step = min(voxel_spacing(small_reference_affine))
     levels = [(f, sigma) for f, sigma in ((2, 2.0 * step), (1, 0.0)) if min(small_reference.shape) >= 16 * f]
     levels = levels or [(1, 0.0)]
     shrink, sigmas = [f for f, _ in levels], [sigma for _, sigma in levels]
