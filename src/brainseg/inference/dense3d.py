@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from brainseg.inference.dense import fold_batch_norm, max_pool3_stride1
+from brainseg.inference.dense_priors import fold_batch_norm, max_pool3_stride1
 from brainseg.models.wachinger2018 import (
     FEATURE_GRID,
     PATCH_PADDING,
