@@ -201,6 +201,12 @@ def test_ablation_prints_table_and_reuses_runs(reference, tmp_path, capsys):
     assert "other settings" in err and "dist" in err
     assert (out / "dist" / "weights.safetensors").stat().st_mtime_ns == dist_stamp
 
+    # --validation-cases scores every row on other subjects: a different row, trained anew.
+    subset = tmp_path / "subset"
+    assert main(["ablation", str(base), "-o", str(subset), "--no-progress", "--validation-cases", "b"]) == 0
+    assert "validation cases: b." in (subset / "ablation.md").read_text()
+    assert set(json.loads((subset / "basenet" / "ablation_row.json").read_text())["structure_dice"]) == {"b"}
+
 
 def test_fine_tuning_from_a_model_folder_is_on_the_card(reference, tmp_path):
     base = tmp_path / "base"

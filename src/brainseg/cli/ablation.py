@@ -25,6 +25,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--samples-per-epoch", type=int, help="override every config's training.samples_per_epoch")
     p.add_argument("--threads", type=int, help="override every config's training.num_threads")
     p.add_argument(
+        "--validation-cases",
+        nargs="+",
+        metavar="CASE",
+        help="override every config's training.validation_cases (the subjects each row is scored on)",
+    )
+    p.add_argument(
         "--reference",
         metavar="NAME",
         help="the row the others are tested against, by config name (file stem); default: the first config",
@@ -47,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         samples_per_epoch=args.samples_per_epoch,
         num_threads=args.threads,
+        validation_cases=args.validation_cases,
         reference=args.reference,
         progress=not args.no_progress,
     )

@@ -135,6 +135,7 @@ def run_ablation(
     epochs: int | None = None,
     samples_per_epoch: int | None = None,
     num_threads: int | None = None,
+    validation_cases: Sequence[str] | None = None,
     reference: str | None = None,
     progress: bool = True,
 ) -> list[AblationRow]:
@@ -156,6 +157,9 @@ def run_ablation(
     num_threads : int, optional
         Override the configs' torch threads (does not change results' meaning,
         only speed; it is left out of the settings compared for reuse).
+    validation_cases : sequence of str, optional
+        Override the configs' validation cases (the subjects every row is scored on), e.g. a
+        subset of them when scoring whole volumes is what the budget cannot afford.
     reference : str, optional
         The row (config stem) the others are tested against, structure by structure; default: the
         first config.
@@ -178,7 +182,15 @@ def run_ablation(
         raise InputError(f"--reference {reference!r} names none of the configs ({', '.join(names)})")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    overrides = {k: v for k, v in (("epochs", epochs), ("samples_per_epoch", samples_per_epoch)) if v}
+    overrides = {
+        k: v
+        for k, v in (
+            ("epochs", epochs),
+            ("samples_per_epoch", samples_per_epoch),
+            ("validation_cases", tuple(validation_cases) if validation_cases else None),
+        )
+        if v
+    }
     rows = []
     for path in configs:
         name = Path(path).stem
