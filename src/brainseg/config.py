@@ -22,6 +22,7 @@ __all__ = [
     "FORMAT_VERSION",
     "PATH_SETTINGS",
     "MODEL_CONFIGS",
+    "BrebissonConfig",
     "AnyModelConfig",
     "DeepNATConfig",
     "ModelConfig",
@@ -219,13 +220,102 @@ class DeepNATConfig:
         return True
 
 
+@dataclass(frozen=True)
+class BrebissonConfig:
+    """de Brébisson and Montana's network and inference (2015; :class:`brainseg.models.brebisson2015.BrebissonNet`).
+
+    Attributes
+    ----------
+    name : str
+        Registered model name (``'brebisson2015'``).
+    num_classes : int
+        Classes including background; 0 (the default) means "from the label table".
+    pathways : tuple of str
+        Inputs read (:data:`brainseg.models.brebisson2015.PATHWAYS`); the paper's full network is
+        ``orthogonal, compressed, patch_3d, centroids``. With ``centroids`` the model is two
+        networks: the full one and a first-stage one without the centroid pathway (section 3.4).
+    widths_2d : tuple of 2 int
+        Filters of the 2-D pathways' two convolutions (paper: 20, 50).
+    fc_3d : tuple of int
+        Units of the 3-D pathway's fully connected layers (paper: 1000, 1000).
+    fc : tuple of int
+        Units of the merged fully connected layers (paper: 3000, 3000).
+    noise_sigma : float
+        Standard deviation of the Gaussian noise on the scaled centroid distances in training
+        (section 3.4; the authors' code: 0.2).
+    max_iterations : int
+        Most passes of the full network in the iterative inference (section 3.4).
+    tolerance : float
+        The iterative inference stops once a pass changes at most this fraction of brain voxels.
+    reference_space : bool
+        Register every scan to the reference template and segment there (not in the paper).
+    """
+
+    name: str = "brebisson2015"
+    num_classes: int = 0
+    pathways: tuple[str, ...] = ("orthogonal", "compressed", "patch_3d", "centroids")
+    widths_2d: tuple[int, ...] = (20, 50)
+    fc_3d: tuple[int, ...] = (1000, 1000)
+    fc: tuple[int, ...] = (3000, 3000)
+    noise_sigma: float = 0.2
+    max_iterations: int = 5
+    tolerance: float = 1e-3
+    reference_space: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse values the network cannot take, naming the setting."""
+        from brainseg.models.brebisson2015 import PATHWAYS
+
+        bad = [p for p in self.pathways if p not in PATHWAYS]
+        if bad or not self.pathways or len(set(self.pathways)) != len(self.pathways):
+            raise InputError(f"pathways must be distinct names among {', '.join(PATHWAYS)}; got {list(self.pathways)}")
+        if len(self.widths_2d) != 2 or any(
+            isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.widths_2d
+        ):
+            raise InputError(f"widths_2d needs 2 positive integers, got {list(self.widths_2d)}")
+        for key in ("fc_3d", "fc"):
+            units = getattr(self, key)
+            if not units or any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in units):
+                raise InputError(f"{key} needs at least one positive integer, got {list(units)}")
+        if isinstance(self.noise_sigma, bool) or not isinstance(self.noise_sigma, (int, float)) or self.noise_sigma < 0:
+            raise InputError(f"noise_sigma must be a number >= 0, got {self.noise_sigma!r}")
+        if isinstance(self.max_iterations, bool) or not isinstance(self.max_iterations, int) or self.max_iterations < 1:
+            raise InputError(f"max_iterations must be a positive integer, got {self.max_iterations!r}")
+        if (
+            isinstance(self.tolerance, bool)
+            or not isinstance(self.tolerance, (int, float))
+            or not 0 <= self.tolerance < 1
+        ):
+            raise InputError(f"tolerance must be a fraction of voxels in [0, 1), got {self.tolerance!r}")
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the model works in the reference space (only when asked: the centroids make it unneeded)."""
+        return self.reference_space
+
+    @property
+    def batch_norm(self) -> bool:
+        """Always False: the paper's network has no normalisation layers."""
+        return False
+
+    @property
+    def dropout(self) -> float:
+        """Always 0: the paper's network has no dropout (its regulariser is the noise on the distances)."""
+        return 0.0
+
+
 #: A model section of any family: the dataclass :data:`MODEL_CONFIGS` picks by ``model.name``.
-AnyModelConfig = ModelConfig | DeepNATConfig
+AnyModelConfig = ModelConfig | DeepNATConfig | BrebissonConfig
 
 #: Model names -> the dataclass their ``model:`` section is read into. A name not listed here (a family
 #: registered by other code) is read as a :class:`ModelConfig`; :func:`brainseg.families.family_of` refuses
 #: names without a family.
-MODEL_CONFIGS: dict[str, type] = {"basenet": ModelConfig, "ganaye2018": ModelConfig, "deepnat": DeepNATConfig}
+MODEL_CONFIGS: dict[str, type] = {
+    "basenet": ModelConfig,
+    "ganaye2018": ModelConfig,
+    "deepnat": DeepNATConfig,
+    "brebisson2015": BrebissonConfig,
+}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ reference space, the label table, the training loop, model folders, ``segment``,
 methods of :class:`Family`.
 
 The model folder names its family: ``model.name`` in its ``config.yaml`` (``basenet`` or
-``ganaye2018`` for Ganaye et al. 2018, ``deepnat`` for Wachinger et al. 2018) is looked up in
+``ganaye2018`` for Ganaye et al. 2018, ``deepnat`` for Wachinger et al. 2018, ``brebisson2015`` for de
+Brébisson and Montana 2015) is looked up in
 :data:`FAMILIES_BY_MODEL`. A new family subclasses :class:`Family`, implements its abstract methods,
 and registers its model names there; a family with its own model settings adds their dataclass to
 :data:`brainseg.config.MODEL_CONFIGS`. Every model configuration has ``name``, ``num_classes``,
@@ -211,12 +212,14 @@ def family_of(cfg: AnyModelConfig) -> Family:
 
 
 def _register() -> None:
+    from brainseg.families.brebisson2015 import BREBISSON2015
     from brainseg.families.ganaye2018 import GANAYE2018
     from brainseg.families.wachinger2018 import WACHINGER2018
 
     for name in ("basenet", "ganaye2018"):
         FAMILIES_BY_MODEL[name] = GANAYE2018
     FAMILIES_BY_MODEL["deepnat"] = WACHINGER2018
+    FAMILIES_BY_MODEL["brebisson2015"] = BREBISSON2015
 
 
 _register()

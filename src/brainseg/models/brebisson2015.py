@@ -60,6 +60,7 @@ from torch import nn
 
 __all__ = [
     "BrebissonNet",
+    "BrebissonTwoStage",
     "GaussianNoise",
     "PlanarPathway",
     "PATHWAYS",
@@ -264,6 +265,50 @@ class BrebissonNet(nn.Module):
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes)`` of the inputs named by :attr:`pathways`."""
         return self.out(self.merge(self.merged_features(**inputs)))
+
+
+class BrebissonTwoStage(nn.Module):
+    """The full network and the first-stage network without the centroid pathway (paper section 3.4).
+
+    The centroid distances of a voxel need the brain's region centroids, unknown at inference: the
+    first-stage network segments without them, the full network then iterates with the centroids of
+    the latest segmentation (:func:`brainseg.inference.two_stage.iterate_centroids`). The authors
+    trained the two networks separately; here they are trained together, each on the same batches
+    with its own cross-entropy (:meth:`brainseg.families.brebisson2015.BrebissonFamily.loss`).
+
+    Parameters
+    ----------
+    full : BrebissonNet
+        Reads the centroid distances.
+    first : BrebissonNet
+        Reads the full network's other pathways.
+
+    Raises
+    ------
+    ValueError
+        If ``full`` has no centroid pathway, ``first`` has one, or their pathways or classes differ otherwise.
+
+    Notes
+    -----
+    ``forward`` is the full network's (logits ``(B, num_classes)``), so that the family-agnostic code
+    sees the model's main output; :attr:`first` is called by name.
+    """
+
+    def __init__(self, full: BrebissonNet, first: BrebissonNet) -> None:
+        super().__init__()
+        if "centroids" not in full.pathways or "centroids" in first.pathways:
+            raise ValueError("the full network must read the centroid distances and the first-stage network not")
+        if tuple(p for p in full.pathways if p != "centroids") != first.pathways:
+            raise ValueError(f"the first stage must read {full.pathways} but the centroids, got {first.pathways}")
+        if full.num_classes != first.num_classes:
+            raise ValueError(f"both networks need the same classes, got {full.num_classes} and {first.num_classes}")
+        self.full, self.first = full, first
+        self.num_classes, self.num_centroids = full.num_classes, full.num_centroids
+        self.pathways = full.pathways
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """The full network's logits ``(B, num_classes)``."""
+        return self.full(**inputs)
 
 
 def paper_parameter_count(model: BrebissonNet) -> int:
