@@ -79,12 +79,16 @@ class Family(ABC):
     paper_results : dict of str to tuple
         The paper's ablation figures by row label (:meth:`row_label`): mean Dice, mean Hausdorff
         distance (mm), mean surface distance (mm), parameters; None where the paper has none.
+    paper_error_rates : dict of str to float
+        The paper's validation error rates by row label, for papers that report them (empty: the
+        ablation table has no error-rate columns).
     """
 
     name: str = ""
     paper: str = ""
     paper_parameters: str = ""
     paper_results: dict[str, tuple[float | None, float | None, float | None, int | None]] = {}
+    paper_error_rates: dict[str, float] = {}
 
     @abstractmethod
     def build_network(self, cfg: AnyModelConfig) -> nn.Module:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["dice", "dice_per_class", "volumetric_similarity"]
+__all__ = ["dice", "dice_per_class", "error_rate", "volumetric_similarity"]
 
 
 def _check(prediction: np.ndarray, reference: np.ndarray) -> None:
@@ -78,3 +78,38 @@ def dice_per_class(prediction: np.ndarray, reference: np.ndarray, num_classes: i
     sizes = np.bincount(p, minlength=num_classes)[:num_classes] + np.bincount(r, minlength=num_classes)[:num_classes]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(sizes > 0, 2.0 * both / np.maximum(sizes, 1), np.nan)
+
+
+def error_rate(prediction: np.ndarray, reference: np.ndarray) -> float:
+    """Fraction of the reference's structure voxels given another class (de Brébisson and Montana 2015, Table 1).
+
+    The paper's error rate is measured on voxels drawn uniformly from the labelled brain; here it is
+    over every voxel whose reference class is a structure (class > 0), so a structure voxel predicted
+    as background counts as an error and a background voxel predicted as a structure does not.
+
+    Parameters
+    ----------
+    prediction, reference : ndarray of int, same shape
+        Class indices (0 = background).
+
+    Returns
+    -------
+    float
+        In [0, 1]; NaN if the reference has no structure voxel.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ.
+
+    Examples
+    --------
+    >>> error_rate(np.array([0, 1, 2, 2, 1]), np.array([0, 1, 1, 2, 0]))
+    0.3333333333333333
+    """
+    _check(prediction, reference)
+    labelled = np.asarray(reference) > 0
+    total = int(np.count_nonzero(labelled))
+    if total == 0:
+        return float("nan")
+    return float(np.count_nonzero(np.asarray(prediction)[labelled] != np.asarray(reference)[labelled])) / total

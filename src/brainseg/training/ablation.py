@@ -79,7 +79,9 @@ def row_label(config: Config) -> str:
     return family_of(config.model).row_label(config)
 
 
-def _per_case(scores: list[StructureScore]) -> dict[str, dict[str, float]]:
+def _per_case(
+    scores: list[StructureScore], error_rates: Mapping[str, float] | None = None
+) -> dict[str, dict[str, float]]:
     groups: dict[str, list[StructureScore]] = defaultdict(list)
     for s in scores:
         groups[s.case_id].append(s)
@@ -87,6 +89,8 @@ def _per_case(scores: list[StructureScore]) -> dict[str, dict[str, float]]:
     for case_id, rows in groups.items():
         m = summarize(rows)
         out[case_id] = {"dice": m["dice"], "hausdorff": m["hausdorff"], "msd": m["msd"]}
+        if error_rates and case_id in error_rates:
+            out[case_id]["error_rate"] = float(error_rates[case_id])
     return out
 
 
@@ -219,7 +223,8 @@ def run_ablation(
         if not done:
             train(config, run, resume=(run / "checkpoint.pt").is_file(), progress=progress)
         model = load_model_folder(run)
-        scores = evaluate_validation(model, progress=progress)
+        error_rates: dict[str, float] = {}
+        scores = evaluate_validation(model, progress=progress, error_rates=error_rates)
         write_scores_csv(run / "validation.csv", scores)
         write_scores_json(run / "validation.json", scores)
         write_model_card(run, scores=scores)
@@ -227,7 +232,7 @@ def run_ablation(
         row = AblationRow(
             name,
             row_label(config),
-            _per_case(scores),
+            _per_case(scores, error_rates),
             count_parameters(model.network),
             minutes,
             _structure_dice(scores),
@@ -251,7 +256,13 @@ def run_ablation(
             f"learning rate {tc.learning_rate}, on this machine's CPU; validation cases: "
             f"{', '.join(tc.validation_cases)}."
         )
-    table = format_table(rows, budget, family_of(first.model).paper_results if first is not None else None)
+    family = family_of(first.model) if first is not None else None
+    table = format_table(
+        rows,
+        budget,
+        family.paper_results if family is not None else None,
+        family.paper_error_rates if family is not None else None,
+    )
     if rows and all(r.structure_dice for r in rows):
         table += "\n" + _compare_structures(rows, reference or rows[0].name, output)
     elif rows:
@@ -304,12 +315,15 @@ def format_table(
     rows: Sequence[AblationRow],
     budget: str = "",
     paper_results: Mapping[str, tuple[float | None, float | None, float | None, int | None]] | None = None,
+    paper_error_rates: Mapping[str, float] | None = None,
 ) -> str:
     """A Markdown table shaped like the paper's: Dice, Hausdorff, MSD (mean ± std over subjects), parameters.
 
     The paper's columns come from ``paper_results`` (the family's
     :attr:`~brainseg.families.Family.paper_results`, by row label; "–" where
-    its table has no such figure).
+    its table has no such figure). With ``paper_error_rates`` (a family whose paper reports error
+    rates, :attr:`~brainseg.families.Family.paper_error_rates`) two columns follow: the row's
+    validation error rate (mean ± std over subjects; "n/a" for rows scored without it) and the paper's.
 
     Examples
     --------
@@ -321,18 +335,23 @@ def format_table(
     """
     lines = [
         "| model | Dice | Hausdorff (mm) | MSD (mm) | parameters | paper Dice | paper HD (mm) | paper MSD (mm) "
-        "| paper parameters | training (min) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| paper parameters | training (min) |" + (" error rate | paper error rate |" if paper_error_rates else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if paper_error_rates else ""),
     ]
     for r in rows:
         paper = [
             "–" if v is None else format(v, f)
             for v, f in zip((paper_results or {}).get(r.label, (None,) * 4), (".3f", ".2f", ".2f", ","))
         ]
-        lines.append(
+        line = (
             f"| {r.label} | {_pm(*r.stat('dice'), 3)} | {_pm(*r.stat('hausdorff'), 2)} | {_pm(*r.stat('msd'), 3)} "
             f"| {r.parameters:,} | {' | '.join(paper)} | {r.train_minutes:.0f} |"
         )
+        if paper_error_rates:
+            has = all("error_rate" in case for case in r.per_case.values())
+            paper_rate = paper_error_rates.get(r.label)
+            line += f" {_pm(*r.stat('error_rate'), 3) if has else 'n/a'} | {'–' if paper_rate is None else f'{paper_rate:.3f}'} |"
+        lines.append(line)
     if budget:
         lines += ["", budget]
     return "\n".join(lines) + "\n"

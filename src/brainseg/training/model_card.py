@@ -15,6 +15,7 @@ from brainseg.io.atomic import atomic_write_text
 from brainseg.io.manifest import read_manifest
 from brainseg.io.nifti import load_volume
 from brainseg.labels import LabelTable
+from brainseg.metrics.overlap import error_rate
 from brainseg.metrics.report import StructureScore, evaluate_label_maps, summarize, write_scores_csv, write_scores_json
 from brainseg.model_folder import LoadedModel, load_model_folder
 from brainseg.models import count_parameters
@@ -29,7 +30,9 @@ CREDIT = (
 )
 
 
-def evaluate_validation(model: LoadedModel, progress: bool = False) -> list[StructureScore]:
+def evaluate_validation(
+    model: LoadedModel, progress: bool = False, error_rates: dict[str, float] | None = None
+) -> list[StructureScore]:
     """Segment the validation cases of a model folder's config and score every structure.
 
     Each case is segmented as ``brainseg segment`` would (reference-space
@@ -38,6 +41,15 @@ def evaluate_validation(model: LoadedModel, progress: bool = False) -> list[Stru
     ``brainseg evaluate`` scores the written label map. Transforms stored by
     ``brainseg atlas build`` for the cases are used when the training
     reference folder is still there.
+
+    Parameters
+    ----------
+    model : LoadedModel
+    progress : bool
+        Show progress bars.
+    error_rates : dict, optional
+        Filled with each case's error rate (:func:`brainseg.metrics.overlap.error_rate`, over the
+        label table's classes), by case id.
 
     Returns
     -------
@@ -69,6 +81,9 @@ def evaluate_validation(model: LoadedModel, progress: bool = False) -> list[Stru
             reference.spacing,
             case_id=case_id,
         )
+        if error_rates is not None:
+            labels = model.labels
+            error_rates[case_id] = error_rate(labels.to_classes(result.label_map), labels.to_classes(reference.data))
     return scores
 
 
