@@ -234,6 +234,10 @@ class BrebissonConfig:
         Inputs read (:data:`brainseg.models.brebisson2015.PATHWAYS`); the paper's full network is
         ``orthogonal, compressed, patch_3d, centroids``. With ``centroids`` the model is two
         networks: the full one and a first-stage one without the centroid pathway (section 3.4).
+    first_stage : tuple of str
+        With ``centroids``: the first-stage network's pathways; empty (the default) means the
+        full network's other pathways. Table 1's "centroid distances" row, which has no other
+        pathway, needs one here (e.g. ``[coordinates]``).
     widths_2d : tuple of 2 int
         Filters of the 2-D pathways' two convolutions (paper: 20, 50).
     fc_3d : tuple of int
@@ -254,6 +258,7 @@ class BrebissonConfig:
     name: str = "brebisson2015"
     num_classes: int = 0
     pathways: tuple[str, ...] = ("orthogonal", "compressed", "patch_3d", "centroids")
+    first_stage: tuple[str, ...] = ()
     widths_2d: tuple[int, ...] = (20, 50)
     fc_3d: tuple[int, ...] = (1000, 1000)
     fc: tuple[int, ...] = (3000, 3000)
@@ -269,6 +274,14 @@ class BrebissonConfig:
         bad = [p for p in self.pathways if p not in PATHWAYS]
         if bad or not self.pathways or len(set(self.pathways)) != len(self.pathways):
             raise InputError(f"pathways must be distinct names among {', '.join(PATHWAYS)}; got {list(self.pathways)}")
+        bad = [p for p in self.first_stage if p not in PATHWAYS or p == "centroids"]
+        if bad or len(set(self.first_stage)) != len(self.first_stage):
+            raise InputError(
+                f"first_stage must be distinct names among {', '.join(PATHWAYS[:-1])} (no centroids); "
+                f"got {list(self.first_stage)}"
+            )
+        if self.first_stage and "centroids" not in self.pathways:
+            raise InputError("first_stage is only read with the centroids pathway; remove it")
         if len(self.widths_2d) != 2 or any(
             isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.widths_2d
         ):

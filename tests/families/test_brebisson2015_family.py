@@ -65,6 +65,8 @@ def test_config_parses_by_model_name_and_round_trips(tmp_path):
         ({"noise_sigma": -0.1}, "noise_sigma must be a number >= 0"),
         ({"max_iterations": 0}, "max_iterations must be a positive integer"),
         ({"tolerance": 1.0}, "tolerance must be a fraction"),
+        ({"first_stage": ["centroids"]}, "first_stage must be distinct names"),
+        ({"pathways": ["orthogonal"], "first_stage": ["coordinates"]}, "first_stage is only read with the centroids"),
     ],
 )
 def test_config_refuses_bad_values_naming_the_setting(values, message):
@@ -155,6 +157,12 @@ def test_networks_built_for_the_pathways():
     assert model.first.pathways == ("compressed", "coordinates") and model.full.num_centroids == 3
     with pytest.raises(InputError, match="centroid distances alone"):
         BREBISSON2015.build_network(BrebissonConfig(num_classes=4, pathways=("centroids",), **TINY))
+    # Table 1's centroid-only row: its first stage reads the coordinates
+    cfg = BrebissonConfig(num_classes=4, pathways=("centroids",), first_stage=("coordinates",), **TINY)
+    model = BREBISSON2015.build_network(cfg)
+    assert model.full.pathways == ("centroids",) and model.first.pathways == ("coordinates",)
+    with pytest.raises(ValueError, match="the first-stage network not"):
+        BrebissonTwoStage(model.full, model.full)
 
 
 def test_two_stage_loss_is_the_sum_of_both_networks_cross_entropies():

@@ -246,13 +246,13 @@ class BrebissonFamily(Family):
             patch_3d=CUBE,
         )
         full = BrebissonNet(pathways=cfg.pathways, **shared)  # type: ignore[arg-type]
-        rest = tuple(p for p in cfg.pathways if p != "centroids")
+        rest = tuple(cfg.first_stage) or tuple(p for p in cfg.pathways if p != "centroids")
         if "centroids" not in cfg.pathways:
             return full
         if not rest:
             raise InputError(
-                "pathways: the centroid distances alone cannot be inferred (the first-stage network needs another "
-                "pathway); add one, or train the centroids-only row of Table 1 with reference centroids"
+                "pathways: the centroid distances alone leave the first-stage network no input; name its "
+                "pathways in first_stage (e.g. [coordinates])"
             )
         return BrebissonTwoStage(full, BrebissonNet(pathways=rest, **shared))  # type: ignore[arg-type]
 
@@ -267,6 +267,8 @@ class BrebissonFamily(Family):
                 f", centroid noise sigma {cfg.noise_sigma:g}, two-stage inference (at most {cfg.max_iterations} "
                 f"passes, tolerance {cfg.tolerance:g})"
             )
+            if cfg.first_stage:
+                text += f", first stage: {', '.join(cfg.first_stage)}"
         if cfg.needs_reference:
             text += ", in the reference space (affine registration)"
         return text
@@ -308,8 +310,8 @@ class BrebissonFamily(Family):
     def case_sampler(
         self, cfg: BrebissonConfig, inputs: BrebissonInputs, classes: np.ndarray, mask: np.ndarray
     ) -> BrebissonSampler:
-        """A :class:`BrebissonSampler` of the configuration's pathways."""
-        return BrebissonSampler(inputs, classes, mask, tuple(cfg.pathways))
+        """A :class:`BrebissonSampler` of the pathways of both networks (``pathways`` and ``first_stage``)."""
+        return BrebissonSampler(inputs, classes, mask, tuple(dict.fromkeys((*cfg.pathways, *cfg.first_stage))))
 
     def loss(
         self, network: nn.Module, batch: dict[str, torch.Tensor], targets: torch.Tensor, tc: TrainingConfig

@@ -281,12 +281,13 @@ class BrebissonTwoStage(nn.Module):
     full : BrebissonNet
         Reads the centroid distances.
     first : BrebissonNet
-        Reads the full network's other pathways.
+        Reads no centroid distances: the full network's other pathways, or others of its own
+        (Table 1's centroid-only row needs one).
 
     Raises
     ------
     ValueError
-        If ``full`` has no centroid pathway, ``first`` has one, or their pathways or classes differ otherwise.
+        If ``full`` has no centroid pathway, ``first`` has one, or their classes differ.
 
     Notes
     -----
@@ -298,8 +299,6 @@ class BrebissonTwoStage(nn.Module):
         super().__init__()
         if "centroids" not in full.pathways or "centroids" in first.pathways:
             raise ValueError("the full network must read the centroid distances and the first-stage network not")
-        if tuple(p for p in full.pathways if p != "centroids") != first.pathways:
-            raise ValueError(f"the first stage must read {full.pathways} but the centroids, got {first.pathways}")
         if full.num_classes != first.num_classes:
             raise ValueError(f"both networks need the same classes, got {full.num_classes} and {first.num_classes}")
         self.full, self.first = full, first
