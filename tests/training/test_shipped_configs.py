@@ -151,3 +151,35 @@ def row_label_of(path: Path) -> str:
     from brainseg.training.ablation import row_label
 
     return row_label(load_config(path))
+
+
+BREBISSON = CONFIGS / "brebisson_ablation"
+
+
+def test_brebisson_ablation_rows_are_the_papers_table_1():
+    """de Brébisson & Montana 2015, Table 1: one config per row, each differing from the full network by its pathways."""
+    from brainseg.families.brebisson2015 import PAPER_ERROR_RATES
+
+    shipped = load_config(CONFIGS / "brebisson2015_miccai2012.yaml")
+    basenet = load_config(CONFIGS / "basenet_miccai2012.yaml")
+    assert shipped.model.name == "brebisson2015" and shipped.training.labels == "miccai2012"
+    for key in ("manifest", "train_cases", "validation_cases"):
+        assert getattr(shipped.training, key) == getattr(basenet.training, key), key
+    expected = {
+        "patch_2d.yaml": ["patch_2d"],
+        "patch_3d.yaml": ["patch_3d"],
+        "orthogonal.yaml": ["orthogonal"],
+        "compressed.yaml": ["compressed"],
+        "coordinates.yaml": ["coordinates"],
+        "centroids.yaml": ["centroids"],
+        "orthogonal_compressed.yaml": ["orthogonal", "compressed"],
+    }
+    assert {p.name for p in BREBISSON.glob("*.yaml")} == {"full.yaml", *expected}
+    for name, pathways in expected.items():
+        change = _changes(BREBISSON / "full.yaml", BREBISSON / name)
+        assert change.pop(("model", "pathways")) == pathways, name
+        assert change == ({("model", "first_stage"): ["coordinates"]} if name == "centroids.yaml" else {}), name
+    budget = _changes(CONFIGS / "brebisson2015_miccai2012.yaml", BREBISSON / "full.yaml")
+    assert {key for _, key in budget} <= {"epochs", "samples_per_epoch", "num_threads"}
+    labels = {row_label_of(BREBISSON / name) for name in ["full.yaml", *expected]}
+    assert labels == set(PAPER_ERROR_RATES)  # every row finds its paper figure

@@ -274,12 +274,12 @@ class BrebissonFamily(Family):
         return text
 
     def row_label(self, config: Config) -> str:
-        """The paper's Table 1 row (e.g. ``'orthogonal + compressed'``), widths appended when not the paper's."""
-        cfg = config.model
-        label = pathway_label(cfg.pathways)
-        if (tuple(cfg.widths_2d), tuple(cfg.fc_3d), tuple(cfg.fc)) != _PAPER_WIDTHS:
-            label += f" [widths {list(cfg.widths_2d)}, {list(cfg.fc_3d)}, {list(cfg.fc)}]"
-        return label
+        """The paper's Table 1 row of the pathways (e.g. ``'orthogonal + compressed'``).
+
+        The widths are not in the label: Table 1 compares inputs, and a CPU-sized ablation narrows
+        every row alike (its configs and :meth:`describe` state the widths).
+        """
+        return pathway_label(config.model.pathways)
 
     def case_inputs(
         self,
