@@ -191,3 +191,57 @@ def test_row_labels_are_the_papers_table_1_rows():
     assert pathway_label(("centroids",)) == "centroid distances"
     text = BREBISSON2015.describe(Config(BrebissonConfig(num_classes=4), TrainingConfig()))
     assert "full" in text and "two-stage inference (at most 5 passes" in text
+
+
+# -- through the command line ---------------------------------------------------------------------
+
+
+def test_brebisson_trains_segments_evaluates_and_is_described(tmp_path, tiny_manifest, capsys):
+    import csv
+
+    import nibabel as nib
+    import yaml
+
+    from brainseg.cli.main import main
+    from brainseg.model_folder import load_model_folder
+
+    config = {
+        "model": {"name": "brebisson2015", "widths_2d": [4, 4], "fc_3d": [8], "fc": [16], "max_iterations": 3},
+        "training": {
+            "manifest": "cases.csv",
+            "train_cases": ["a", "b"],
+            "validation_cases": ["c"],
+            "epochs": 2,
+            "samples_per_epoch": 1024,
+            "batch_size": 64,
+            "learning_rate": 0.05,
+            "momentum": 0.5,
+            "poly_power": 0.0,
+            "sampling": "uniform",
+            "augment": False,
+            "num_threads": 1,
+        },
+    }
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(config))
+    model_dir = tmp_path / "model"
+    assert main(["train", str(tmp_path / "b.yaml"), "-o", str(model_dir), "--no-progress"]) == 0
+    model = load_model_folder(model_dir)
+    assert isinstance(model.config.model, BrebissonConfig) and model.config.model.num_classes == 3
+    assert isinstance(model.network, BrebissonTwoStage) and model.network.full.num_centroids == 2
+    card = (model_dir / "model_card.md").read_text()
+    assert "de Brébisson and Montana (2015) de Brébisson & Montana network (full:" in card
+
+    image = tmp_path / "data" / "c_SS.nii.gz"
+    assert main(["segment", str(image), "-o", str(tmp_path / "seg"), "--model", str(model_dir), "--no-progress"]) == 0
+    written = nib.load(tmp_path / "seg" / "c_SS_seg.nii.gz")
+    assert written.shape == nib.load(image).shape and set(np.unique(np.asarray(written.dataobj))) <= {0, 4, 11}
+    scores = tmp_path / "scores.csv"
+    argv = ["evaluate", str(tmp_path / "seg" / "c_SS_seg.nii.gz"), str(tmp_path / "data" / "c_glm.nii.gz")]
+    assert main([*argv, "--model", str(model_dir), "--no-distances", "-o", str(scores)]) == 0
+    with open(scores) as f:
+        mean = next(r for r in csv.DictReader(f) if r["case_id"] == "mean")
+    assert float(mean["dice"]) > 0.75  # the two structures differ in intensity and position
+    capsys.readouterr()
+    assert main(["info", "--model", str(model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "network: brebisson2015: de Brébisson & Montana network" in out and "30,565,555" in out

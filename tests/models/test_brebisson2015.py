@@ -46,6 +46,16 @@ def test_first_layers_are_shared_within_a_kind_only():
     assert orthogonal[0].first is orthogonal[1].first is orthogonal[2].first
     assert compressed[0].first is compressed[2].first and compressed[0].first is not orthogonal[0].first
     assert orthogonal[0].second is not orthogonal[1].second
+    # the state dict holds each shared layer once (safetensors refuses tensors that share memory)
+    keys = set(net.state_dict())
+    assert {"orthogonal_first.weight", "compressed_first.bias"} <= keys
+    assert not any(".first." in k for k in keys if k.startswith(("orthogonal.", "compressed.")))
+    from safetensors.torch import load as load_bytes
+    from safetensors.torch import save as save_bytes
+
+    again = BrebissonNet(**SMALL)
+    again.load_state_dict(load_bytes(save_bytes(net.state_dict())))
+    assert torch.equal(again.orthogonal[2].first.weight, net.orthogonal_first.weight)
     # every patch of a kind trains its shared first layer
     for k in range(3):
         net.zero_grad()

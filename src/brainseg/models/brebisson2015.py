@@ -110,15 +110,21 @@ class PlanarPathway(nn.Module):
         The first convolution (1 -> c1, 5 x 5), shared with the other patches of its kind.
     width : int
         Filters of the second convolution ``c2`` (paper: 50).
+    shared : bool
+        ``first`` is registered by the network that owns it (once for the three patches, so that a
+        state dict holds each weight once); this pathway only refers to it.
 
     Notes
     -----
     Input ``(B, 1, 29, 29)`` float32, output ``(B, c2 * 16)`` (channel-major).
     """
 
-    def __init__(self, first: nn.Conv2d, width: int) -> None:
+    def __init__(self, first: nn.Conv2d, width: int, shared: bool = False) -> None:
         super().__init__()
-        self.first = first
+        if shared:
+            self.__dict__["first"] = first  # a plain attribute: not a submodule of this pathway
+        else:
+            self.first = first
         self.second = nn.Conv2d(first.out_channels, int(width), 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -197,7 +203,8 @@ class BrebissonNet(nn.Module):
         for kind in ("orthogonal", "compressed"):
             if kind in self.pathways:
                 first = nn.Conv2d(1, c1, 5)
-                setattr(self, kind, nn.ModuleList(PlanarPathway(first, c2) for _ in range(3)))
+                setattr(self, f"{kind}_first", first)  # registered once, shared by the three patches
+                setattr(self, kind, nn.ModuleList(PlanarPathway(first, c2, shared=True) for _ in range(3)))
                 merged += 3 * planar
         if "patch_3d" in self.pathways:
             layers, width = [], self.patch_3d**3
