@@ -245,3 +245,16 @@ def test_brebisson_trains_segments_evaluates_and_is_described(tmp_path, tiny_man
     assert main(["info", "--model", str(model_dir)]) == 0
     out = capsys.readouterr().out
     assert "network: brebisson2015: de Brébisson & Montana network" in out and "30,565,555" in out
+
+    # every pass of the iterative inference, scored (section 3.4: "the effect of each refinement iteration")
+    from brainseg.training.refinement import main as refinement_main
+    from brainseg.training.refinement import score_passes
+
+    passes = score_passes(model, max_iterations=2)
+    assert [p.case_id for p in passes] == ["c"] * len(passes) and 2 <= len(passes) <= 3
+    assert [p.step for p in passes] == list(range(len(passes)))
+    assert passes[0].missing == -1 and np.isnan(passes[0].changed) and 0 <= passes[1].changed <= 1
+    assert passes[-1].mean_dice > 0.75 and 0 <= passes[-1].error_rate < 0.25
+    assert refinement_main([str(model_dir), "--max-iterations", "1", "--no-progress"]) == 0
+    table = (model_dir / "refinement.md").read_text()
+    assert "| first stage | 1 |" in table and "| pass 1 | 1 |" in table and "| pass 2 " not in table

@@ -53,6 +53,15 @@ def test_stops_after_max_iterations(affine):
 
     result = iterate_centroids(lambda: truth, oscillating, truth > 0, affine, 3, max_iterations=3, tolerance=0.0)
     assert result.iterations == 3 and not result.converged and len(result.changed) == 3
+    assert result.passes == []  # not kept unless asked
+    state["n"] = 0
+    kept = iterate_centroids(
+        lambda: truth, oscillating, truth > 0, affine, 3, max_iterations=3, tolerance=0.0, keep_passes=True
+    )
+    assert len(kept.passes) == 4  # the first stage, then each pass
+    for got, expected in zip(kept.passes, [truth, flip[1], flip[0], flip[1]]):
+        np.testing.assert_array_equal(got, expected)
+    assert kept.passes[-1] is kept.classes
 
 
 def test_first_stage_with_one_region_is_kept(affine, caplog):

@@ -307,6 +307,7 @@ def predict_brebisson(
     max_iterations: int | None = None,
     tolerance: float | None = None,
     tile: int = 4096,
+    keep_passes: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None, TwoStageResult | None]:
     """Segment a brain densely; with two networks, by the iterative two-stage inference (§3.4).
 
@@ -333,6 +334,8 @@ def predict_brebisson(
         and ``inputs.tolerance``.
     tile : int
         Voxels per pass through the fully connected layers (and per gather of 3-D patches).
+    keep_passes : bool
+        Keep every pass's class map in the result (:attr:`TwoStageResult.passes`).
 
     Returns
     -------
@@ -399,5 +402,6 @@ def predict_brebisson(
         inputs.num_regions,
         max_iterations=inputs.max_iterations if max_iterations is None else max_iterations,
         tolerance=inputs.tolerance if tolerance is None else tolerance,
+        keep_passes=keep_passes,
     )
     return result.classes, probs, result

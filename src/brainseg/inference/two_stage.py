@@ -47,6 +47,9 @@ class TwoStageResult:
         Per segmentation the centroids were estimated from, the number of regions absent from it.
     converged : bool
         Whether the last pass changed at most ``tolerance`` of the brain voxels.
+    passes : list of ndarray
+        With ``keep_passes``: the first stage's class map, then each pass's (to score every
+        iteration, e.g. :mod:`brainseg.training.refinement`); else empty.
     """
 
     classes: np.ndarray
@@ -54,6 +57,7 @@ class TwoStageResult:
     changed: list[float] = field(default_factory=list)
     missing: list[int] = field(default_factory=list)
     converged: bool = False
+    passes: list[np.ndarray] = field(default_factory=list)
 
 
 def iterate_centroids(
@@ -65,6 +69,7 @@ def iterate_centroids(
     *,
     max_iterations: int = 5,
     tolerance: float = 1e-3,
+    keep_passes: bool = False,
 ) -> TwoStageResult:
     """Segment, estimate centroids, re-segment with their distances until the labels settle (§3.4).
 
@@ -84,6 +89,8 @@ def iterate_centroids(
         Most passes of the full network (>= 1).
     tolerance : float
         Stop once a pass changes at most this fraction of the brain voxels.
+    keep_passes : bool
+        Keep every segmentation in :attr:`TwoStageResult.passes`.
 
     Returns
     -------
@@ -101,6 +108,8 @@ def iterate_centroids(
     brain = np.asarray(mask, bool)
     classes = np.asarray(first_stage())
     result = TwoStageResult(classes)
+    if keep_passes:
+        result.passes.append(classes)
     for iteration in range(1, max_iterations + 1):
         present = np.unique(classes[brain & (classes > 0) & (classes <= num_regions)])
         if len(present) < 2:
@@ -112,6 +121,8 @@ def iterate_centroids(
         changed = float(np.count_nonzero((new != classes) & brain)) / max(int(brain.sum()), 1)
         result.changed.append(changed)
         result.iterations, result.classes, classes = iteration, new, new
+        if keep_passes:
+            result.passes.append(new)
         log.info(
             "centroid pass %d: %.4f of brain voxels changed, %d regions missing", iteration, changed, result.missing[-1]
         )
