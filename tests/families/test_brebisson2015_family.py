@@ -258,3 +258,10 @@ def test_brebisson_trains_segments_evaluates_and_is_described(tmp_path, tiny_man
     assert refinement_main([str(model_dir), "--max-iterations", "1", "--no-progress"]) == 0
     table = (model_dir / "refinement.md").read_text()
     assert "| first stage | 1 |" in table and "| pass 1 | 1 |" in table and "| pass 2 " not in table
+    # the card shows the error rate per case and, once refinement.md exists, the passes
+    from brainseg.training.model_card import write_model_card
+
+    card = write_model_card(model_dir).read_text()
+    assert "| case | mean Dice | mean HD (mm) | mean MSD (mm) | error rate |" in card
+    assert "| error rate (structure voxels misclassified, mean over cases) |" in card
+    assert "## Iterative inference, pass by pass" in card and "| pass 1 | 1 |" in card

@@ -227,7 +227,7 @@ def run_ablation(
         scores = evaluate_validation(model, progress=progress, error_rates=error_rates)
         write_scores_csv(run / "validation.csv", scores)
         write_scores_json(run / "validation.json", scores)
-        write_model_card(run, scores=scores)
+        write_model_card(run, scores=scores, error_rates=error_rates)
         minutes = json.loads((run / "training.json").read_text())["elapsed_s"] / 60
         row = AblationRow(
             name,

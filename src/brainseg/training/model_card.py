@@ -96,7 +96,12 @@ def _fmt(v: float, digits: int = 3) -> str:
     return "n/a" if not math.isfinite(v) else f"{v:.{digits}f}"
 
 
-def write_model_card(model_dir: str | Path, progress: bool = False, scores: list[StructureScore] | None = None) -> Path:
+def write_model_card(
+    model_dir: str | Path,
+    progress: bool = False,
+    scores: list[StructureScore] | None = None,
+    error_rates: dict[str, float] | None = None,
+) -> Path:
     """Evaluate on the validation cases and write ``model_card.md``, ``validation.csv`` and ``validation.json``.
 
     Parameters
@@ -107,11 +112,20 @@ def write_model_card(model_dir: str | Path, progress: bool = False, scores: list
         Show progress bars.
     scores : list of StructureScore, optional
         Already computed validation scores (skips the evaluation).
+    error_rates : dict of str to float, optional
+        With ``scores``: the cases' error rates (:func:`evaluate_validation`), shown beside them.
+
+    Notes
+    -----
+    A ``refinement.md`` in the folder (:mod:`brainseg.training.refinement`: the passes of an iterative
+    inference, scored) is copied into the card.
     """
     model_dir = Path(model_dir)
     model = load_model_folder(model_dir)
     if scores is None:
-        scores = evaluate_validation(model, progress)
+        error_rates = {}
+        scores = evaluate_validation(model, progress, error_rates=error_rates)
+    error_rates = error_rates or {}
     write_scores_csv(model_dir / "validation.csv", scores)
     write_scores_json(model_dir / "validation.json", scores)
     mean = summarize(scores)
@@ -191,13 +205,22 @@ def write_model_card(model_dir: str | Path, progress: bool = False, scores: list
         f"| HD95 | {_fmt(mean['hd95'], 2)} |",
         f"| mean surface distance (d_msd, mean of the two directed means) | {_fmt(mean['msd'], 3)} |",
         f"| volumetric similarity | {_fmt(mean['volumetric_similarity'], 4)} |",
+    ]
+    rated = bool(error_rates) and all(case in error_rates for case in per_case)
+    if rated:
+        rate = sum(error_rates[case] for case in per_case) / len(per_case)
+        lines.append(f"| error rate (structure voxels misclassified, mean over cases) | {_fmt(rate, 4)} |")
+    lines += [
         "",
-        "| case | mean Dice | mean HD (mm) | mean MSD (mm) |",
-        "|---|---:|---:|---:|",
+        "| case | mean Dice | mean HD (mm) | mean MSD (mm) |" + (" error rate |" if rated else ""),
+        "|---|---:|---:|---:|" + ("---:|" if rated else ""),
     ]
     for case_id, rows in per_case.items():
         m = summarize(rows)
-        lines.append(f"| {case_id} | {_fmt(m['dice'], 4)} | {_fmt(m['hausdorff'], 2)} | {_fmt(m['msd'], 3)} |")
+        lines.append(
+            f"| {case_id} | {_fmt(m['dice'], 4)} | {_fmt(m['hausdorff'], 2)} | {_fmt(m['msd'], 3)} |"
+            + (f" {_fmt(error_rates[case_id], 4)} |" if rated else "")
+        )
     lines += [
         "",
         "### Per structure (mean over validation cases)",
@@ -211,6 +234,8 @@ def write_model_card(model_dir: str | Path, progress: bool = False, scores: list
             f"| {label} | {name} | {_fmt(m['dice'])} | {_fmt(m['hausdorff'], 2)} | {_fmt(m['hd95'], 2)} "
             f"| {_fmt(m['msd'])} | {_fmt(m['volumetric_similarity'])} |"
         )
+    if (model_dir / "refinement.md").is_file():
+        lines += ["", "## Iterative inference, pass by pass", "", (model_dir / "refinement.md").read_text().rstrip()]
     path = model_dir / "model_card.md"
     kept = _hand_written_sections(path)
     return atomic_write_text(path, "\n".join(lines + ([""] + kept if kept else [])) + "\n")
