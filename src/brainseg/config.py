@@ -25,6 +25,7 @@ __all__ = [
     "BrebissonConfig",
     "AnyModelConfig",
     "DeepNATConfig",
+    "MixNetConfig",
     "ModelConfig",
     "TrainingConfig",
     "Config",
@@ -317,8 +318,106 @@ class BrebissonConfig:
         return 0.0
 
 
+#: The planes a MixNet can segment in (:data:`brainseg.sampling.orthogonal.ORTHOGONAL_PLANES`).
+MIXNET_PLANES = ("sagittal", "coronal", "axial")
+
+
+@dataclass(frozen=True)
+class MixNetConfig:
+    """Chen and Merhof's MixNet on whole slices, one network per view (2018; :mod:`brainseg.families.chen2018`).
+
+    Attributes
+    ----------
+    name : str
+        Registered model name (``'mixnet'``).
+    num_classes : int
+        Classes including background; 0 (the default) means "from the label table".
+    version : {1, 2, 3}
+        MixNetv1, v2 or v3 (paper Table 1; :class:`brainseg.models.chen2018.MixNet`).
+    filters : int
+        Dilated-convolution width ``F``; 0 (the default) means the paper's for the version (72, 24, 24).
+    pool : bool
+        Pool in the InitUnit and upscale in the OutputUnit (the paper's setting).
+    planes : tuple of str
+        The views, each segmented by its own network (section 2.3: sagittal, coronal, axial).
+    shared_views : bool
+        One network trained on the slices of every listed plane (the paper's open question) instead of
+        one network per plane.
+    view_weights : tuple of float
+        Fusion weight of each plane's probabilities, in ``planes`` order; empty (the default) means
+        equal weights. The paper's 1:1:4 (sagittal, coronal, axial) is for anisotropic scans.
+    crop : int
+        Side, in pixels, of the square training crops drawn from the slices.
+    reference_space : bool
+        Register every scan to the reference template and segment there (not in the paper).
+    """
+
+    name: str = "mixnet"
+    num_classes: int = 0
+    version: int = 2
+    filters: int = 0
+    pool: bool = True
+    planes: tuple[str, ...] = MIXNET_PLANES
+    shared_views: bool = False
+    view_weights: tuple[float, ...] = ()
+    crop: int = 128
+    reference_space: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse values the networks cannot take, naming the setting."""
+
+        def is_int(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        if not is_int(self.num_classes) or self.num_classes == 1 or self.num_classes < 0:
+            raise InputError(f"num_classes must be 0 (from the label table) or at least 2, got {self.num_classes!r}")
+        if not is_int(self.version) or self.version not in (1, 2, 3):
+            raise InputError(f"version must be 1, 2 or 3 (MixNetv1, v2, v3), got {self.version!r}")
+        if not is_int(self.filters) or self.filters < 0:
+            raise InputError(f"filters must be an integer >= 1, or 0 for the paper's width, got {self.filters!r}")
+        for key in ("pool", "shared_views", "reference_space"):
+            if not isinstance(getattr(self, key), bool):
+                raise InputError(f"{key} must be true or false, got {getattr(self, key)!r}")
+        planes = self.planes
+        if not planes or any(p not in MIXNET_PLANES for p in planes) or len(set(planes)) != len(planes):
+            raise InputError(f"planes must be distinct names among {', '.join(MIXNET_PLANES)}; got {list(planes)}")
+        weights = self.view_weights
+        if weights and (
+            len(weights) != len(planes)
+            or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0 for w in weights)
+            or not sum(weights) > 0
+        ):
+            raise InputError(
+                f"view_weights needs one number >= 0 per plane ({len(planes)}: {', '.join(planes)}), not all 0, "
+                f"or none for equal weights; got {list(weights)}"
+            )
+        if not is_int(self.crop) or self.crop < 8:
+            raise InputError(f"crop must be a number of pixels >= 8, got {self.crop!r}")
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the model works in the reference space (only when asked: MixNet reads no prior)."""
+        return self.reference_space
+
+    @property
+    def batch_norm(self) -> bool:
+        """Always True: every DilateResUnit normalises before its convolutions (section 2.1)."""
+        return True
+
+    @property
+    def dropout(self) -> float:
+        """Always 0: MixNet has no dropout."""
+        return 0.0
+
+    @property
+    def fusion_weights(self) -> tuple[float, ...]:
+        """The view weights normalised to sum 1 (equal when ``view_weights`` is empty)."""
+        weights = self.view_weights or (1.0,) * len(self.planes)
+        return tuple(float(w) / float(sum(weights)) for w in weights)
+
+
 #: A model section of any family: the dataclass :data:`MODEL_CONFIGS` picks by ``model.name``.
-AnyModelConfig = ModelConfig | DeepNATConfig | BrebissonConfig
+AnyModelConfig = ModelConfig | DeepNATConfig | BrebissonConfig | MixNetConfig
 
 #: Model names -> the dataclass their ``model:`` section is read into. A name not listed here (a family
 #: registered by other code) is read as a :class:`ModelConfig`; :func:`brainseg.families.family_of` refuses
@@ -328,6 +427,7 @@ MODEL_CONFIGS: dict[str, type] = {
     "ganaye2018": ModelConfig,
     "deepnat": DeepNATConfig,
     "brebisson2015": BrebissonConfig,
+    "mixnet": MixNetConfig,
 }
 
 

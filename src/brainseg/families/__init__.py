@@ -9,7 +9,7 @@ methods of :class:`Family`.
 
 The model folder names its family: ``model.name`` in its ``config.yaml`` (``basenet`` or
 ``ganaye2018`` for Ganaye et al. 2018, ``deepnat`` for Wachinger et al. 2018, ``brebisson2015`` for de
-Brébisson and Montana 2015) is looked up in
+Brébisson and Montana 2015, ``mixnet`` for Chen and Merhof 2018) is looked up in
 :data:`FAMILIES_BY_MODEL`. A new family subclasses :class:`Family`, implements its abstract methods,
 and registers its model names there; a family with its own model settings adds their dataclass to
 :data:`brainseg.config.MODEL_CONFIGS`. Every model configuration has ``name``, ``num_classes``,
@@ -217,6 +217,7 @@ def family_of(cfg: AnyModelConfig) -> Family:
 
 def _register() -> None:
     from brainseg.families.brebisson2015 import BREBISSON2015
+    from brainseg.families.chen2018 import CHEN2018
     from brainseg.families.ganaye2018 import GANAYE2018
     from brainseg.families.wachinger2018 import WACHINGER2018
 
@@ -224,6 +225,7 @@ def _register() -> None:
         FAMILIES_BY_MODEL[name] = GANAYE2018
     FAMILIES_BY_MODEL["deepnat"] = WACHINGER2018
     FAMILIES_BY_MODEL["brebisson2015"] = BREBISSON2015
+    FAMILIES_BY_MODEL["mixnet"] = CHEN2018
 
 
 _register()

@@ -1,0 +1,190 @@
+"""Dense inference of MixNet (Chen and Merhof 2018, section 2.3): every view's slices, the views fused.
+
+L. Chen, D. Merhof, "MixNet: Multi-modality Mix Network for Brain Segmentation", BrainLes 2018, LNCS
+11383, Springer 2019. doi:10.1007/978-3-030-11723-8_37, arXiv:2004.09832.
+
+For each plane of a :class:`~brainseg.families.chen2018.MixNetViews`, every slice of the cropped
+volume (:class:`~brainseg.families.chen2018.MixNetInputs`) that holds brain voxels goes through the
+plane's network in eval mode, a few slices at a time, padded to even sides when the InitUnit pools and
+cropped back; the softmax probabilities are gathered at the brain voxels (back to volume order) and
+averaged over the views with the fusion weights. The networks are fully convolutional, so nothing
+needs converting: what the training crops went through is what a whole slice goes through.
+
+Memory: the fused probabilities are kept at the brain voxels only, ``4 C N`` bytes for ``C`` classes
+and ``N`` brain voxels (about 0.8 GB for 135 classes and 1.5 million voxels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from brainseg.families.chen2018 import PLANE_AXIS, MixNetInputs, MixNetViews, slice_along
+
+__all__ = ["SLICE_BATCH", "predict_mixnet", "view_probabilities"]
+
+#: Slices per network pass.
+SLICE_BATCH = 8
+
+
+def _prepare(
+    network: MixNetViews, inputs: MixNetInputs, mask: np.ndarray, slice_batch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The mask on the crop's grid and its voxel numbers (-1 elsewhere), checking the call."""
+    if any(m.training for m in network.modules()):
+        raise ValueError("call network.eval() before inference")
+    if slice_batch < 1:
+        raise ValueError(f"slice_batch must be >= 1, got {slice_batch}")
+    if network.num_classes > 256:
+        raise ValueError(f"the class map is uint8: at most 256 classes, the network has {network.num_classes}")
+    mask = np.asarray(mask, bool)
+    inside = inputs.crop(mask, False)
+    if inside.sum() != mask.sum():
+        raise ValueError("the brain mask reaches outside the box the inputs were cropped to")
+    number = np.full(inside.shape, -1, np.int32)
+    number[inside] = np.arange(int(inside.sum()), dtype=np.int32)
+    return inside, number
+
+
+def _bias(network: MixNetViews, logit_bias: np.ndarray | None) -> torch.Tensor | None:
+    if logit_bias is None:
+        return None
+    bias = torch.as_tensor(np.asarray(logit_bias, np.float32))
+    if tuple(bias.shape) != (network.num_classes,):
+        raise ValueError(f"logit_bias has shape {tuple(bias.shape)}, the network {network.num_classes} classes")
+    return bias.to(next(network.parameters()).device)
+
+
+def _accumulate(
+    network: MixNetViews,
+    inputs: MixNetInputs,
+    inside: np.ndarray,
+    number: np.ndarray,
+    plane: str,
+    weight: float,
+    into: np.ndarray,
+    bias: torch.Tensor | None,
+    slice_batch: int,
+    progress: bool,
+) -> None:
+    """Add ``weight`` times ``plane``'s softmax at the brain voxels to ``into`` ``(C, N)``."""
+    net, axis = network.for_plane(plane), PLANE_AXIS[plane]
+    device = next(network.parameters()).device
+    other = tuple(a for a in range(3) if a != axis)
+    brain_slices = np.flatnonzero(inside.any(axis=other))
+    chunks = [brain_slices[i : i + slice_batch] for i in range(0, len(brain_slices), slice_batch)]
+    for chunk in tqdm(chunks, desc=plane, disable=not progress, unit="batch"):
+        x = np.stack([slice_along(inputs.image, axis, s) for s in chunk])[:, None]
+        a, b = x.shape[-2:]
+        if network.pool:  # even sides: every pooling cell holds 2 x 2 pixels, as in training crops
+            x = np.pad(x, ((0, 0), (0, 0), (0, a % 2), (0, b % 2)), constant_values=np.float32(inputs.background))
+        logits = net(torch.from_numpy(x).to(device))[..., :a, :b]
+        if bias is not None:
+            logits = logits + bias[:, None, None]
+        p = torch.softmax(logits, dim=1).cpu().numpy()
+        for j, s in enumerate(chunk):
+            ids = slice_along(number, axis, s)
+            sel = ids >= 0
+            into[:, ids[sel]] += weight * p[j][:, sel]
+
+
+@torch.no_grad()
+def view_probabilities(
+    network: MixNetViews,
+    inputs: MixNetInputs,
+    mask: np.ndarray,
+    plane: str,
+    *,
+    logit_bias: np.ndarray | None = None,
+    slice_batch: int = SLICE_BATCH,
+    progress: bool = False,
+) -> np.ndarray:
+    """One view's softmax probabilities ``(C, N)`` float32 at the brain voxels (``np.argwhere(mask)`` order).
+
+    Every slice of the cropped volume along ``plane`` that holds brain voxels goes through the
+    plane's network (``slice_batch`` at a time; padded to even sides when the InitUnit pools, then
+    cropped back). ``logit_bias`` ``(C,)`` is added to the logits before the softmax.
+
+    Raises
+    ------
+    ValueError
+        If the network is in training mode, ``plane`` is not one of its views, the mask does not fit,
+        ``logit_bias`` has the wrong shape or ``slice_batch`` < 1.
+    """
+    inside, number = _prepare(network, inputs, mask, slice_batch)
+    out = np.zeros((network.num_classes, int(inside.sum())), np.float32)
+    _accumulate(network, inputs, inside, number, plane, 1.0, out, _bias(network, logit_bias), slice_batch, progress)
+    return out
+
+
+@torch.no_grad()
+def predict_mixnet(
+    network: MixNetViews,
+    inputs: MixNetInputs,
+    mask: np.ndarray,
+    *,
+    probabilities: bool = False,
+    probability_dtype: type = np.float16,
+    progress: bool = False,
+    logit_bias: np.ndarray | None = None,
+    weights: Sequence[float] | None = None,
+    slice_batch: int = SLICE_BATCH,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Multi-view inference (section 2.3): each view's probabilities, fused by weights, arg-max in the mask.
+
+    Parameters
+    ----------
+    network : MixNetViews
+        In eval mode.
+    inputs : MixNetInputs
+    mask : ndarray of bool, shape (D, H, W)
+        Brain mask on the working grid; voxels outside are background.
+    probabilities : bool
+        Also return the fused probabilities.
+    probability_dtype : numpy dtype
+        Their storage type.
+    progress : bool
+        Show a progress bar per view.
+    logit_bias : ndarray of float, shape (C,), optional
+        Added to every view's logits before its softmax (the sampling prior's correction).
+    weights : sequence of float, optional
+        Fusion weights in ``network.planes`` order (normalised here); default ``network.view_weights``.
+        Views of weight 0 are not run.
+    slice_batch : int
+        Slices per network pass.
+
+    Returns
+    -------
+    classes : ndarray of uint8, shape (D, H, W)
+        Arg-max of the fused probabilities in the mask, 0 outside.
+    probabilities : ndarray of ``probability_dtype``, shape (C, D, H, W), or None
+        The fused probabilities, background 1 outside the mask; when asked.
+
+    Raises
+    ------
+    ValueError
+        If the network is in training mode, the mask does not fit the inputs, the weights or
+        ``logit_bias`` have the wrong shape, or ``slice_batch`` < 1.
+    """
+    inside, number = _prepare(network, inputs, mask, slice_batch)
+    weights = network.view_weights if weights is None else tuple(float(w) for w in weights)
+    if len(weights) != len(network.planes) or min(weights) < 0 or not sum(weights) > 0:
+        raise ValueError(f"need one weight >= 0 per plane {network.planes}, not all 0; got {weights}")
+    bias = _bias(network, logit_bias)
+    fused = np.zeros((network.num_classes, int(inside.sum())), np.float32)
+    for plane, weight in zip(network.planes, weights):
+        if weight > 0:
+            w = weight / sum(weights)
+            _accumulate(network, inputs, inside, number, plane, w, fused, bias, slice_batch, progress)
+    mask = np.asarray(mask, bool)
+    classes = np.zeros(mask.shape, np.uint8)
+    classes[mask] = fused.argmax(axis=0)
+    probs = None
+    if probabilities:
+        probs = np.zeros((network.num_classes,) + mask.shape, probability_dtype)
+        probs[0] = 1
+        probs[:, mask] = fused
+    return classes, probs
