@@ -236,10 +236,11 @@ class SliceSampler:
         self.inputs, self.planes, self.crop = inputs, tuple(planes), int(crop)
         inside = inputs.crop(np.asarray(mask, bool), False)
         #: Targets on the crop's grid: the class inside the brain mask, -1 (ignored) elsewhere.
-        self.targets = np.where(inside, inputs.crop(np.asarray(classes), 0), -1).astype(np.int16)
+        self.targets = np.where(inside, inputs.crop(np.asarray(classes, np.int16), 0), np.int16(-1))
         self.counts = np.bincount(self.targets[inside].astype(np.int64))
         self.voxels = np.argwhere(inside).astype(np.int32)
-        self._slices = {}  # plane -> (voxel order by slice, slice indices, first voxel, count)
+        # plane -> (voxel order by slice, slice indices, first voxel of each, voxels in each)
+        self._slices: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         for plane in self.planes:
             order = np.argsort(self.voxels[:, PLANE_AXIS[plane]], kind="stable").astype(np.int32)
             ids, first, count = np.unique(self.voxels[order, PLANE_AXIS[plane]], return_index=True, return_counts=True)
@@ -266,7 +267,8 @@ class SliceSampler:
 
         The plane is drawn uniformly, then a slice among those holding brain voxels, then a brain voxel
         of that slice, and the window is placed so that it holds that voxel at a uniform offset. Pixels
-        outside the image are the background intensity; targets are -1 outside the brain mask.
+        outside the inputs' crop (the brain's box plus :data:`MARGIN`) are the background intensity, as
+        at inference; targets are -1 outside the brain mask.
 
         Raises
         ------
