@@ -449,8 +449,16 @@ class TrainingConfig:
         Patches per SGD step (paper: 256).
     learning_rate, momentum, weight_decay : float
         SGD with momentum; L2 weight decay.
+    nesterov : bool
+        Nesterov momentum (``torch.optim.SGD(nesterov=True)``; needs ``momentum`` > 0).
     poly_power : float
-        Poly policy ``lr = lr0 (1 - epoch / epochs) ** power``, updated per epoch.
+        Poly policy ``lr = lr0 (1 - epoch / epochs) ** power``, updated per epoch (unless ``lr_milestones``).
+    lr_milestones : tuple of float
+        Fractions of ``epochs``, increasing, each in (0, 1), at which the learning rate is halved: epoch
+        ``e`` (0-based) trains at ``lr0 * 0.5 ** k``, ``k`` the number of fractions ``f`` with ``e >= f *
+        epochs`` (:mod:`brainseg.training.schedule`). Non-empty, it replaces the poly policy and
+        ``poly_power`` is ignored. Chen and Merhof (2018, section 3.1): 0.2, 0.4, 0.6, 0.75, 0.8, 0.85,
+        0.9, 0.95.
     sampling : str
         ``'uniform'`` (voxels uniform in the brain mask) or ``'balanced'``
         (class drawn uniformly, then a voxel of that class).
@@ -469,7 +477,8 @@ class TrainingConfig:
         Weights of the BaseNet and DistBranch auxiliary losses in the global
         loss (paper section 3.3); the main loss has weight 1.
     augment : bool
-        Rescale and rotate the largest 2-D patch at random (section 3.3).
+        Rescale and rotate the largest 2-D patch at random (section 3.3); other families augment their
+        own way (MixNet: :mod:`brainseg.sampling.slice_augmentation`).
     augment_scale : tuple of 2 float
         Range of the scale factor (paper: 0.9-1.1).
     augment_rotation_deg : float
@@ -507,7 +516,9 @@ class TrainingConfig:
     learning_rate: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    nesterov: bool = False
     poly_power: float = 0.9
+    lr_milestones: tuple[float, ...] = ()
     sampling: str = "uniform"
     seed: int = 0
     num_threads: int = 0
@@ -523,6 +534,21 @@ class TrainingConfig:
     stop_min_gain: float = 0.0
     stop_epochs: int = 2
     keep_best: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse schedule settings the optimiser cannot take, naming the setting."""
+        if not isinstance(self.nesterov, bool):
+            raise InputError(f"nesterov must be true or false, got {self.nesterov!r}")
+        if self.nesterov and not self.momentum > 0:
+            raise InputError(f"nesterov: true needs momentum > 0, got momentum {self.momentum!r}")
+        fractions = self.lr_milestones
+        if any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1 for f in fractions) or any(
+            b <= a for a, b in zip(fractions, fractions[1:])
+        ):
+            raise InputError(
+                f"lr_milestones must be increasing fractions of the epochs, each in (0, 1) (e.g. [0.2, 0.4]), "
+                f"or empty for the poly policy; got {list(fractions)}"
+            )
 
 
 @dataclass(frozen=True)

@@ -155,11 +155,11 @@ def test_sampler_crops_by_hand_around_a_one_voxel_brain():
         assert checked > 0
 
 
-def test_sampler_refuses_augmentation_and_other_sampling_and_gives_the_brains_frequencies():
+def test_sampler_augments_refuses_other_sampling_and_gives_the_brains_frequencies():
     image, mask, classes = _case()
     sampler = SliceSampler(MixNetInputs.of(image, mask, BACKGROUND), classes, mask, PLANES, 16)
-    with pytest.raises(InputError, match="no augmentation"):
-        sampler.draw(2, np.random.default_rng(0), TrainingConfig(augment=True))
+    batch, targets = sampler.draw(4, np.random.default_rng(0), TrainingConfig(augment=True))
+    assert batch["slices"].shape == (4, 1, 16, 16) and targets.shape == (4, 16, 16) and targets.dtype == np.int16
     with pytest.raises(InputError, match="training.sampling must be 'uniform'"):
         sampler.draw(2, np.random.default_rng(0), TrainingConfig(sampling="balanced"))
     with pytest.raises(InputError, match="training.sampling must be 'uniform'"):
@@ -278,6 +278,10 @@ def test_labels_name_the_version_views_and_fusion():
     text = CHEN2018.describe(config(filters=4, crop=16, pool=False))
     assert text.startswith("MixNetv2, 3 views") and "F = 4" in text and "no pooling" in text
     assert "16 x 16 crops" in text and "no augmentation" in text
+    augmented = Config(MixNetConfig(num_classes=3), TrainingConfig(augment=True))
+    assert "one of elastic, scale, 45-degree rotation, translation or left-right flip per crop" in CHEN2018.describe(
+        augmented
+    )
 
 
 # -- through the command line ---------------------------------------------------------------------

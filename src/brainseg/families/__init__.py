@@ -24,7 +24,9 @@ The shapes every family shares:
 - *case inputs*: whatever the family computes once per image (:meth:`Family.case_inputs`), opaque
   to the shared code, read back by the family's sampler and predictor;
 - a *case sampler* (:class:`CaseSampler`): draws training batches of one case and knows the class
-  frequencies of what it draws (for the sampling prior, :mod:`brainseg.postprocessing.prior`).
+  frequencies of what it draws (for the sampling prior, :mod:`brainseg.postprocessing.prior`); training
+  asks for it with the run's label table (:meth:`Family.case_sampler_with_labels`), which a family may
+  read and by default does not.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from torch import nn
 
 from brainseg.config import AnyModelConfig, Config, TrainingConfig
 from brainseg.features.atlas import ProbabilisticAtlas
+from brainseg.labels import LabelTable
 
 __all__ = ["CaseSampler", "FAMILIES_BY_MODEL", "Family", "family_of"]
 
@@ -140,6 +143,17 @@ class Family(ABC):
         mask : ndarray of bool, shape (D, H, W)
             Brain mask on the working grid.
         """
+
+    def case_sampler_with_labels(
+        self, cfg: AnyModelConfig, inputs: Any, classes: np.ndarray, mask: np.ndarray, labels: LabelTable
+    ) -> CaseSampler:
+        """The training sampler of one case, told the run's label table (what training calls).
+
+        The default is :meth:`case_sampler`, the table unused. A family whose sampler needs to know what
+        the classes are overrides this one (MixNet's left-right flips swap each left structure's class
+        with its right counterpart, found by name); ``labels`` is the table ``classes`` index.
+        """
+        return self.case_sampler(cfg, inputs, classes, mask)
 
     @abstractmethod
     def loss(

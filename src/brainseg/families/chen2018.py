@@ -6,7 +6,8 @@ L. Chen, D. Merhof, "MixNet: Multi-modality Mix Network for Brain Segmentation",
 The network is :class:`brainseg.models.chen2018.MixNet` (section 2.1); this module wires it to
 :class:`brainseg.families.Family` (model name ``mixnet``, settings :class:`brainseg.config.MixNetConfig`)
 and adds what segmenting whole slices needs: the image cropped to the brain (:class:`MixNetInputs`), one
-network per plane or one for all (:class:`MixNetViews`), the slice sampler (:class:`SliceSampler`), the
+network per plane or one for all (:class:`MixNetViews`), the slice sampler (:class:`SliceSampler`, from
+:mod:`brainseg.sampling.slices`, with :mod:`brainseg.sampling.slice_augmentation`), the
 loss, and the multi-view inference (section 2.3: every plane's slices through its network, the
 probability maps fused by weights; :mod:`brainseg.inference.dense_mixnet`).
 
@@ -27,11 +28,17 @@ Deviations from the paper
 - Fusion (section 2.3) is the weighted mean of the views' softmax probabilities, the weights
   ``view_weights`` normalised (default equal; the paper's 1:1:4 is for anisotropic scans). ``shared_views``
   answers the paper's open question: one network trained on the slices of every plane.
-- Loss: cross-entropy averaged over a batch's labelled pixels; brainseg's schedule (SGD with momentum,
-  poly decay), not the authors' code's (Nesterov momentum 0.99, learning rate 1e-4 decaying by 0.85
-  per 10,000 steps, batch 4).
-- No augmentation yet: ``training.augment: true`` is refused (the paper's is to come). Only
-  ``training.sampling: uniform`` exists (slices, not voxels, are drawn); the sampling prior's
+- Loss: cross-entropy averaged over a batch's labelled pixels. The schedule is brainseg's (SGD with
+  momentum, poly decay) unless set otherwise: the paper's (section 3.1) is ``nesterov: true``, ``momentum:
+  0.99``, ``learning_rate: 2e-4`` halved at ``lr_milestones: [0.2, 0.4, 0.6, 0.75, 0.8, 0.85, 0.9, 0.95]``,
+  ``weight_decay: 1e-3`` (on every parameter; the authors' code spared batch norm's).
+- ``training.augment: true`` gives each training crop at most one of the paper's transforms (section
+  3.2, never stacked): elastic, scale, rotation by a multiple of 45 degrees, translation, or a left-right
+  flip with left and right classes swapped (coronal and axial crops only), each with probability 1/6
+  (1/5 in sagittal crops, which cannot be flipped); see :mod:`brainseg.sampling.slice_augmentation`.
+  Its scales and angles are the paper's constants: ``augment_scale`` and ``augment_rotation_deg`` are
+  BaseNet's and must keep their defaults.
+- Only ``training.sampling: uniform`` exists (slices, not voxels, are drawn); the sampling prior's
   frequencies are the brain's, so it corrects nothing.
 """
 
@@ -49,8 +56,11 @@ from brainseg.config import MIXNET_PLANES, Config, MixNetConfig, TrainingConfig
 from brainseg.errors import InputError
 from brainseg.families import Family
 from brainseg.features.atlas import ProbabilisticAtlas
+from brainseg.labels import LabelTable
 from brainseg.models.chen2018 import PARAMETER_COUNTS, MixNet
-from brainseg.sampling.orthogonal import ORTHOGONAL_PLANES
+from brainseg.sampling.slice_augmentation import left_right_permutation
+from brainseg.sampling.slices import PLANE_AXIS, SliceSampler, slice_along
+from brainseg.sampling.slices import box as _box
 
 __all__ = [
     "CHEN2018",
@@ -65,25 +75,6 @@ __all__ = [
 
 #: Background voxels kept around the brain's bounding box (context for the slices' borders).
 MARGIN = 8
-#: The array axis each plane's slices are taken along (the axis not in :data:`ORTHOGONAL_PLANES`).
-PLANE_AXIS: dict[str, int] = {plane: 3 - sum(axes) for plane, axes in ORTHOGONAL_PLANES.items()}
-
-
-def _box(volume: np.ndarray, low: Sequence[int], size: Sequence[int], fill: float | int | bool) -> np.ndarray:
-    """``volume[low : low + size]`` (any number of axes), ``fill`` where the box leaves the volume."""
-    low, size = np.asarray(low, np.int64), tuple(int(s) for s in size)
-    out = np.full(size, fill, dtype=volume.dtype)
-    lo, hi = np.maximum(low, 0), np.minimum(low + size, volume.shape)
-    if (hi > lo).all():
-        out[tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, low))] = volume[
-            tuple(slice(a, b) for a, b in zip(lo, hi))
-        ]
-    return out
-
-
-def slice_along(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """Slice ``index`` along ``axis`` of a 3-D array (a view; the two other axes in array order)."""
-    return volume[(slice(None),) * axis + (int(index),)]
 
 
 @dataclass(frozen=True)
@@ -216,91 +207,6 @@ class MixNetViews(nn.Module):
         return out
 
 
-class SliceSampler:
-    """Training crops of one case's slices: a plane uniformly, a slice holding brain, a window over its brain.
-
-    Parameters
-    ----------
-    inputs : MixNetInputs
-    classes : ndarray of uint8, shape (D, H, W)
-        Reference class indices on the working grid.
-    mask : ndarray of bool, shape (D, H, W)
-        Brain mask on the working grid.
-    planes : sequence of str
-        The views; a draw's ``plane`` indexes them.
-    crop : int
-        Side of the square crops, in pixels.
-    """
-
-    def __init__(self, inputs: MixNetInputs, classes: np.ndarray, mask: np.ndarray, planes: Sequence[str], crop: int):
-        self.inputs, self.planes, self.crop = inputs, tuple(planes), int(crop)
-        inside = inputs.crop(np.asarray(mask, bool), False)
-        #: Targets on the crop's grid: the class inside the brain mask, -1 (ignored) elsewhere.
-        self.targets = np.where(inside, inputs.crop(np.asarray(classes, np.int16), 0), np.int16(-1))
-        self.counts = np.bincount(self.targets[inside].astype(np.int64))
-        self.voxels = np.argwhere(inside).astype(np.int32)
-        # plane -> (voxel order by slice, slice indices, first voxel of each, voxels in each)
-        self._slices: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
-        for plane in self.planes:
-            order = np.argsort(self.voxels[:, PLANE_AXIS[plane]], kind="stable").astype(np.int32)
-            ids, first, count = np.unique(self.voxels[order, PLANE_AXIS[plane]], return_index=True, return_counts=True)
-            self._slices[plane] = (order, ids, first, count)
-
-    def class_frequencies(self, num_classes: int, mode: str) -> np.ndarray:
-        """The brain's class frequencies ``(num_classes,)`` (``mode`` must be ``'uniform'``).
-
-        Slices are not voxels: the exact expectation of the crops' labelled pixels is not computed, so
-        the sampling prior's correction is nil.
-
-        Raises
-        ------
-        InputError
-            If ``mode`` is not ``'uniform'``.
-        """
-        _check_sampling(mode)
-        out = np.zeros(num_classes)
-        out[: len(self.counts)] = self.counts / self.counts.sum()
-        return out
-
-    def draw(self, n: int, rng: np.random.Generator, tc: TrainingConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """``n`` crops: ``{'slices': (n, 1, crop, crop) float32, 'plane': (n,) int64}`` and targets ``(n, crop, crop)`` int16.
-
-        The plane is drawn uniformly, then a slice among those holding brain voxels, then a brain voxel
-        of that slice, and the window is placed so that it holds that voxel at a uniform offset. Pixels
-        outside the inputs' crop (the brain's box plus :data:`MARGIN`) are the background intensity, as
-        at inference; targets are -1 outside the brain mask.
-
-        Raises
-        ------
-        InputError
-            If ``tc.augment`` is on or ``tc.sampling`` is not ``'uniform'``.
-        """
-        if tc.augment:
-            raise InputError("mixnet has no augmentation yet (the paper's is to come); set training.augment: false")
-        _check_sampling(tc.sampling)
-        c = self.crop
-        which = rng.integers(len(self.planes), size=n)
-        slices = np.empty((n, 1, c, c), np.float32)
-        targets = np.empty((n, c, c), np.int16)
-        for i, k in enumerate(which):
-            plane = self.planes[k]
-            order, ids, first, count = self._slices[plane]
-            j = rng.integers(len(ids))
-            voxel = self.voxels[order[first[j] + rng.integers(count[j])]]
-            low = voxel[list(ORTHOGONAL_PLANES[plane])] - rng.integers(c, size=2)
-            axis, index = PLANE_AXIS[plane], voxel[PLANE_AXIS[plane]]
-            slices[i, 0] = _box(
-                slice_along(self.inputs.image, axis, index), low, (c, c), np.float32(self.inputs.background)
-            )
-            targets[i] = _box(slice_along(self.targets, axis, index), low, (c, c), -1)
-        return {"slices": slices, "plane": which.astype(np.int64)}, targets
-
-
-def _check_sampling(mode: str) -> None:
-    if mode != "uniform":
-        raise InputError(f"mixnet draws slices uniformly: training.sampling must be 'uniform', got {mode!r}")
-
-
 class MixNetFamily(Family):
     """Chen and Merhof (2018); model name ``mixnet``."""
 
@@ -343,7 +249,11 @@ class MixNetFamily(Family):
             text += f", F = {cfg.filters}"
         if not cfg.pool:
             text += ", no pooling"
-        text += f", trained on {cfg.crop} x {cfg.crop} crops, cross-entropy, no augmentation"
+        text += f", trained on {cfg.crop} x {cfg.crop} crops, cross-entropy, " + (
+            "one of elastic, scale, 45-degree rotation, translation or left-right flip per crop"
+            if config.training.augment
+            else "no augmentation"
+        )
         if cfg.needs_reference:
             text += ", in the reference space (affine registration)"
         return text
@@ -372,8 +282,14 @@ class MixNetFamily(Family):
     def case_sampler(
         self, cfg: MixNetConfig, inputs: MixNetInputs, classes: np.ndarray, mask: np.ndarray
     ) -> SliceSampler:
-        """A :class:`SliceSampler` of the configuration's planes and crop."""
+        """A :class:`SliceSampler` of the configuration's planes and crop (no label table: it flips no crop)."""
         return SliceSampler(inputs, classes, mask, cfg.planes, cfg.crop)
+
+    def case_sampler_with_labels(
+        self, cfg: MixNetConfig, inputs: MixNetInputs, classes: np.ndarray, mask: np.ndarray, labels: LabelTable
+    ) -> SliceSampler:
+        """A :class:`SliceSampler` that flips crops left-right with the label table's left and right classes swapped."""
+        return SliceSampler(inputs, classes, mask, cfg.planes, cfg.crop, left_right_permutation(labels))
 
     def loss(
         self, network: nn.Module, batch: dict[str, torch.Tensor], targets: torch.Tensor, tc: TrainingConfig

@@ -18,6 +18,7 @@ from brainseg.errors import InputError
 from brainseg.io.atomic import atomic_path, sha256_file
 
 __all__ = [
+    "LATER_SETTINGS",
     "RESUMABLE_CHANGES",
     "check_resumable",
     "content_digest",
@@ -63,17 +64,24 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 #: Settings a resumed run may change: how long it runs, and on how many threads.
 RESUMABLE_CHANGES = ("epochs", "num_threads", "stop_min_gain", "stop_epochs")
+#: Training settings added after checkpoints recorded their settings, with their defaults: left out of
+#: :func:`resume_settings` while at them, so that a checkpoint written before they existed stays resumable.
+LATER_SETTINGS: dict[str, object] = {"nesterov": False, "lr_milestones": []}
 
 
 def resume_settings(config: Config) -> str:
     """The configuration a checkpoint belongs to, as canonical JSON (a plain string: loads with weights_only).
 
-    Leaves out the CRF settings (inference only) and :data:`RESUMABLE_CHANGES`.
+    Leaves out the CRF settings (inference only), :data:`RESUMABLE_CHANGES`, and
+    :data:`LATER_SETTINGS` at their defaults.
     """
     values = config_to_dict(config)
     values.pop("crf", None)  # an inference setting: checkpoints written before it existed stay resumable
     for key in RESUMABLE_CHANGES:
         values["training"].pop(key, None)
+    for key, default in LATER_SETTINGS.items():
+        if values["training"].get(key) == default:
+            values["training"].pop(key)
     return json.dumps(values, sort_keys=True, default=str)
 
 

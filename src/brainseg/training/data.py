@@ -40,7 +40,7 @@ class TrainingCase:
     inputs
         What the network reads from the image (:meth:`brainseg.families.Family.case_inputs`).
     sampler : CaseSampler
-        Draws the case's training batches (:meth:`brainseg.families.Family.case_sampler`).
+        Draws the case's training batches (:meth:`brainseg.families.Family.case_sampler_with_labels`).
     registered : RegisteredImage or None
         The case in the reference space, for reference-space models.
     """
@@ -123,5 +123,5 @@ def load_training_case(
     atlas = reference.atlas if reference is not None else None
     family = family_of(model)
     inputs = family.case_inputs(model, image, mask, affine, prepared.background, atlas)
-    sampler = family.case_sampler(model, inputs, classes, mask)
+    sampler = family.case_sampler_with_labels(model, inputs, classes, mask, labels)
     return TrainingCase(case.case_id, prepared, classes, mask, inputs, sampler, registered)

@@ -163,8 +163,13 @@ def write_model_card(
             if tc.keep_best and "weights_epoch" in training
             else ""
         ),
-        f"- SGD momentum {tc.momentum}, learning rate {tc.learning_rate} with poly decay (power {tc.poly_power}) "
-        f"per epoch, weight decay {tc.weight_decay}, dropout {cfg.dropout}, batch norm {cfg.batch_norm}, seed {tc.seed}",
+        f"- SGD {'Nesterov ' if tc.nesterov else ''}momentum {tc.momentum}, learning rate {tc.learning_rate} "
+        + (
+            f"halved at {', '.join(f'{f:g}' for f in tc.lr_milestones)} of the epochs"
+            if tc.lr_milestones
+            else f"with poly decay (power {tc.poly_power}) per epoch"
+        )
+        + f", weight decay {tc.weight_decay}, dropout {cfg.dropout}, batch norm {cfg.batch_norm}, seed {tc.seed}",
         f"- Intensities: {model.normalization.method}",
         f"- Training time: {training.get('elapsed_s', float('nan')) / 60:.1f} min on {training.get('machine', 'unknown')}",
     ]

@@ -2,7 +2,9 @@
 
 Follows Ganaye et al. (2018, section 3.3): SGD with momentum 0.9, initial
 learning rate 1e-3 decayed by the poly policy (power 0.9) each epoch, batches
-of 256 patches, L2 weight decay and cross-entropy. An epoch is a fixed number
+of 256 patches, L2 weight decay and cross-entropy; ``training.nesterov`` and
+``training.lr_milestones`` give other families' papers their schedules
+(:mod:`brainseg.training.schedule`). An epoch is a fixed number
 of patches (``samples_per_epoch``) drawn afresh from a seeded generator, so a
 resumed run draws the same patches as an uninterrupted one.
 """
@@ -42,6 +44,7 @@ from brainseg.training.checkpoint import (
     save_checkpoint,
 )
 from brainseg.training.data import TrainingCase, load_training_case
+from brainseg.training.schedule import learning_rate_schedule
 
 __all__ = ["initialise_from", "train", "validate"]
 
@@ -342,7 +345,11 @@ def train(
         log.info("initialised %d tensors from %s", copied, tc.init_from)
     network.to(on)  # before the optimiser, so that its state lives where the parameters do
     optimizer = torch.optim.SGD(
-        network.parameters(), lr=tc.learning_rate, momentum=tc.momentum, weight_decay=tc.weight_decay
+        network.parameters(),
+        lr=tc.learning_rate,
+        momentum=tc.momentum,
+        weight_decay=tc.weight_decay,
+        nesterov=tc.nesterov,
     )
     history: list[dict] = []
     start_epoch, elapsed = 0, 0.0
@@ -357,8 +364,8 @@ def train(
         start_epoch, elapsed = int(state["epoch"]), float(state["elapsed_s"])
         history = json.loads((output / "history.json").read_text()) if (output / "history.json").exists() else []
         log.info("resuming after epoch %d", start_epoch)
-    # Poly decay per epoch, base_lr * (1 - epoch / epochs) ** power (Ganaye et al. 2018, section 3.3).
-    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=tc.epochs, power=tc.poly_power)
+    # Per epoch: poly decay (Ganaye et al. 2018, section 3.3) or halving at tc.lr_milestones (Chen and Merhof 2018).
+    scheduler = learning_rate_schedule(optimizer, tc)
     with warnings.catch_warnings():  # replaying finished epochs' steps, before any optimizer step of this run
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
         for _ in range(start_epoch):
