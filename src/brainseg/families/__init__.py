@@ -12,7 +12,7 @@ The model folder names its family: ``model.name`` in its ``config.yaml`` (``base
 Brébisson and Montana 2015, ``mixnet`` for Chen and Merhof 2018) is looked up in
 :data:`FAMILIES_BY_MODEL`. A new family subclasses :class:`Family`, implements its abstract methods,
 and registers its model names there; a family with its own model settings adds their dataclass to
-:data:`brainseg.config.MODEL_CONFIGS`. Every model configuration has ``name``, ``num_classes``,
+:data:`brainseg.model_configs.MODEL_CONFIGS`. Every model configuration has ``name``, ``num_classes``,
 ``dropout``, ``batch_norm``, ``reference_space`` and ``needs_reference``; the shared code reads
 nothing else of it, and asks the family the rest (:meth:`Family.needs_atlas`).
 
