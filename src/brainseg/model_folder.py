@@ -103,6 +103,7 @@ SHIPPED_MODELS = {
     "default": "default_model",  # the full model of Ganaye et al. (reference space)
     "basenet": "basenet_model",  # BaseNet alone (native space, about 3x faster)
     "deepnat": "deepnat_model",  # DeepNAT (Wachinger et al. 2018): the hierarchy on 25 aseg structures
+    "brebisson2015": "brebisson2015_model",  # de Brébisson & Montana (2015): two-stage, 134 structures
 }
 
 

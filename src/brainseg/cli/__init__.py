@@ -7,8 +7,8 @@ import argparse
 #: Help of ``--model``; names the keys of ``brainseg.model_folder.SHIPPED_MODELS`` without importing
 #: torch when the parser is built (tested to stay in step).
 MODEL_HELP = (
-    "model folder, or a shipped model: 'default' (the full model), 'basenet' (faster) or "
-    "'deepnat' (DeepNAT, 25 structures)"
+    "model folder, or a shipped model: 'default' (the full model), 'basenet' (faster), "
+    "'deepnat' (DeepNAT, 25 structures) or 'brebisson2015' (de Brebisson & Montana, 134 structures)"
 )
 
 
