@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from brainseg.cli.main import main
-from brainseg.config import Config, DeepNATConfig, ModelConfig, load_config
+from brainseg.config import BrebissonConfig, Config, DeepNATConfig, MixNetConfig, ModelConfig, load_config
 from brainseg.inference.predictor import Predictor
 from brainseg.io.nifti import load_volume
 from brainseg.labels import LabelTable
@@ -35,6 +35,10 @@ def _model_dir(kind: str, tmp_path_factory):
     torch.manual_seed(0)
     if kind == "basenet":
         cfg = Config(ModelConfig(num_classes=3, branch_widths=(4, 8), mix_channels=8, fc_widths=(16,), dropout=0.0))
+    elif kind == "brebisson2015":
+        cfg = Config(BrebissonConfig(num_classes=3, widths_2d=(3, 4), fc_3d=(5,), fc=(8,), max_iterations=2))
+    elif kind == "mixnet":
+        cfg = Config(MixNetConfig(num_classes=3, filters=4, crop=16))
     else:
         model = DeepNATConfig(
             num_classes=3, widths=(4, 4, 4), fc_widths=(16, 8), dropout=0.0, coordinates="cartesian", cascade=False
@@ -48,7 +52,7 @@ def _model_dir(kind: str, tmp_path_factory):
     return save_model_folder(folder, cfg, LABELS, IntensityNormalization(), network)
 
 
-@pytest.fixture(scope="module", params=["basenet", "deepnat"])
+@pytest.fixture(scope="module", params=["basenet", "deepnat", "brebisson2015", "mixnet"])
 def model_dir(request, tmp_path_factory):
     """A tiny model folder of each family."""
     return _model_dir(request.param, tmp_path_factory)
