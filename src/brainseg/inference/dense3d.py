@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from brainseg.inference.dense_priors import fold_batch_norm, max_pool3_stride1
+from brainseg.inference.dense_priors import fold_batch_norm, logit_bias_tensor, max_pool3_stride1
 from brainseg.models.wachinger2018 import (
     FEATURE_GRID,
     PATCH_PADDING,
@@ -137,16 +137,6 @@ def _members(model: DeepNATModel) -> tuple[list[DeepNAT], Callable[..., torch.Te
     return [model], None
 
 
-def _bias(model: DeepNATModel, logit_bias: np.ndarray | None) -> torch.Tensor | None:
-    """The logit shift as a float32 tensor ``(C,)`` on the model's device, or None."""
-    if logit_bias is None:
-        return None
-    bias = torch.as_tensor(np.asarray(logit_bias, np.float32))
-    if tuple(bias.shape) != (model.num_classes,):
-        raise ValueError(f"logit_bias has shape {tuple(bias.shape)}, the network {model.num_classes} classes")
-    return bias.to(next(model.parameters()).device)
-
-
 def _check_inputs(model: DeepNATModel, image: np.ndarray, coordinates: np.ndarray | None) -> None:
     if model.training:
         raise ValueError("call model.eval() before inference")
@@ -209,7 +199,7 @@ def predict_patches3d(
     _check_inputs(model, image, coordinates)
     indices = np.asarray(indices, dtype=np.int64).reshape(-1, 3)
     device = next(model.parameters()).device
-    bias = _bias(model, logit_bias)
+    bias = logit_bias_tensor(model, logit_bias)
     out = np.empty((len(indices), model.tasks, model.num_classes), np.float32)
     for start in range(0, len(indices), batch_size):
         batch = indices[start : start + batch_size]
@@ -349,7 +339,7 @@ class _Runner:
             raise ValueError(f"tile_size must be >= 1, got {tile_size}")
         self.model, self.mask, self.coordinates = model, mask, coordinates
         self.device = next(model.parameters()).device
-        self.bias = _bias(model, logit_bias)
+        self.bias = logit_bias_tensor(model, logit_bias)
         self.members, self.combine = _members(model)
         self.stages = [_DenseConvStage(member) for member in self.members]
         self.padded = np.pad(image, PATCH_PADDING, constant_values=background)

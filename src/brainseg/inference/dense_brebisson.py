@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from brainseg.families.brebisson2015 import CUBE, HALF, BrebissonInputs
 from brainseg.features.centroids import RegionCentroids
+from brainseg.inference.dense_priors import logit_bias_tensor
 from brainseg.inference.two_stage import TwoStageResult, iterate_centroids
 from brainseg.models.brebisson2015 import BrebissonNet, BrebissonTwoStage, PlanarPathway
 from brainseg.sampling.orthogonal import ORTHOGONAL_PLANES
@@ -216,15 +217,6 @@ def _check(network: BrebissonNet, inputs: BrebissonInputs, mask: np.ndarray, til
     return voxels
 
 
-def _bias(network: BrebissonNet, logit_bias: np.ndarray | None) -> torch.Tensor | None:
-    if logit_bias is None:
-        return None
-    bias = torch.as_tensor(np.asarray(logit_bias, np.float32))
-    if tuple(bias.shape) != (network.num_classes,):
-        raise ValueError(f"logit_bias has shape {tuple(bias.shape)}, the network {network.num_classes} classes")
-    return bias.to(next(network.parameters()).device)
-
-
 def _softmax_tiles(
     dense: _DenseNet,
     pre: torch.Tensor,
@@ -286,7 +278,7 @@ def brebisson_probabilities(
     voxels = _check(network, inputs, mask, tile)
     if ("centroids" in network.pathways) != (centroids is not None):
         raise ValueError("pass centroids exactly when the network reads the centroid distances")
-    dense, bias = _DenseNet(network), _bias(network, logit_bias)
+    dense, bias = _DenseNet(network), logit_bias_tensor(network, logit_bias)
     pre = dense.image_partials(inputs, voxels, tile, progress)
     out = np.empty((len(voxels), network.num_classes), np.float32)
     for start, p in _softmax_tiles(dense, pre, inputs, voxels, centroids, bias, tile):
@@ -359,7 +351,7 @@ def predict_brebisson(
     voxels = _check(first_net, inputs, mask, tile)
     if two_stage:
         _check(network.full, inputs, mask, tile)
-    bias = _bias(first_net, logit_bias)
+    bias = logit_bias_tensor(first_net, logit_bias)
     index = tuple(voxels.T)
     probs = None
     if probabilities:

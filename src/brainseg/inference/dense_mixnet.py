@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from brainseg.families.chen2018 import PLANE_AXIS, MixNetInputs, MixNetViews, slice_along
+from brainseg.inference.dense_priors import logit_bias_tensor
 
 __all__ = ["SLICE_BATCH", "predict_mixnet", "view_probabilities"]
 
@@ -47,15 +48,6 @@ def _prepare(
     number = np.full(inside.shape, -1, np.int32)
     number[inside] = np.arange(int(inside.sum()), dtype=np.int32)
     return inside, number
-
-
-def _bias(network: MixNetViews, logit_bias: np.ndarray | None) -> torch.Tensor | None:
-    if logit_bias is None:
-        return None
-    bias = torch.as_tensor(np.asarray(logit_bias, np.float32))
-    if tuple(bias.shape) != (network.num_classes,):
-        raise ValueError(f"logit_bias has shape {tuple(bias.shape)}, the network {network.num_classes} classes")
-    return bias.to(next(network.parameters()).device)
 
 
 def _accumulate(
@@ -116,7 +108,9 @@ def view_probabilities(
     """
     inside, number = _prepare(network, inputs, mask, slice_batch)
     out = np.zeros((network.num_classes, int(inside.sum())), np.float32)
-    _accumulate(network, inputs, inside, number, plane, 1.0, out, _bias(network, logit_bias), slice_batch, progress)
+    _accumulate(
+        network, inputs, inside, number, plane, 1.0, out, logit_bias_tensor(network, logit_bias), slice_batch, progress
+    )
     return out
 
 
@@ -173,7 +167,7 @@ def predict_mixnet(
     weights = network.view_weights if weights is None else tuple(float(w) for w in weights)
     if len(weights) != len(network.planes) or min(weights) < 0 or not sum(weights) > 0:
         raise ValueError(f"need one weight >= 0 per plane {network.planes}, not all 0; got {weights}")
-    bias = _bias(network, logit_bias)
+    bias = logit_bias_tensor(network, logit_bias)
     fused = np.zeros((network.num_classes, int(inside.sum())), np.float32)
     for plane, weight in zip(network.planes, weights):
         if weight > 0:

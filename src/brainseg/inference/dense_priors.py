@@ -18,7 +18,34 @@ from brainseg.features.spatial import SpatialInputs
 from brainseg.models.ganaye2018 import ConvBranch3d
 from brainseg.preprocessing.masking import brain_bounding_box
 
-__all__ = ["BrainRows", "Dense3dBranch", "DenseAtlas", "fold_batch_norm", "max_pool3_stride1"]
+__all__ = ["BrainRows", "Dense3dBranch", "DenseAtlas", "fold_batch_norm", "logit_bias_tensor", "max_pool3_stride1"]
+
+
+def logit_bias_tensor(network: torch.nn.Module, logit_bias: np.ndarray | None) -> torch.Tensor | None:
+    """The sampling prior's logit shift as a float32 tensor on the network's device (the dense predictors').
+
+    Parameters
+    ----------
+    network : nn.Module
+        Has ``num_classes`` and at least one parameter.
+    logit_bias : ndarray of float, shape (num_classes,), or None
+        :meth:`brainseg.postprocessing.prior.ClassPrior.logit_bias`.
+
+    Returns
+    -------
+    Tensor of float32, shape (num_classes,), or None when ``logit_bias`` is None.
+
+    Raises
+    ------
+    ValueError
+        If ``logit_bias`` has another shape.
+    """
+    if logit_bias is None:
+        return None
+    bias = torch.as_tensor(np.asarray(logit_bias, np.float32))
+    if tuple(bias.shape) != (network.num_classes,):
+        raise ValueError(f"logit_bias has shape {tuple(bias.shape)}, the network {network.num_classes} classes")
+    return bias.to(next(network.parameters()).device)
 
 
 def fold_batch_norm(
