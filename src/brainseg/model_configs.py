@@ -7,6 +7,7 @@ configuration is unpacked (through its family, :mod:`brainseg.families`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -326,6 +327,11 @@ class MixNetConfig:
         equal weights. The paper's 1:1:4 (sagittal, coronal, axial) is for anisotropic scans.
     crop : int
         Side, in pixels, of the square training crops drawn from the slices.
+    modalities : tuple of str
+        The co-registered images the network reads, in channel order (section 2.1: ``M`` streams): the
+        first is a manifest's ``image`` column (masked and segmented on), each other ``NAME`` its
+        ``image_NAME`` column, and ``brainseg segment --modality NAME=PATH`` on the command line.
+        Default T1 alone. Only on the scan's own grid (``reference_space: false``).
     reference_space : bool
         Register every scan to the reference template and segment there (not in the paper).
     """
@@ -339,6 +345,7 @@ class MixNetConfig:
     shared_views: bool = False
     view_weights: tuple[float, ...] = ()
     crop: int = 128
+    modalities: tuple[str, ...] = ("t1",)
     reference_space: bool = False
 
     def __post_init__(self) -> None:
@@ -371,6 +378,17 @@ class MixNetConfig:
             )
         if not is_int(self.crop) or self.crop < 8:
             raise InputError(f"crop must be a number of pixels >= 8, got {self.crop!r}")
+        names = self.modalities
+        if (
+            not names
+            or any(not isinstance(n, str) or not re.fullmatch(r"[A-Za-z0-9]+", n) for n in names)
+            or len(set(names)) != len(names)
+        ):
+            raise InputError(
+                f"modalities must be distinct names of letters and digits (e.g. [flair, t1c]), got {list(names)}"
+            )
+        if len(names) > 1 and self.reference_space:
+            raise InputError("a multi-modal mixnet works on the scan's own grid: set reference_space: false")
 
     @property
     def needs_reference(self) -> bool:

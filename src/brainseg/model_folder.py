@@ -97,6 +97,11 @@ class LoadedModel:
     reference: Reference | None = None
     prior: ClassPrior | None = None
 
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The images the network reads, in channel order (:meth:`brainseg.families.Family.modalities`)."""
+        return family_of(self.config.model).modalities(self.config.model)
+
 
 #: Model folders shipped inside the package, by the name ``--model`` accepts.
 SHIPPED_MODELS = {

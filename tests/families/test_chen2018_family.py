@@ -96,9 +96,9 @@ def test_inputs_are_the_brain_box_plus_the_margin_padded_with_background():
     low = np.argwhere(mask).min(axis=0)
     high = np.argwhere(mask).max(axis=0) + 1
     np.testing.assert_array_equal(inputs.origin, low - MARGIN)
-    assert inputs.image.shape == tuple(high - low + 2 * MARGIN) and inputs.shape == SHAPE
-    assert inputs.image[MARGIN, MARGIN, MARGIN] == image[tuple(low)]
-    assert inputs.image[0, 0, 0] == BACKGROUND  # (low - 8) starts outside the volume
+    assert inputs.image.shape == (1, *(high - low + 2 * MARGIN)) and inputs.shape == SHAPE
+    assert inputs.image[0, MARGIN, MARGIN, MARGIN] == image[tuple(low)]
+    assert inputs.image[0, 0, 0, 0] == BACKGROUND  # (low - 8) starts outside the volume
     np.testing.assert_array_equal(inputs.crop(mask, False).sum(), mask.sum())
     with pytest.raises(InputError, match="mask is empty"):
         CHEN2018.case_inputs(MixNetConfig(), image, np.zeros(SHAPE, bool), np.eye(4), BACKGROUND, None)
@@ -224,7 +224,7 @@ def _by_hand(views: MixNetViews, inputs: MixNetInputs, bias: np.ndarray) -> dict
     out = {}
     for plane in views.planes:
         axis = PLANE_AXIS[plane]
-        volume = np.moveaxis(inputs.image, axis, 0)
+        volume = np.moveaxis(inputs.image[0], axis, 0)
         probs = []
         for s in range(volume.shape[0]):
             x = volume[s]
@@ -243,7 +243,7 @@ def test_predict_is_the_views_slice_by_slice_fused_by_the_weights(shared):
     _, mask, _ = _case()
     image = np.where(mask, rng.standard_normal(SHAPE), BACKGROUND).astype(np.float32)
     inputs = CHEN2018.case_inputs(MixNetConfig(), image, mask, np.eye(4), BACKGROUND, None)
-    assert any(n % 2 for n in inputs.image.shape)  # an odd side: padded, then cropped back
+    assert any(n % 2 for n in inputs.image.shape[1:])  # an odd side: padded, then cropped back
     views = _views(shared=shared, weights=(1, 2, 5)).eval()
     bias = np.array([0.3, -0.2, 0.1], np.float32)
     classes, probs = CHEN2018.predict(

@@ -219,8 +219,20 @@ def test_all_zero_image(tmp_path, affine):
 def test_non_integer_label_map(tmp_path, volume, affine):
     path = tmp_path / "frac.nii.gz"
     nib.save(nib.Nifti1Image(volume + 0.5, affine), path)
-    with pytest.raises(InputError, match="integer"):
+    with pytest.raises(InputError, match=r"must hold integer values \(e.g. [0-9.]+ is not\); give the label file"):
         load_volume(path, kind="label_map")
+
+
+@pytest.mark.parametrize("kind", ["mask", "label_map"])
+def test_float_stored_integers_are_rounded_not_truncated(tmp_path, affine, kind):
+    """A mask saved as float64 holds 0.99999997 for 1 (BraTS's brainmask.nii.gz): it loads as 1."""
+    data = np.zeros((6, 7, 5))
+    data[1:4, 2:6, 1:4] = 1 - 3e-8
+    data[2, 3, 2] = 2 + 4e-4
+    path = tmp_path / "m.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), path)
+    loaded = load_volume(path, kind=kind).data
+    assert loaded.dtype == np.int32 and loaded.sum() == 3 * 4 * 3 + 1 and loaded.max() == 2
 
 
 def test_bad_kind(tmp_path, volume, affine):

@@ -53,6 +53,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="override one CRF setting (repeatable): appearance_weight, smoothness_weight, position_sigma_mm, "
         "intensity_sigma, smoothness_sigma_mm, iterations, top_k",
     )
+    p.add_argument(
+        "--modality",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a multi-modal model's other image of the one INPUT, co-registered with it (repeatable, e.g. "
+        "--modality t1c=sub_t1c.nii.gz); a manifest .csv gives them in image_NAME columns",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--timings", action="store_true", help="print each case's seconds per pipeline stage on stderr")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -72,6 +80,14 @@ def run(args: argparse.Namespace) -> int:
         crf_settings[name.strip()] = value.strip()
     if crf_settings and not args.crf:
         raise InputError("--crf-param needs --crf")
+    modalities = {}
+    for item in args.modality:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise InputError(f"--modality expects NAME=PATH, got {item!r}")
+        if name.strip() in modalities:
+            raise InputError(f"--modality {name.strip()} is given twice")
+        modalities[name.strip()] = Path(value.strip())
     results = segment(
         args.images,
         args.output,
@@ -83,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         num_threads=args.threads,
         crf=args.crf,
         crf_settings=crf_settings,
+        modalities=modalities,
     )
     failed = [r for r in results if r.status == "failed"]
     for r in results:

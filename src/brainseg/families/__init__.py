@@ -202,6 +202,17 @@ class Family(ABC):
         """The name of a configuration's row in the ablation table (default: its description)."""
         return self.describe(config)
 
+    def modalities(self, cfg: AnyModelConfig) -> tuple[str, ...]:
+        """The co-registered images a configuration reads, in channel order (default: ``('t1',)``).
+
+        With more than one, :meth:`case_inputs` receives them stacked, ``image`` of shape
+        ``(M, D, H, W)`` and ``background`` of shape ``(M,)``, each modality normalised on its own
+        (:attr:`brainseg.preprocessing.pipeline.PreparedImage.network_image`); such a configuration
+        works on the scan's own grid. The first is a manifest's ``image`` column, each other ``NAME``
+        its ``image_NAME`` column (:class:`brainseg.io.manifest.Case`).
+        """
+        return ("t1",)
+
     def needs_atlas(self, cfg: AnyModelConfig) -> bool:
         """Whether :meth:`case_inputs` reads the reference's probabilistic atlas (default: False).
 

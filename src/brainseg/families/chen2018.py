@@ -17,8 +17,10 @@ z)``, an axial one ``image[:, :, z]`` spans ``(x, y)``.
 
 Deviations from the paper
 -------------------------
-- T1 alone (one channel, ``M = 1``); the paper mixes T1, T1-IR and FLAIR (MRBrainS18). With one
-  modality the v2 summaries and the v3 streams have a single stream (``docs/mixnet.md``).
+- T1 alone (one channel, ``M = 1``) by default; the paper mixes T1, T1-IR and FLAIR (MRBrainS18). With
+  one modality the v2 summaries and the v3 streams have a single stream (``docs/mixnet.md``).
+  ``modalities`` names ``M`` co-registered images (manifest columns ``image``, ``image_NAME``), each
+  z-scored in the brain mask on its own (section 3.1), on the scan's own grid.
 - Slices come from the scan's 1 mm RAS+ grid (or the reference template's), cropped to the brain mask's
   bounding box plus :data:`MARGIN` voxels of background; pixels outside the brain mask are ignored by
   the loss (target -1) and are background at inference: the mask decides background, as in brainseg's
@@ -79,46 +81,64 @@ MARGIN = 8
 
 @dataclass(frozen=True)
 class MixNetInputs:
-    """What a MixNet reads from one image: the normalised T1 cropped to the brain (one channel).
+    """What a MixNet reads from one image: the normalised modalities cropped to the brain.
 
     Attributes
     ----------
-    image : ndarray of float32, shape (D', H', W')
-        The image on the brain mask's bounding box grown by ``margin`` voxels per side, the
-        background intensity where that box leaves the volume.
+    image : ndarray of float32, shape (M, D', H', W')
+        The ``M`` modalities (1 for T1 alone) on the brain mask's bounding box grown by ``margin``
+        voxels per side, each modality's background intensity where that box leaves the volume.
     origin : ndarray of int64, shape (3,)
-        Index, in the full volume, of ``image[0, 0, 0]`` (negative where the box starts outside).
+        Index, in the full volume, of ``image[:, 0, 0, 0]`` (negative where the box starts outside).
     shape : tuple of 3 int
         Shape ``(D, H, W)`` of the full volume.
-    background : float
-        The normalised intensity outside the brain (padding).
+    background : ndarray of float32, shape (M,)
+        The normalised intensity outside the brain (padding), per modality.
     """
 
     image: np.ndarray
     origin: np.ndarray
     shape: tuple[int, int, int]
-    background: float
+    background: np.ndarray
+
+    @property
+    def modalities(self) -> int:
+        """The number of modalities ``M`` (input channels)."""
+        return int(self.image.shape[0])
 
     @classmethod
-    def of(cls, image: np.ndarray, mask: np.ndarray, background: float, margin: int = MARGIN) -> MixNetInputs:
-        """Crop ``image`` (D, H, W) to ``mask``'s bounding box plus ``margin`` voxels.
+    def of(
+        cls, image: np.ndarray, mask: np.ndarray, background: float | np.ndarray, margin: int = MARGIN
+    ) -> MixNetInputs:
+        """Crop ``image`` (D, H, W), or (M, D, H, W) for ``M`` modalities, to ``mask``'s bounding box plus ``margin``.
+
+        ``background`` is one value, or one per modality ``(M,)``.
 
         Raises
         ------
         ValueError
-            If the shapes differ or are not 3-D, the mask is empty or ``margin`` < 0.
+            If the shapes differ or are not 3-D (4-D with modalities), ``background`` is not one value per
+            modality, the mask is empty or ``margin`` < 0.
         """
         image, mask = np.asarray(image), np.asarray(mask, bool)
-        if image.ndim != 3 or image.shape != mask.shape:
-            raise ValueError(f"image and mask must be 3-D of one shape, got {image.shape} and {mask.shape}")
+        if image.ndim == 3:
+            image = image[None]
+        if image.ndim != 4 or mask.ndim != 3 or image.shape[1:] != mask.shape:
+            raise ValueError(
+                f"image (D, H, W) or (M, D, H, W) and mask (D, H, W) must agree, got {image.shape} and {mask.shape}"
+            )
+        fills = np.asarray(background, np.float32)
+        if fills.ndim > 1 or (fills.ndim == 1 and fills.shape != (len(image),)):
+            raise ValueError(f"need one background value, or one per modality ({len(image)}), got {fills.shape}")
+        fills = np.broadcast_to(fills, (len(image),)).copy()
         if margin < 0:
             raise ValueError(f"margin must be >= 0 voxels, got {margin}")
         if not mask.any():
             raise ValueError("the brain mask is empty: no slice to segment")
         voxels = np.argwhere(mask)
         low, high = voxels.min(axis=0) - margin, voxels.max(axis=0) + 1 + margin
-        crop = _box(image.astype(np.float32, copy=False), low, high - low, np.float32(background))
-        return cls(crop, low.astype(np.int64), tuple(image.shape), float(background))  # type: ignore[arg-type]
+        crop = np.stack([_box(m.astype(np.float32, copy=False), low, high - low, f) for m, f in zip(image, fills)])
+        return cls(crop, low.astype(np.int64), tuple(mask.shape), fills)  # type: ignore[arg-type]
 
     def crop(self, volume: np.ndarray, fill: float | int | bool) -> np.ndarray:
         """A volume of the full grid ``(D, H, W)`` on the crop's grid ``(D', H', W')``, ``fill`` outside.
@@ -131,7 +151,11 @@ class MixNetInputs:
         volume = np.asarray(volume)
         if volume.shape != tuple(self.shape):
             raise ValueError(f"volume shape {volume.shape} differs from the inputs' grid {tuple(self.shape)}")
-        return _box(volume, self.origin, self.image.shape, fill)
+        return _box(volume, self.origin, self.image.shape[1:], fill)
+
+    def slice(self, axis: int, index: int) -> np.ndarray:
+        """Slice ``index`` along volume ``axis`` (0, 1 or 2) of every modality: ``(M, a, b)`` float32, a view."""
+        return self.image[(slice(None),) * (axis + 1) + (int(index),)]
 
 
 class MixNetViews(nn.Module):
@@ -142,7 +166,9 @@ class MixNetViews(nn.Module):
     planes : sequence of str
         The views, distinct names among ``sagittal``, ``coronal``, ``axial``.
     version, num_classes, pool, filters
-        Of each :class:`~brainseg.models.chen2018.MixNet` (one input channel: T1).
+        Of each :class:`~brainseg.models.chen2018.MixNet`.
+    in_channels : int
+        Modalities ``M`` each network reads (1: T1 alone).
     shared : bool
         One network for every plane (stored under ``nets.shared``) instead of ``nets.<plane>``.
     weights : sequence of float
@@ -164,6 +190,7 @@ class MixNetViews(nn.Module):
         filters: int | None = None,
         shared: bool = False,
         weights: Sequence[float] = (),
+        in_channels: int = 1,
     ) -> None:
         super().__init__()
         planes = tuple(planes)
@@ -173,10 +200,11 @@ class MixNetViews(nn.Module):
         if len(weights) != len(planes) or min(weights) < 0 or not sum(weights) > 0:
             raise ValueError(f"need one weight >= 0 per plane {planes}, not all 0; got {weights}")
         self.planes, self.shared, self.pool, self.num_classes = planes, bool(shared), bool(pool), int(num_classes)
+        self.in_channels = int(in_channels)
         self.view_weights = tuple(w / sum(weights) for w in weights)
 
         def make() -> MixNet:
-            return MixNet(version, in_channels=1, num_classes=num_classes, pool=pool, filters=filters)
+            return MixNet(version, in_channels=self.in_channels, num_classes=num_classes, pool=pool, filters=filters)
 
         self.nets = nn.ModuleDict({"shared": make()} if self.shared else {p: make() for p in planes})
 
@@ -188,7 +216,7 @@ class MixNetViews(nn.Module):
         return self.nets["shared" if self.shared else name]  # type: ignore[return-value]
 
     def forward(self, slices: torch.Tensor, plane: str | int | torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, C, H, W)`` float32 of slices ``(B, 1, H, W)`` float32.
+        """Logits ``(B, C, H, W)`` float32 of slices ``(B, M, H, W)`` float32 (``M`` = :attr:`in_channels`).
 
         ``plane`` names the plane of every slice (a name or an index into :attr:`planes`), or is a
         ``(B,)`` int64 tensor of indices, one per slice: each slice then goes through its plane's
@@ -228,6 +256,7 @@ class MixNetFamily(Family):
             filters=cfg.filters or None,
             shared=cfg.shared_views,
             weights=cfg.view_weights,
+            in_channels=len(cfg.modalities),
         )
 
     def row_label(self, config: Config) -> str:
@@ -244,7 +273,8 @@ class MixNetFamily(Family):
     def describe(self, config: Config) -> str:
         """:meth:`row_label`, with the width, pooling, training crops, loss and augmentation."""
         cfg = config.model
-        text = self.row_label(config) + ", T1 slices cropped to the brain"
+        names = ", ".join(m.upper() if len(m) <= 2 else m for m in cfg.modalities)
+        text = self.row_label(config) + f", {names} slices cropped to the brain"
         if cfg.filters:
             text += f", F = {cfg.filters}"
         if not cfg.pool:
@@ -258,22 +288,31 @@ class MixNetFamily(Family):
             text += ", in the reference space (affine registration)"
         return text
 
+    def modalities(self, cfg: MixNetConfig) -> tuple[str, ...]:
+        """``cfg.modalities`` (section 2.1's ``M`` co-registered inputs; default T1 alone)."""
+        return tuple(cfg.modalities)
+
     def case_inputs(
         self,
         cfg: MixNetConfig,
         image: np.ndarray,
         mask: np.ndarray,
         affine: np.ndarray,
-        background: float,
+        background: float | np.ndarray,
         atlas: ProbabilisticAtlas | None,
     ) -> MixNetInputs:
-        """The image cropped to the brain plus :data:`MARGIN` (``affine`` and ``atlas`` unused).
+        """The image (D, H, W), or the modalities (M, D, H, W), cropped to the brain plus :data:`MARGIN`.
+
+        ``affine`` and ``atlas`` are unused.
 
         Raises
         ------
         InputError
-            If the brain mask is empty.
+            If the brain mask is empty or the modalities are not the configuration's.
         """
+        given = 1 if np.ndim(image) == 3 else len(image)
+        if given != len(cfg.modalities):
+            raise InputError(f"mixnet inputs: the model reads {len(cfg.modalities)} modalities, got {given}")
         try:
             return MixNetInputs.of(image, mask, background)
         except ValueError as err:

@@ -46,10 +46,15 @@ SUMMARY = "segment_summary.csv"
 
 @dataclass(frozen=True)
 class SegmentInput:
-    """One image to segment and the name of its outputs (file stem or manifest case id)."""
+    """One image to segment and the name of its outputs (file stem or manifest case id).
+
+    ``modalities`` are a multi-modal model's other images by name (manifest columns ``image_NAME``, or
+    ``--modality NAME=PATH``), co-registered with ``image``.
+    """
 
     image: Path
     name: str
+    modalities: tuple[tuple[str, Path], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class SegmentOutputs:
     brain_mask: Path
     record: Path
     probabilities: Path | None
+    modalities: tuple[tuple[str, Path], ...] = ()
 
     def files(self) -> list[Path]:
         """The outputs proper (not the record), in the order they are written."""
@@ -134,7 +140,7 @@ def expand_inputs(arguments: list[str | Path]) -> list[SegmentInput]:
                 "a manifest .csv or a .txt list of paths"
             )
         elif text.lower().endswith(".csv"):
-            inputs += [SegmentInput(case.image, case.case_id) for case in read_manifest(path)]
+            inputs += [SegmentInput(case.image, case.case_id, case.modalities) for case in read_manifest(path)]
         elif text.lower().endswith(LIST_SUFFIXES):
             inputs += _read_list(path)
         else:
@@ -179,6 +185,7 @@ def output_paths(item: SegmentInput, output_dir: Path, probabilities: bool) -> S
         output_dir / f"{name}_brain_mask.nii.gz",
         output_dir / f"{name}_seg.json",
         output_dir / f"{name}_probabilities.nii.gz" if probabilities else None,
+        item.modalities,
     )
 
 
@@ -194,7 +201,7 @@ def plan_outputs(items: list[SegmentInput], output_dir: Path, probabilities: boo
     """
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"{output_dir}: output folder is an existing file; give a folder with -o")
-    inputs = {p.image.resolve() for p in items}
+    inputs = {p.image.resolve() for p in items} | {path.resolve() for p in items for _, path in p.modalities}
     planned = []
     for item in items:
         if item.image.is_file() and not is_volume_path(item.image):

@@ -41,6 +41,8 @@ def _prepare(
         raise ValueError(f"slice_batch must be >= 1, got {slice_batch}")
     if network.num_classes > 256:
         raise ValueError(f"the class map is uint8: at most 256 classes, the network has {network.num_classes}")
+    if inputs.modalities != network.in_channels:
+        raise ValueError(f"the networks read {network.in_channels} modalities, the inputs hold {inputs.modalities}")
     mask = np.asarray(mask, bool)
     inside = inputs.crop(mask, False)
     if inside.sum() != mask.sum():
@@ -69,10 +71,13 @@ def _accumulate(
     brain_slices = np.flatnonzero(inside.any(axis=other))
     chunks = [brain_slices[i : i + slice_batch] for i in range(0, len(brain_slices), slice_batch)]
     for chunk in tqdm(chunks, desc=plane, disable=not progress, unit="batch"):
-        x = np.stack([slice_along(inputs.image, axis, s) for s in chunk])[:, None]
+        x = np.stack([inputs.slice(axis, s) for s in chunk])
         a, b = x.shape[-2:]
-        if network.pool:  # even sides: every pooling cell holds 2 x 2 pixels, as in training crops
-            x = np.pad(x, ((0, 0), (0, 0), (0, a % 2), (0, b % 2)), constant_values=np.float32(inputs.background))
+        if network.pool and (a % 2 or b % 2):  # even sides: every pooling cell holds 2 x 2 pixels, as in training
+            padded = np.empty(x.shape[:2] + (a + a % 2, b + b % 2), np.float32)
+            padded[...] = inputs.background[None, :, None, None]
+            padded[..., :a, :b] = x
+            x = padded
         logits = net(torch.from_numpy(x).to(device))[..., :a, :b]
         if bias is not None:
             logits = logits + bias[:, None, None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from brainseg.errors import InputError
 from brainseg.families import family_of
 from brainseg.inference.probability_map import ProbabilityMap
 from brainseg.io.nifti import Grid, Volume, load_volume, voxel_spacing
@@ -152,12 +154,19 @@ class Predictor:
         """
         cfg = self.model.config.model
         reference = self.model.reference
+        background = prepared.network_background
         if reference is None:
-            image, mask, affine, atlas, registered = prepared.image, prepared.mask, np.eye(4), None, None
+            image, mask, affine, atlas, registered = prepared.network_image, prepared.mask, np.eye(4), None, None
         else:
             registered = register_to_reference(prepared, reference, matrix)
             image, mask, affine, atlas = registered.image, registered.mask, reference.affine, reference.atlas
-        inputs = family_of(cfg).case_inputs(cfg, image, mask, affine, prepared.background, atlas)
+        modalities = self.model.modalities
+        if len(prepared.channels) + 1 != len(modalities):
+            raise InputError(
+                f"the model reads {len(modalities)} modalities ({', '.join(modalities)}); "
+                f"{len(prepared.channels) + 1} image(s) given"
+            )
+        inputs = family_of(cfg).case_inputs(cfg, image, mask, affine, background, atlas)
         return inputs, mask, registered
 
     def predict(
@@ -169,8 +178,9 @@ class Predictor:
         progress: bool = False,
         matrix: np.ndarray | None = None,
         crf: CRFParameters | None = None,
+        others: Sequence[Volume] = (),
     ) -> Segmentation:
-        """Segment one skull-stripped T1 image.
+        """Segment one skull-stripped T1 image (with a multi-modal model's other modalities).
 
         Parameters
         ----------
@@ -189,13 +199,21 @@ class Predictor:
         crf : CRFParameters, optional
             Refine with the dense CRF (e.g. ``predictor.model.config.crf``, the model folder's
             settings); see :meth:`segment_prepared`.
+        others : sequence of Volume
+            A multi-modal model's other modalities (:attr:`~brainseg.model_folder.LoadedModel.modalities`
+            after the first), in order, on ``image``'s voxel grid.
 
         Returns
         -------
         Segmentation
+
+        Raises
+        ------
+        InputError
+            If ``others`` does not give the model's other modalities, or is not on ``image``'s grid.
         """
         with stage("prepare"):
-            prepared = prepare_image(image, mask, self.model.normalization)
+            prepared = prepare_image(image, mask, self.model.normalization, others)
         classes, probs, registered = self.segment_prepared(
             prepared, matrix=matrix, probabilities=probabilities, progress=progress, crf=crf
         )

@@ -44,7 +44,7 @@ from brainseg.reporting import qc_figure, save_qc_png, structure_volumes, write_
 from brainseg.reporting.volumes import voxel_volume_mm3
 from brainseg.timing import record, stage
 
-__all__ = ["CaseResult", "SegmentOutputs", "segment", "segment_case"]
+__all__ = ["CaseResult", "SegmentOutputs", "check_modalities", "segment", "segment_case"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ def segment_case(
     image = outputs.image
     with stage("load"):
         volume = load_volume(image)
+        others = [load_volume(path) for path in _other_images(outputs, predictor.model.modalities)]
     voxel_ml = voxel_volume_mm3(volume.affine) / 1000
     if skull_strip_mode != "never" and extractor is None:
         extractor = BrainExtractor()
@@ -117,13 +118,56 @@ def segment_case(
     brain = volume
     if stripping.extracted:
         brain = Volume(np.where(stripping.mask, volume.data, 0).astype(np.float32), volume.affine, volume.grid)
-    result = predictor.predict(
-        brain, stripping.mask, probabilities=outputs.probabilities is not None, progress=progress, crf=crf
-    )
+        others = [Volume(np.where(stripping.mask, o.data, 0).astype(np.float32), o.affine, o.grid) for o in others]
+    try:
+        result = predictor.predict(
+            brain,
+            stripping.mask,
+            probabilities=outputs.probabilities is not None,
+            progress=progress,
+            crf=crf,
+            others=others,
+        )
+    except InputError as err:
+        if not others:
+            raise
+        raise InputError(f"{image}: {err}") from None
     with stage("write"):
         _write_outputs(outputs, volume, stripping, result, header, line)
     log.info("%s -> %s", image, outputs.label_map)
     return line
+
+
+def _other_images(outputs: SegmentOutputs, modalities: tuple[str, ...]) -> list[Path]:
+    """The images of a model's modalities after the first, from the input's (checked by :func:`segment`)."""
+    given = dict(outputs.modalities)
+    return [given[name] for name in modalities[1:]]
+
+
+def check_modalities(planned: list[SegmentOutputs], modalities: tuple[str, ...]) -> None:
+    """Refuse inputs that lack a multi-modal model's other images, or give images a T1 model cannot read.
+
+    Raises
+    ------
+    InputError
+        Naming the missing modality and how to give it (``--modality`` or a manifest column).
+    """
+    for outputs in planned:
+        given = dict(outputs.modalities)
+        missing = [name for name in modalities[1:] if name not in given]
+        if missing:
+            raise InputError(
+                f"{outputs.image}: the model reads modalities {', '.join(modalities)}; give "
+                + " and ".join(f"--modality {name}=PATH" for name in missing)
+                + " (one input), or a manifest .csv with the column(s) "
+                + ", ".join(f"image_{name}" for name in missing)
+            )
+        extra = sorted(set(given) - set(modalities[1:]))
+        if extra:
+            raise InputError(
+                f"{outputs.image}: the model reads {', '.join(modalities)} and no {', '.join(extra)}; "
+                "leave those images out or choose the model trained on them"
+            )
 
 
 def _write_outputs(
@@ -188,6 +232,7 @@ def segment(
     num_threads: int | None = None,
     crf: bool = False,
     crf_settings: dict[str, str | float] | None = None,
+    modalities: dict[str, str | Path] | None = None,
 ) -> list[CaseResult]:
     """Segment T1 images (skull-stripped or whole-head) and write the results.
 
@@ -231,6 +276,9 @@ def segment(
     crf_settings : dict, optional
         Values that replace the model folder's CRF settings, by
         :class:`~brainseg.postprocessing.dense_crf.CRFParameters` field name.
+    modalities : dict of str to path, optional
+        A multi-modal model's other images of the one input, by modality name (``--modality
+        NAME=PATH``); a manifest ``.csv`` input gives them in its ``image_NAME`` columns instead.
 
     Returns
     -------
@@ -248,11 +296,18 @@ def segment(
     if skull_strip not in SKULL_STRIP_MODES:
         raise InputError(f"--skull-strip must be one of {', '.join(SKULL_STRIP_MODES)}, got {skull_strip!r}")
     items: list[SegmentInput] = expand_inputs(list(images))
+    if modalities:
+        if len(items) != 1:
+            raise InputError(
+                "--modality goes with one input image; for a batch, give a manifest .csv with image_NAME columns"
+            )
+        items = [dataclasses.replace(items[0], modalities=tuple((k, Path(v)) for k, v in modalities.items()))]
     output_dir = Path(output_dir)
     planned = plan_outputs(items, output_dir, probabilities)
     batch = len(planned) > 1
     keep_going = batch if keep_going is None else keep_going
     predictor = Predictor.from_model_dir(model, num_threads)
+    check_modalities(planned, predictor.model.modalities)
     weights = sha256_file(predictor.model.path / "weights.safetensors")
     settings = {"brainseg": __version__, "model_sha256": weights, "probabilities": probabilities}
     settings["skull_strip"] = skull_strip
@@ -269,6 +324,10 @@ def segment(
         start = time.perf_counter()
         try:
             identity = {**settings, "input_sha256": sha256_file(outputs.image)} if outputs.image.is_file() else None
+            if identity is not None and outputs.modalities:
+                identity["modalities_sha256"] = {
+                    name: sha256_file(path) if path.is_file() else None for name, path in outputs.modalities
+                }
             if identity is not None and not overwrite and is_complete(outputs, identity):
                 results.append(CaseResult(outputs, "skipped", "complete outputs kept", time.perf_counter() - start))
                 log.info("%s: complete outputs kept (use --overwrite to redo)", outputs.image)

@@ -1,4 +1,9 @@
-"""Case manifests: CSV files listing ``case_id, image, label_map[, mask]``."""
+"""Case manifests: CSV files listing ``case_id, image, label_map[, mask]``.
+
+A multi-modal case (co-registered images of one subject, for a model that reads several modalities, e.g.
+MixNet on FLAIR and T1c) gives its first modality in ``image`` and each other modality ``NAME`` in a
+column ``image_NAME`` (``image_t1c``); the model's ``modalities`` setting names them in order.
+"""
 
 from __future__ import annotations
 
@@ -12,19 +17,60 @@ from pathlib import Path
 from brainseg.errors import InputError
 from brainseg.io.atomic import atomic_write_text
 
-__all__ = ["Case", "check_same_grid", "pair_by_patterns", "read_manifest", "scan_bids", "scan_folder", "write_manifest"]
+__all__ = [
+    "MODALITY_PREFIX",
+    "Case",
+    "check_same_grid",
+    "pair_by_patterns",
+    "read_manifest",
+    "scan_bids",
+    "scan_folder",
+    "write_manifest",
+]
 
 COLUMNS = ("case_id", "image", "label_map", "mask")
+
+#: Prefix of the columns of a case's other modalities (``image_t1c``).
+MODALITY_PREFIX = "image_"
 
 
 @dataclass(frozen=True)
 class Case:
-    """One subject: its image, its reference label map and an optional brain mask."""
+    """One subject: its image, its reference label map, an optional brain mask and its other modalities.
+
+    Attributes
+    ----------
+    case_id : str
+    image : Path
+        The first (or only) modality: the image masked, resampled and segmented on.
+    label_map, mask : Path or None
+    modalities : tuple of (str, Path)
+        The other modalities' images by name (manifest columns ``image_NAME``), co-registered with ``image``.
+    """
 
     case_id: str
     image: Path
     label_map: Path | None = None
     mask: Path | None = None
+    modalities: tuple[tuple[str, Path], ...] = ()
+
+    def images_of(self, names: tuple[str, ...] | list[str]) -> list[Path]:
+        """The images of a model's modalities other than the first (``names[1:]``), in order.
+
+        Raises
+        ------
+        InputError
+            If the case lacks one of them (names the manifest column to add).
+        """
+        given = dict(self.modalities)
+        missing = [n for n in names[1:] if n not in given]
+        if missing:
+            columns = ", ".join(MODALITY_PREFIX + n for n in missing)
+            raise InputError(
+                f"case {self.case_id}: the model reads modalities {', '.join(names)}; the manifest gives no "
+                f"{columns}: add the column(s) with each case's co-registered image"
+            )
+        return [given[n] for n in names[1:]]
 
 
 def read_manifest(path: str | Path) -> list[Case]:
@@ -51,8 +97,15 @@ def read_manifest(path: str | Path) -> list[Case]:
         p = Path(value)
         return p if p.is_absolute() else base / p
 
+    others = [k for k in rows[0] if k and k.startswith(MODALITY_PREFIX) and len(k) > len(MODALITY_PREFIX)]
     cases = [
-        Case(r["case_id"], resolve(r["image"]), resolve(r.get("label_map")), resolve(r.get("mask")))  # type: ignore[arg-type]
+        Case(
+            r["case_id"],
+            resolve(r["image"]),  # type: ignore[arg-type]
+            resolve(r.get("label_map")),
+            resolve(r.get("mask")),
+            tuple((k[len(MODALITY_PREFIX) :], resolve(r[k])) for k in others if r.get(k)),  # type: ignore[misc]
+        )
         for r in rows
     ]
     ids = [c.case_id for c in cases]
@@ -76,7 +129,8 @@ def write_manifest(path: str | Path, cases: list[Case], *, relative: bool = Fals
     """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    others = sorted({name for c in cases for name, _ in c.modalities})
+    writer.writerow(COLUMNS + tuple(MODALITY_PREFIX + n for n in others))
     folder = Path(path).resolve().parent
 
     def written(p: Path | None) -> str:
@@ -85,7 +139,9 @@ def write_manifest(path: str | Path, cases: list[Case], *, relative: bool = Fals
         return os.path.relpath(Path(p).resolve(), folder) if relative else str(Path(p).resolve())
 
     for c in cases:
-        writer.writerow([c.case_id] + [written(p) for p in (c.image, c.label_map, c.mask)])
+        given = dict(c.modalities)
+        row = [c.case_id] + [written(p) for p in (c.image, c.label_map, c.mask)]
+        writer.writerow(row + [written(given.get(n)) for n in others])
     return atomic_write_text(path, buf.getvalue())
 
 

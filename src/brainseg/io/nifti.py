@@ -153,7 +153,10 @@ def load_volume(path: str | Path, *, kind: str = "image") -> Volume:
             "check that the file is complete and is a .nii, .nii.gz or .mgz image"
         ) from None
     check_intensities(path, raw, kind)
-    data = raw.astype(np.float32) if kind == "image" else raw.astype(np.int32)
+    if kind == "image":
+        data = raw.astype(np.float32)
+    else:  # float storage of integers (0.99999997 for 1) is rounded, not truncated
+        data = (np.rint(raw) if raw.dtype.kind == "f" else raw).astype(np.int32)
     if kind == "image" and not np.isfinite(data).all():  # float64 values beyond the float32 range
         raise InputError(f"{path}: intensities overflow float32; rescale the image and retry")
     grid = Grid(header.shape, header.affine)

@@ -107,6 +107,10 @@ class ImageLimits:
 #: The limits in force (tests of tiny synthetic volumes replace it; see tests/conftest.py).
 LIMITS = ImageLimits()
 
+#: Label maps and masks stored as floats may be this far from integers (float32 storage of 1 as
+#: 0.99999997); they are rounded on loading (:func:`brainseg.io.nifti.load_volume`).
+INTEGER_TOLERANCE = 1e-3
+
 _UNIT_TO_MM = {"meter": 1000.0, "mm": 1.0, "micron": 0.001, "unknown": 1.0}
 
 
@@ -400,7 +404,8 @@ def check_intensities(path: str | Path, data: np.ndarray, kind: str = "image") -
     ------
     InputError
         Images: NaN/Inf, all zero, constant, or a label map/mask given as an
-        image. Label maps and masks: non-integer, non-finite or negative values.
+        image. Label maps and masks: values further than :data:`INTEGER_TOLERANCE` from an integer,
+        non-finite or negative values.
     """
     path = Path(path)
     if kind == "image":
@@ -416,9 +421,19 @@ def check_intensities(path: str | Path, data: np.ndarray, kind: str = "image") -
                 f"{path}: looks like a label map or mask ({np.unique(data).size} distinct integer values, "
                 "piecewise constant), not a T1 image; give the T1-weighted image"
             )
-    elif kind in ("label_map", "mask"):
-        if data.dtype.kind == "f" and (not np.isfinite(data).all() or not np.array_equal(data, np.round(data))):
-            raise InputError(f"{path}: a {kind.replace('_', ' ')} must hold integer values")
+    elif kind in ("label_map", "mask"):  # floats within INTEGER_TOLERANCE of an integer are rounded on loading
+        if data.dtype.kind == "f" and (
+            not np.isfinite(data).all() or np.abs(data - np.round(data)).max(initial=0) > INTEGER_TOLERANCE
+        ):
+            far = (
+                data[np.abs(data - np.round(data)) > INTEGER_TOLERANCE]
+                if np.isfinite(data).all()
+                else data[~np.isfinite(data)]
+            )
+            raise InputError(
+                f"{path}: a {kind.replace('_', ' ')} must hold integer values (e.g. {float(far.flat[0]):g} is not); "
+                "give the label file, not probabilities or an interpolated image"
+            )
         if data.size and data.min() < 0:
             raise InputError(
                 f"{path}: a {kind.replace('_', ' ')} holds negative numbers (e.g. {data.min():g}); "

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from brainseg.errors import InputError
 from brainseg.io.nifti import Volume
 from brainseg.preprocessing.intensity import IntensityNormalization
 from brainseg.preprocessing.masking import brain_mask
@@ -33,6 +35,11 @@ class PreparedImage:
     source_affine : ndarray of float64, shape (4, 4), optional
         Voxel -> RAS+ mm of the canonical input (its header's orientation,
         oblique included); None means axis-aligned with the origin at voxel 0.
+    channels : tuple of ndarray of float32, each shape (D, H, W)
+        The other modalities of a multi-modal model (empty for T1 alone), prepared as ``image``:
+        on the same 1 mm grid, each z-scored in the same brain mask (per scan, per modality).
+    channel_backgrounds : tuple of float
+        The normalised value of intensity 0 of each of ``channels``.
     """
 
     image: np.ndarray
@@ -41,6 +48,22 @@ class PreparedImage:
     source_spacing: tuple[float, float, float]
     source_mask: np.ndarray
     source_affine: np.ndarray | None = None
+    channels: tuple[np.ndarray, ...] = ()
+    channel_backgrounds: tuple[float, ...] = ()
+
+    @property
+    def network_image(self) -> np.ndarray:
+        """What the network reads: ``image`` (D, H, W), or all modalities stacked (M, D, H, W) float32."""
+        if not self.channels:
+            return self.image
+        return np.stack([self.image, *self.channels]).astype(np.float32, copy=False)
+
+    @property
+    def network_background(self) -> float | np.ndarray:
+        """The padding value of :attr:`network_image`: ``background``, or one per modality (M,) float32."""
+        if not self.channels:
+            return self.background
+        return np.array([self.background, *self.channel_backgrounds], np.float32)
 
     @property
     def source_shape(self) -> tuple[int, int, int]:
@@ -158,22 +181,34 @@ def take_nearest(values: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 
 def prepare_image(
-    volume: Volume, mask: np.ndarray | None = None, normalization: IntensityNormalization | None = None
+    volume: Volume,
+    mask: np.ndarray | None = None,
+    normalization: IntensityNormalization | None = None,
+    others: Sequence[Volume] = (),
 ) -> PreparedImage:
     """Resample to 1 mm if needed, find the brain mask and normalise intensities.
 
     Parameters
     ----------
     volume : Volume
-        Skull-stripped T1 image from :func:`brainseg.io.load_volume`.
+        Skull-stripped T1 image (or a multi-modal model's first modality) from
+        :func:`brainseg.io.load_volume`; its non-zero voxels make the default mask.
     mask : ndarray, shape of ``volume.data``, optional
         Brain mask; by default the non-zero voxels (holes filled).
     normalization : IntensityNormalization, optional
         Defaults to a z-score inside the brain mask.
+    others : sequence of Volume
+        A multi-modal model's other modalities, co-registered with ``volume`` (same voxel grid):
+        resampled and normalised as ``volume``, in the same mask (:attr:`PreparedImage.channels`).
 
     Returns
     -------
     PreparedImage
+
+    Raises
+    ------
+    InputError
+        If one of ``others`` is not on ``volume``'s voxel grid (shape, or affine beyond 1e-3 mm).
     """
     normalization = normalization or IntensityNormalization()
     spacing = volume.spacing
@@ -183,4 +218,24 @@ def prepare_image(
         image = resample_image(image, spacing)
         mask = resample_image(source_mask.astype(np.float32), spacing) >= 0.5
     normalised, background = normalization(image, mask)
-    return PreparedImage(normalised, mask, background, spacing, source_mask, np.asarray(volume.affine, float))  # type: ignore[arg-type]
+    channels, backgrounds = [], []
+    for other in others:
+        if other.data.shape != volume.data.shape or not np.allclose(other.affine, volume.affine, atol=1e-3):
+            raise InputError(
+                f"a modality's image is not on the voxel grid of the first image (shape {other.data.shape} vs "
+                f"{volume.data.shape}, or another affine); register and resample it onto that grid first"
+            )
+        data = resample_image(other.data, spacing) if needs_resampling(spacing) else other.data
+        channel, channel_background = normalization(np.asarray(data, np.float32), mask)
+        channels.append(channel)
+        backgrounds.append(float(channel_background))
+    return PreparedImage(
+        normalised,
+        mask,
+        background,
+        spacing,  # type: ignore[arg-type]
+        source_mask,
+        np.asarray(volume.affine, float),
+        tuple(channels),
+        tuple(backgrounds),
+    )

@@ -170,9 +170,9 @@ def _elastic(size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _flip(crop: np.ndarray, targets: np.ndarray, axis: int, permutation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``crop`` and ``targets`` mirrored along ``axis``, the targets' classes through ``permutation`` (-1 kept)."""
+    """``crop`` (…, H, W) and ``targets`` (H, W) mirrored along slice ``axis``, classes through ``permutation``."""
     flipped = np.flip(targets, axis=axis)
-    return np.flip(crop, axis=axis), np.where(flipped >= 0, np.asarray(permutation)[np.maximum(flipped, 0)], -1)
+    return np.flip(crop, axis=axis - 2), np.where(flipped >= 0, np.asarray(permutation)[np.maximum(flipped, 0)], -1)
 
 
 def augment_crop(
@@ -180,7 +180,7 @@ def augment_crop(
     targets: np.ndarray,
     low: Sequence[int],
     size: int,
-    background: float,
+    background: float | np.ndarray,
     rng: np.random.Generator,
     *,
     left_right_axis: int | None = None,
@@ -190,16 +190,17 @@ def augment_crop(
 
     Parameters
     ----------
-    image : ndarray of float32, shape (H, W)
-        The whole slice the crop is drawn from (normalised intensities).
+    image : ndarray of float32, shape (H, W) or (M, H, W)
+        The whole slice the crop is drawn from (normalised intensities), one image or one per modality
+        (every modality gets the same transform).
     targets : ndarray of int16, shape (H, W)
         Its target classes, -1 where ignored.
     low : sequence of 2 int
         Slice index of the crop window's first pixel (may be negative or beyond the slice).
     size : int
         Side of the square crop, pixels.
-    background : float
-        Intensity beyond the slice.
+    background : float or ndarray of float, shape (M,)
+        Intensity beyond the slice (one per modality for an ``(M, H, W)`` image).
     rng : numpy.random.Generator
         Draws the transform and its parameters.
     left_right_axis : int or None
@@ -209,7 +210,7 @@ def augment_crop(
 
     Returns
     -------
-    crop : ndarray of float32, shape (size, size)
+    crop : ndarray of float32, shape (size, size), or (M, size, size) for an (M, H, W) image
     crop_targets : ndarray of int16, shape (size, size)
         -1 beyond the slice (and wherever ``targets`` is -1).
     kind : str
@@ -218,11 +219,18 @@ def augment_crop(
     Raises
     ------
     ValueError
-        If ``image`` and ``targets`` differ in shape or are not 2-D.
+        If ``targets`` is not 2-D, ``image`` not of its shape (after a channel axis), or ``background`` not
+        one value per channel.
     """
     image, targets = np.asarray(image), np.asarray(targets)
-    if image.ndim != 2 or image.shape != targets.shape:
-        raise ValueError(f"image and targets must be 2-D of one shape, got {image.shape} and {targets.shape}")
+    if targets.ndim != 2 or image.shape[-2:] != targets.shape or image.ndim not in (2, 3):
+        raise ValueError(
+            f"image (H, W) or (M, H, W) and targets (H, W) must agree, got {image.shape} and {targets.shape}"
+        )
+    channels = image.reshape((-1,) + targets.shape)
+    fills = np.broadcast_to(np.asarray(background, np.float64), (len(channels),)) if np.ndim(background) else None
+    if np.ndim(background) and (image.ndim != 3 or np.shape(background) != (len(channels),)):
+        raise ValueError(f"need one background value per channel of {image.shape}, got {np.shape(background)}")
     low = np.asarray(low, np.float64)
     kind = choose_transform(rng, can_flip=left_right_axis is not None and permutation is not None)
     if kind in ("none", "flip"):
@@ -233,7 +241,17 @@ def augment_crop(
         matrix, offset = _affine(kind, size, rng)
         coords = np.einsum("ij,jkl->ikl", matrix, np.indices((size, size), dtype=np.float64))
         coords += (offset + low)[:, None, None]
-    crop = ndimage.map_coordinates(image.astype(np.float32, copy=False), coords, order=1, cval=background)
+    crop = np.stack(
+        [
+            ndimage.map_coordinates(
+                c.astype(np.float32, copy=False),
+                coords,
+                order=1,
+                cval=float(background if fills is None else fills[k]),  # type: ignore[arg-type]
+            )
+            for k, c in enumerate(channels)
+        ]
+    ).reshape(image.shape[:-2] + (size, size))
     crop_targets = ndimage.map_coordinates(targets.astype(np.int16, copy=False), coords, order=0, cval=-1)
     if kind == "flip":
         assert permutation is not None and left_right_axis is not None  # choose_transform drew it

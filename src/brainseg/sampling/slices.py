@@ -105,7 +105,9 @@ class SliceSampler:
         return out
 
     def draw(self, n: int, rng: np.random.Generator, tc: TrainingConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """``n`` crops: ``{'slices': (n, 1, crop, crop) float32, 'plane': (n,) int64}`` and targets ``(n, crop, crop)`` int16.
+        """``n`` crops: ``{'slices': (n, M, crop, crop) float32, 'plane': (n,) int64}``, targets ``(n, crop, crop)`` int16.
+
+        ``M`` is the inputs' number of modalities.
 
         The plane is drawn uniformly, then a slice among those holding brain voxels, then a brain voxel
         of that slice, and the window is placed so that it holds that voxel at a uniform offset. Pixels
@@ -125,7 +127,7 @@ class SliceSampler:
             _check_augmentation(tc)
         c = self.crop
         which = rng.integers(len(self.planes), size=n)
-        slices = np.empty((n, 1, c, c), np.float32)
+        slices = np.empty((n, self.inputs.modalities, c, c), np.float32)
         targets = np.empty((n, c, c), np.int16)
         for i, k in enumerate(which):
             plane = self.planes[k]
@@ -134,9 +136,9 @@ class SliceSampler:
             voxel = self.voxels[order[first[j] + rng.integers(count[j])]]
             low = voxel[list(ORTHOGONAL_PLANES[plane])] - rng.integers(c, size=2)
             axis, index = PLANE_AXIS[plane], voxel[PLANE_AXIS[plane]]
-            image, target = slice_along(self.inputs.image, axis, index), slice_along(self.targets, axis, index)
+            image, target = self.inputs.slice(axis, index), slice_along(self.targets, axis, index)
             if tc.augment:
-                slices[i, 0], targets[i], _ = augment_crop(
+                slices[i], targets[i], _ = augment_crop(
                     image,
                     target,
                     low,
@@ -147,7 +149,8 @@ class SliceSampler:
                     permutation=self.left_right,
                 )
                 continue
-            slices[i, 0] = box(image, low, (c, c), np.float32(self.inputs.background))
+            for m, fill in enumerate(self.inputs.background):
+                slices[i, m] = box(image[m], low, (c, c), np.float32(fill))
             targets[i] = box(target, low, (c, c), -1)
         return {"slices": slices, "plane": which.astype(np.int64)}, targets
 

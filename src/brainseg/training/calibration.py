@@ -30,8 +30,8 @@ from brainseg.io.nifti import load_volume
 from brainseg.metrics.overlap import dice_per_class
 from brainseg.model_folder import LoadedModel, load_model_folder, write_checksums
 from brainseg.postprocessing.prior import PRIOR_FILE, ClassPrior
-from brainseg.preprocessing.pipeline import prepare_image
 from brainseg.preprocessing.reference import load_transforms
+from brainseg.training.data import prepare_case
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -147,10 +147,8 @@ def score_strengths(
         case = by_id.get(case_id)
         if case is None or case.label_map is None:
             raise InputError(f"{model.config.training.manifest}: no labelled case {case_id!r}")
-        image = load_volume(case.image)
-        mask = load_volume(case.mask, kind="mask").data if case.mask else None
         reference = model.labels.to_classes(load_volume(case.label_map, kind="label_map").data)
-        prepared = prepare_image(image, mask, model.normalization)
+        prepared, _ = prepare_case(case, model.normalization, model.modalities)
         _, probs, registered = unadjusted.segment_prepared(
             prepared, matrix=transforms.get(case_id), probabilities=True, probability_dtype=np.float32
         )

@@ -46,8 +46,8 @@ from brainseg.io.nifti import load_volume, voxel_spacing
 from brainseg.metrics.report import evaluate_label_maps, summarize
 from brainseg.model_folder import PAYLOAD, LoadedModel, load_model_folder, write_checksums
 from brainseg.postprocessing.dense_crf import CRFParameters, dense_crf
-from brainseg.preprocessing.pipeline import prepare_image
 from brainseg.training.calibration import validation_setup
+from brainseg.training.data import prepare_case
 
 __all__ = [
     "CASES_FILE",
@@ -236,10 +236,8 @@ def score_crf_settings(
             figures[:, k] = [scored.scored[key] for key in keys]
             bar.update(len(rows))
             continue
-        image = load_volume(case.image)
-        mask = load_volume(case.mask, kind="mask").data if case.mask else None
         reference = load_volume(case.label_map, kind="label_map").data
-        prepared = prepare_image(image, mask, model.normalization)
+        prepared, image = prepare_case(case, model.normalization, model.modalities)
         network_classes, probs, registered = predictor.segment_prepared(
             prepared, matrix=transforms.get(case_id), probabilities=True
         )

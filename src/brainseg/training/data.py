@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,14 +12,14 @@ from brainseg.config import AnyModelConfig
 from brainseg.errors import InputError
 from brainseg.families import CaseSampler, family_of
 from brainseg.io.manifest import Case
-from brainseg.io.nifti import load_volume
+from brainseg.io.nifti import Volume, load_volume
 from brainseg.labels import LabelTable
 from brainseg.preprocessing.intensity import IntensityNormalization
 from brainseg.preprocessing.pipeline import PreparedImage, prepare_image
 from brainseg.preprocessing.reference import Reference, RegisteredImage, register_to_reference
 from brainseg.preprocessing.registration import resample_to_reference
 
-__all__ = ["TrainingCase", "load_prepared_case", "load_training_case"]
+__all__ = ["TrainingCase", "load_prepared_case", "load_training_case", "prepare_case"]
 
 
 @dataclass
@@ -54,10 +55,52 @@ class TrainingCase:
     registered: RegisteredImage | None = None
 
 
+def prepare_case(
+    case: Case, normalization: IntensityNormalization, modalities: Sequence[str] = ("t1",)
+) -> tuple[PreparedImage, Volume]:
+    """Load one case's image (with its other modalities and mask) and prepare it (:func:`prepare_image`).
+
+    Parameters
+    ----------
+    case : Case
+    normalization : IntensityNormalization
+    modalities : sequence of str
+        The model's modalities (:attr:`brainseg.model_folder.LoadedModel.modalities`): the first is
+        ``case.image``, the others are read from ``case.modalities`` by name.
+
+    Returns
+    -------
+    prepared : PreparedImage
+    image : Volume
+        The first modality as loaded (its grid and spacing are the case's).
+
+    Raises
+    ------
+    InputError
+        If a file cannot be read, a modality is missing from the manifest, or the modalities do not
+        share a voxel grid.
+    """
+    image = load_volume(case.image)
+    others = [load_volume(path) for path in case.images_of(tuple(modalities))]
+    mask = load_volume(case.mask, kind="mask").data if case.mask else None
+    try:
+        prepared = prepare_image(image, mask, normalization, others)
+    except InputError as err:
+        raise InputError(f"case {case.case_id} ({case.image}): {err}") from None
+    return prepared, image
+
+
 def load_prepared_case(
-    case: Case, labels: LabelTable, normalization: IntensityNormalization, *, with_labels: bool = True
+    case: Case,
+    labels: LabelTable,
+    normalization: IntensityNormalization,
+    *,
+    with_labels: bool = True,
+    modalities: Sequence[str] = ("t1",),
 ) -> tuple[PreparedImage, np.ndarray | None]:
     """Load one case, prepare its image (1 mm, mask, normalisation) and its class map on the same grid.
+
+    ``modalities`` are the model's (:func:`prepare_case`).
 
     Returns
     -------
@@ -72,9 +115,7 @@ def load_prepared_case(
     """
     if with_labels and case.label_map is None:
         raise InputError(f"case {case.case_id}: the manifest gives no label_map; training needs one")
-    image = load_volume(case.image)
-    mask = load_volume(case.mask, kind="mask").data if case.mask else None
-    prepared = prepare_image(image, mask, normalization)
+    prepared, image = prepare_case(case, normalization, modalities)
     if not with_labels:
         return prepared, None
     label_map = load_volume(case.label_map, kind="label_map")
@@ -108,9 +149,11 @@ def load_training_case(
         If the case has no label map, its files do not share a grid, or the
         model needs a reference and none is given.
     """
-    prepared, classes = load_prepared_case(case, labels, normalization)
+    family = family_of(model)
+    prepared, classes = load_prepared_case(case, labels, normalization, modalities=family.modalities(model))
     assert classes is not None
-    image, mask, affine, registered = prepared.image, prepared.mask, np.eye(4), None
+    image, mask, affine, registered = prepared.network_image, prepared.mask, np.eye(4), None
+    background = prepared.network_background
     if model.needs_reference:
         if reference is None:
             raise InputError("this model works in the reference space: set training.reference (brainseg atlas build)")
@@ -121,7 +164,6 @@ def load_training_case(
         classes = np.where(registered.mask, classes, 0).astype(np.uint8)
         image, mask, affine = registered.image, registered.mask, reference.affine
     atlas = reference.atlas if reference is not None else None
-    family = family_of(model)
-    inputs = family.case_inputs(model, image, mask, affine, prepared.background, atlas)
+    inputs = family.case_inputs(model, image, mask, affine, background, atlas)
     sampler = family.case_sampler_with_labels(model, inputs, classes, mask, labels)
     return TrainingCase(case.case_id, prepared, classes, mask, inputs, sampler, registered)

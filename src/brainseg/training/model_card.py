@@ -71,9 +71,10 @@ def evaluate_validation(
         if case.label_map is None:
             raise InputError(f"validation case {case_id}: the manifest gives no label_map")
         image = load_volume(case.image)
+        others = [load_volume(path) for path in case.images_of(model.modalities)]
         mask = load_volume(case.mask, kind="mask").data if case.mask else None
         reference = load_volume(case.label_map, kind="label_map")
-        result = predictor.predict(image, mask, matrix=transforms.get(case_id), progress=progress)
+        result = predictor.predict(image, mask, matrix=transforms.get(case_id), progress=progress, others=others)
         scores += evaluate_label_maps(
             result.label_map,
             reference.data,
