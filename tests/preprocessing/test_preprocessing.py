@@ -223,6 +223,8 @@ def test_probabilities_to_source_grid_agree_with_the_label_map(volume, mask, spa
     np.testing.assert_array_equal(back.argmax(axis=0), labels)
     np.testing.assert_allclose(back.sum(axis=0), 1.0, atol=4e-3)
     assert np.all(back[0][~mask] == 1) and not back[1:][:, ~mask].any()
+    assert prepared.resampled  # anisotropic: built once, shared by the labels and the probabilities, read-only
+    assert prepared.source_index() is prepared.source_index() and not prepared.source_index().flags.writeable
     # Probabilities are carried, not blended: every brain voxel's vector is one of the 1 mm grid's.
     vectors = {tuple(v) for v in probs.reshape(4, -1).T.tolist()}
     assert all(tuple(v) in vectors for v in back[:, mask].T.tolist())

@@ -48,6 +48,8 @@ def test_known_translation_round_trip(rng):
     probs = np.stack([on_template == c for c in range(5)]).astype(np.float32)
     back = np.asarray(ProbabilityMap(probs, registered.source_index()))
     np.testing.assert_allclose(back.argmax(axis=0)[prepared.mask], classes[prepared.mask])
+    # the index maps are built once per image (labels and probabilities share them) and cannot be altered
+    assert registered.native_index() is registered.native_index() and not registered.native_index().flags.writeable
 
 
 def test_registration_recovers_a_shift_of_the_template(rng):

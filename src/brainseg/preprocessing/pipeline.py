@@ -102,12 +102,18 @@ class PreparedImage:
         Returns
         -------
         ndarray of int64, shape ``source_shape``, or None when the input was not resampled.
+            Read-only: computed once per image and shared by the labels and the probabilities.
         """
         if not self.resampled:
             return None
+        cached = self.__dict__.get("_source_index")
+        if cached is not None:
+            return cached
         index = np.arange(self.mask.size, dtype=np.int64).reshape(self.mask.shape)
         out = resample_label_map(index, self.source_spacing, self.source_shape)
         out[~self.source_mask] = -1
+        out.setflags(write=False)
+        self.__dict__["_source_index"] = out  # frozen dataclass: a cache, not a field
         return out
 
     def to_source_grid(self, label_map: np.ndarray) -> np.ndarray:

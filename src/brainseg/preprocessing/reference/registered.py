@@ -96,13 +96,19 @@ class RegisteredImage:
         Returns
         -------
         ndarray of int64, shape of ``prepared.mask``
+            Read-only: computed once per image and shared by the labels and the probabilities.
         """
+        cached = self.__dict__.get("_native_index")
+        if cached is not None:
+            return cached
         m = np.linalg.inv(self.reference_affine) @ np.linalg.inv(self.matrix)  # native voxel (= mm) -> template voxel
         index = np.arange(self.mask.size, dtype=np.int64).reshape(self.mask.shape)
         out = ndimage.affine_transform(
             index, m[:3, :3], m[:3, 3], output_shape=self.prepared.mask.shape, order=0, cval=-1
         )
         out[~self.prepared.mask] = -1
+        out.setflags(write=False)
+        self.__dict__["_native_index"] = out  # frozen dataclass: a cache, not a field
         return out
 
     def to_native(self, classes: np.ndarray) -> np.ndarray:
