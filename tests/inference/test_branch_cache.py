@@ -1,4 +1,4 @@
-"""The DistBranch table of the reference grid: exact rows, exact fallback, the cache file, dense inference."""
+"""The DistBranch and ProbBranch tables of the reference grid: exact rows, exact fallback, the cache file, dense inference."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ import torch
 from brainseg.features.atlas import ProbabilisticAtlas
 from brainseg.features.spatial import make_spatial_inputs
 from brainseg.inference import branch_cache
-from brainseg.inference.branch_cache import DistanceFeatureTable, RowFile, cache_dir, support_voxels, table_key
+from brainseg.inference.branch_cache import (
+    AtlasFeatureTable,
+    DistanceFeatureTable,
+    RowFile,
+    cache_dir,
+    support_voxels,
+    table_key,
+)
 from brainseg.inference.dense import predict_dense
 from brainseg.models.ganaye2018 import DistBranch, GanayeNet
 from brainseg.sampling.patches import build_stack
@@ -146,7 +153,7 @@ def test_cache_is_written_once_and_read_back(grid, tmp_path, monkeypatch):
     def no_rebuild(*args, **kwargs):
         raise AssertionError("rebuilt a cached table")
 
-    monkeypatch.setattr(DistanceFeatureTable, "build", no_rebuild)
+    monkeypatch.setattr(DistanceFeatureTable, "fill", no_rebuild)
     second = DistanceFeatureTable.cached(model.dist_branch, spatial.affine, spatial.landmarks, spatial.support)
     assert isinstance(second.rows, RowFile)  # read block by block, not memory-mapped
     voxels = np.argwhere(spatial.support)
@@ -212,8 +219,56 @@ def test_dense_inference_with_the_table_equals_without(grid, mask, tmp_path, mon
         cached_labels, cached = predict_dense(model, stack, mask, spatial=spatial, **kwargs)
         assert np.abs(cached - exact).max() <= 1e-5
         np.testing.assert_array_equal(cached_labels, labels)
-    assert len(list(tmp_path.glob("distbranch-*.npy"))) == 1
+    assert len(list(tmp_path.glob("distbranch-*.npy"))) == 1 and len(list(tmp_path.glob("probbranch-*.npy"))) == 1
     assert (mask & ~spatial.support).any() and (mask & spatial.support).any()  # rows read and rows computed
     # and the DistBranch matters here: shifting its features changes the probabilities
     shifted = replace(spatial, support=None, landmarks=spatial.landmarks + 10.0)
     assert np.abs(predict_dense(model, stack, mask, spatial=shifted, **kwargs)[1] - exact).max() > 1e-2
+
+
+def _exact_atlas(model, spatial, voxels):
+    # The ProbBranch on the atlas vector, as in training and patch-by-patch inference.
+    atlas = torch.from_numpy(spatial.at(voxels, with_patches_3d=False, with_distances=False)["atlas"])
+    with torch.no_grad():
+        return model.prob_branch(atlas).numpy()
+
+
+def test_probbranch_rows_equal_the_branch_on_the_atlas_and_outside_is_exact(grid, rng):
+    model, spatial = grid
+    table = AtlasFeatureTable.build(model.prob_branch, spatial.atlas, spatial.support, "coronal")
+    assert table.rows.shape == (int(spatial.support.sum()), 7) and table.rows.dtype == np.float32
+    inside = np.argwhere(spatial.support)[rng.choice(int(spatial.support.sum()), 200, replace=False)]
+    outside = np.argwhere(~spatial.support)[:50]
+    for voxels in (inside, outside, np.concatenate([outside[:5], inside[:11]])):
+        exact = _exact_atlas(model, spatial, voxels)
+        assert np.abs(table.at(voxels).numpy() - exact).max() <= 1e-5
+    assert _exact_atlas(model, spatial, inside).std(axis=0).max() > 0.01  # varies with position: not vacuous
+
+
+def test_probbranch_cache_key_follows_weights_atlas_support_and_plane(grid, tmp_path, monkeypatch):
+    model, spatial = grid
+    monkeypatch.setenv(branch_cache.CACHE_ENV, str(tmp_path))
+    first = AtlasFeatureTable.cached(model.prob_branch, spatial.atlas, spatial.support)
+    key = first.key()
+    assert [p.name for p in tmp_path.iterdir()] == [f"probbranch-{key}.npy"]
+    again = AtlasFeatureTable.cached(model.prob_branch, spatial.atlas, spatial.support)
+    assert isinstance(again.rows, RowFile) and again.key() == key
+    voxels = np.argwhere(spatial.support)
+    np.testing.assert_array_equal(again.at(voxels).numpy(), first.at(voxels).numpy())
+    assert AtlasFeatureTable.cached(model.prob_branch, spatial.atlas, spatial.support, "sagittal").key() != key
+    values = list(spatial.atlas.values)
+    values[1] = values[1].copy()
+    values[1].flat[0] ^= 1
+    assert (
+        AtlasFeatureTable(
+            model.prob_branch, replace(spatial.atlas, values=tuple(values)), spatial.support, first.rows
+        ).key()
+        != key
+    )
+    changed = type(model.prob_branch)(7)
+    changed.load_state_dict(model.prob_branch.state_dict())
+    with torch.no_grad():
+        next(changed.parameters()).add_(1e-3)
+    assert AtlasFeatureTable(changed, spatial.atlas, spatial.support, first.rows).key() != key
+    monkeypatch.setenv(branch_cache.CACHE_ENV, "off")
+    assert AtlasFeatureTable.cached(model.prob_branch, spatial.atlas, spatial.support) is None

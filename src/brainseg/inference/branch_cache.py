@@ -34,12 +34,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from brainseg.features.atlas import ProbabilisticAtlas
 from brainseg.features.landmarks import landmark_distances, voxel_centres_mm
 from brainseg.io.atomic import atomic_path
 from brainseg.models.ganaye2018 import DistBranch
 from brainseg.sampling.patches import PLANE_AXIS
 
-__all__ = ["DistanceFeatureTable", "RowFile", "cache_dir", "distance_features", "support_voxels"]
+__all__ = [
+    "AtlasFeatureTable",
+    "DistanceFeatureTable",
+    "PositionTable",
+    "RowFile",
+    "cache_dir",
+    "distance_features",
+    "support_voxels",
+]
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +145,121 @@ class RowFile:
         return data.reshape(last - first, width)
 
 
-class DistanceFeatureTable:
+class PositionTable:
+    """Outputs of a position-only branch at every voxel of a support mask, looked up by voxel.
+
+    The shared machinery of :class:`DistanceFeatureTable` and :class:`AtlasFeatureTable`: rows in
+    :func:`support_voxels` order (one slice's rows are one block), in memory or in a cache file, and
+    the exact computation (:meth:`compute`) for voxels outside the support. A subclass sets
+    :attr:`kind` (the cache file's prefix), :attr:`width` and implements :meth:`compute` and :meth:`key`.
+
+    Parameters
+    ----------
+    support : ndarray of bool, shape (D, H, W)
+        The voxels with a stored row.
+    rows : ndarray of float16 or float32, shape (support.sum(), width), or RowFile
+        The output of each support voxel, slice by slice of ``plane``.
+    plane : {'axial', 'coronal', 'sagittal'}
+        The slices the rows are grouped by.
+
+    Raises
+    ------
+    ValueError
+        If ``rows`` does not have one row of :attr:`width` features per support voxel.
+    """
+
+    kind = "position"
+    width = 0
+
+    def _index(self, support: np.ndarray, rows: np.ndarray | RowFile, plane: str) -> None:
+        support = np.asarray(support, bool)
+        if tuple(rows.shape) != (int(support.sum()), self.width):
+            raise ValueError(f"expected rows of shape ({int(support.sum())}, {self.width}), got {rows.shape}")
+        self.support, self.rows, self.plane = support, rows, plane
+        self.index = np.full(support.shape, -1, np.int32)
+        self.index[tuple(support_voxels(support, plane).T)] = np.arange(int(support.sum()), dtype=np.int32)
+
+    def compute(self, voxels: np.ndarray) -> np.ndarray:
+        """The exact outputs ``(N, width)`` float32 at voxels ``(N, 3)`` of the reference grid."""
+        raise NotImplementedError
+
+    def key(self) -> str:
+        """SHA-256 (first 24 hex digits) of everything the rows depend on, their order included."""
+        raise NotImplementedError
+
+    def fill(self, dtype: type = np.float32) -> None:
+        """Compute the rows of every support voxel (exact, stored as ``dtype``)."""
+        voxels = support_voxels(self.support, self.plane)
+        rows = np.empty((len(voxels), self.width), dtype)
+        for start in range(0, len(voxels), BATCH):
+            part = voxels[start : start + BATCH]
+            rows[start : start + len(part)] = self.compute(part)
+        self.rows = rows
+
+    def load_or_build(self) -> bool:
+        """Read the rows from the cache folder, computing and writing them there first if missing.
+
+        Returns
+        -------
+        bool
+            False when the cache is switched off (the rows are left as they are).
+        """
+        folder = cache_dir()
+        if folder is None:
+            return False
+        path = folder / f"{self.kind}-{self.key()}.npy"
+        expected = (int(self.support.sum()), self.width)
+        if path.is_file():
+            try:
+                rows = RowFile(path)
+                if rows.shape == expected and rows.dtype == np.float32:
+                    self.rows = rows
+                    return True
+            except (OSError, ValueError):
+                pass
+            log.warning("ignoring the unreadable cache file %s: rebuilding it", path)
+        log.warning(
+            "computing this model's %s features on the reference grid once (%d voxels); cached in %s",
+            self.kind,
+            expected[0],
+            folder,
+        )
+        self.fill()
+        try:
+            with atomic_path(path, suffix=".npy") as tmp:
+                np.save(tmp, self.rows, allow_pickle=False)
+        except OSError as error:
+            log.warning("could not write the %s cache in %s (%s); using it for this run only", self.kind, folder, error)
+        return True
+
+    @torch.no_grad()
+    def at(self, voxels: np.ndarray) -> torch.Tensor:
+        """Outputs at voxels: stored rows, exact values outside the support.
+
+        Parameters
+        ----------
+        voxels : ndarray of int, shape (N, 3)
+            Voxel indices on the reference grid.
+
+        Returns
+        -------
+        Tensor of float32, shape (N, width)
+        """
+        voxels = np.asarray(voxels, np.int64).reshape(-1, 3)
+        rows = self.index[voxels[:, 0], voxels[:, 1], voxels[:, 2]]
+        out = np.empty((len(voxels), self.width), np.float32)
+        stored = rows >= 0
+        if stored.any():
+            inside = rows[stored]
+            first, last = int(inside.min()), int(inside.max()) + 1  # one slice's rows are one block
+            block = self.rows.block(first, last) if isinstance(self.rows, RowFile) else self.rows[first:last]
+            out[stored] = block[inside - first]
+        if not stored.all():
+            out[~stored] = self.compute(voxels[~stored])
+        return torch.from_numpy(out)
+
+
+class DistanceFeatureTable(PositionTable):
     """DistBranch outputs of every voxel of a support mask, looked up by voxel (Ganaye et al. 2018, sec. 2.2).
 
     Parameters
@@ -147,19 +270,16 @@ class DistanceFeatureTable:
         Voxel -> mm of the reference grid.
     landmarks : ndarray of float, shape (L, 3)
         Landmark positions in mm.
-    support : ndarray of bool, shape (D, H, W)
-        The voxels with a stored row.
-    rows : ndarray of float16 or float32, shape (support.sum(), branch.width), or RowFile
-        The branch output of each support voxel, slice by slice of ``plane``
-        (:func:`support_voxels` order), in memory or in a cache file.
-    plane : {'axial', 'coronal', 'sagittal'}
-        The slices the rows are grouped by: dense inference reads one slice's rows as one block.
+    support, rows, plane
+        As in :class:`PositionTable` (``rows`` of ``branch.width`` features).
 
     Raises
     ------
     ValueError
         If ``rows`` does not have one row of ``branch.width`` features per support voxel.
     """
+
+    kind = "distbranch"
 
     def __init__(
         self,
@@ -170,13 +290,17 @@ class DistanceFeatureTable:
         rows: np.ndarray | RowFile,
         plane: str = "axial",
     ) -> None:
-        support = np.asarray(support, bool)
-        if tuple(rows.shape) != (int(support.sum()), branch.width):
-            raise ValueError(f"expected rows of shape ({int(support.sum())}, {branch.width}), got {rows.shape}")
-        self.branch, self.affine, self.landmarks, self.rows = branch, np.asarray(affine, float), landmarks, rows
-        self.plane = plane
-        self.index = np.full(support.shape, -1, np.int32)
-        self.index[tuple(support_voxels(support, plane).T)] = np.arange(int(support.sum()), dtype=np.int32)
+        self.branch, self.affine, self.landmarks = branch, np.asarray(affine, float), landmarks
+        self.width = branch.width
+        self._index(support, rows, plane)
+
+    def compute(self, voxels: np.ndarray) -> np.ndarray:
+        """The branch from the voxels' landmark distances (:func:`distance_features`)."""
+        return distance_features(self.branch, voxels, self.affine, self.landmarks)
+
+    def key(self) -> str:
+        """:func:`table_key` of the branch, landmarks, grid, support and plane."""
+        return table_key(self.branch, self.affine, self.landmarks, self.support, self.plane)
 
     @classmethod
     def build(
@@ -201,12 +325,10 @@ class DistanceFeatureTable:
         -------
         DistanceFeatureTable
         """
-        voxels = support_voxels(support, plane)
-        rows = np.empty((len(voxels), branch.width), dtype)
-        for start in range(0, len(voxels), BATCH):
-            part = voxels[start : start + BATCH]
-            rows[start : start + len(part)] = distance_features(branch, part, affine, landmarks)
-        return cls(branch, affine, landmarks, support, rows, plane)
+        support = np.asarray(support, bool)
+        table = cls(branch, affine, landmarks, support, _Unfilled((int(support.sum()), branch.width)), plane)  # type: ignore[arg-type]
+        table.fill(dtype)
+        return table
 
     @classmethod
     def cached(
@@ -217,60 +339,112 @@ class DistanceFeatureTable:
         Returns
         -------
         DistanceFeatureTable or None
-            None when the cache is switched off or its folder cannot be written
-            (the caller then computes the branch per scan, as without a cache).
+            None when the cache is switched off (the caller then computes the branch per scan, as
+            without a cache); a table kept in memory when the folder cannot be written.
         """
-        folder = cache_dir()
-        if folder is None:
+        if cache_dir() is None:
             return None
-        path = folder / f"distbranch-{table_key(branch, affine, landmarks, support, plane)}.npy"
-        expected = (int(support.sum()), branch.width)
-        if path.is_file():
-            try:
-                rows = RowFile(path)
-                if rows.shape == expected and rows.dtype == np.float32:
-                    return cls(branch, affine, landmarks, support, rows, plane)
-            except (OSError, ValueError):
-                pass
-            log.warning("ignoring the unreadable cache file %s: rebuilding it", path)
-        log.warning(
-            "computing this model's DistBranch features on the reference grid once (%d voxels); cached in %s",
-            expected[0],
-            folder,
-        )
-        table = cls.build(branch, affine, landmarks, support, plane=plane)
-        try:
-            with atomic_path(path, suffix=".npy") as tmp:
-                np.save(tmp, table.rows, allow_pickle=False)
-        except OSError as error:
-            log.warning("could not write the DistBranch cache in %s (%s); using it for this run only", folder, error)
+        support = np.asarray(support, bool)
+        table = cls(branch, affine, landmarks, support, _Unfilled((int(support.sum()), branch.width)), plane)  # type: ignore[arg-type]
+        table.load_or_build()
         return table
 
+
+class AtlasFeatureTable(PositionTable):
+    """ProbBranch outputs of every voxel of a support mask, looked up by voxel (Ganaye et al. 2018, sec. 2.3).
+
+    In the reference space the ProbBranch reads the atlas' class probabilities at the voxel, a
+    function of its position alone, so its output (added to the logits) is one too: stored once per
+    model like the DistBranch's, this spares each scan the atlas lookup of every brain voxel and the
+    branch's three layers.
+
+    Parameters
+    ----------
+    branch : ProbBranch
+        The network's branch, in eval mode (used for voxels outside the support).
+    atlas : ProbabilisticAtlas
+        The model's atlas on the reference grid.
+    support, rows, plane
+        As in :class:`PositionTable` (``rows`` of ``atlas.num_classes`` features).
+
+    Raises
+    ------
+    ValueError
+        If ``rows`` does not have one row per support voxel, or the branch's width differs from the
+        atlas' classes.
+    """
+
+    kind = "probbranch"
+
+    def __init__(
+        self,
+        branch: torch.nn.Module,
+        atlas: ProbabilisticAtlas,
+        support: np.ndarray,
+        rows: np.ndarray | RowFile,
+        plane: str = "axial",
+    ) -> None:
+        self.branch, self.atlas, self.width = branch, atlas, int(atlas.num_classes)
+        self._index(support, rows, plane)
+
     @torch.no_grad()
-    def at(self, voxels: np.ndarray) -> torch.Tensor:
-        """Branch outputs at voxels: stored rows, exact values outside the support.
-
-        Parameters
-        ----------
-        voxels : ndarray of int, shape (N, 3)
-            Voxel indices on the reference grid.
-
-        Returns
-        -------
-        Tensor of float32, shape (N, width)
-        """
+    def compute(self, voxels: np.ndarray) -> np.ndarray:
+        """The branch of the atlas probabilities at the voxels (the per-voxel path of dense inference)."""
         voxels = np.asarray(voxels, np.int64).reshape(-1, 3)
-        rows = self.index[voxels[:, 0], voxels[:, 1], voxels[:, 2]]
-        out = np.empty((len(voxels), self.branch.width), np.float32)
-        stored = rows >= 0
-        if stored.any():
-            inside = rows[stored]
-            first, last = int(inside.min()), int(inside.max()) + 1  # one slice's rows are one block
-            block = self.rows.block(first, last) if isinstance(self.rows, RowFile) else self.rows[first:last]
-            out[stored] = block[inside - first]
-        if not stored.all():
-            out[~stored] = distance_features(self.branch, voxels[~stored], self.affine, self.landmarks)
-        return torch.from_numpy(out)
+        out = np.empty((len(voxels), self.width), np.float32)
+        for start in range(0, len(voxels), BATCH):
+            part = voxels[start : start + BATCH]
+            atlas = self.atlas.normalise(self.atlas.quantised(part))
+            out[start : start + len(part)] = self.branch(torch.from_numpy(atlas)).numpy()
+        return out
+
+    def key(self) -> str:
+        """SHA-256 of the branch's weights, the atlas (grid, boxes, stored values, floor), support and plane."""
+        digest = hashlib.sha256(self.plane.encode())
+        _update_with_weights(digest, self.branch)
+        atlas = self.atlas
+        digest.update(repr((tuple(atlas.shape), float(atlas.floor), atlas.num_classes)).encode())
+        digest.update(np.ascontiguousarray(np.asarray(atlas.boxes, np.int64)).tobytes())
+        for values in atlas.values:
+            digest.update(np.ascontiguousarray(values).tobytes())
+        digest.update(np.asarray(self.support.shape, np.int64).tobytes())
+        digest.update(np.packbits(self.support).tobytes())
+        return digest.hexdigest()[:24]
+
+    @classmethod
+    def build(
+        cls, branch: torch.nn.Module, atlas: ProbabilisticAtlas, support: np.ndarray, plane: str = "axial"
+    ) -> AtlasFeatureTable:
+        """Compute the float32 rows of every support voxel."""
+        support = np.asarray(support, bool)
+        table = cls(branch, atlas, support, _Unfilled((int(support.sum()), int(atlas.num_classes))), plane)  # type: ignore[arg-type]
+        table.fill()
+        return table
+
+    @classmethod
+    def cached(
+        cls, branch: torch.nn.Module, atlas: ProbabilisticAtlas, support: np.ndarray, plane: str = "axial"
+    ) -> AtlasFeatureTable | None:
+        """The table from the cache folder, built and written there first if missing (None: cache off)."""
+        if cache_dir() is None:
+            return None
+        support = np.asarray(support, bool)
+        table = cls(branch, atlas, support, _Unfilled((int(support.sum()), int(atlas.num_classes))), plane)  # type: ignore[arg-type]
+        table.load_or_build()
+        return table
+
+
+class _Unfilled:
+    """Rows not computed yet: only their shape (a table before :meth:`PositionTable.fill`)."""
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.shape = shape
+
+
+def _update_with_weights(digest: hashlib._Hash, module: torch.nn.Module) -> None:
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
 
 
 def table_key(
@@ -278,9 +452,7 @@ def table_key(
 ) -> str:
     """SHA-256 (first 24 hex digits) of everything a table's rows depend on, their order included."""
     digest = hashlib.sha256(plane.encode())
-    for name, tensor in sorted(branch.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+    _update_with_weights(digest, branch)
     for array in (np.asarray(affine, np.float64), np.asarray(landmarks, np.float64)):
         digest.update(np.ascontiguousarray(array).tobytes())
     digest.update(np.asarray(support.shape, np.int64).tobytes())

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from brainseg.features.spatial import SpatialInputs
-from brainseg.inference.branch_cache import DistanceFeatureTable
+from brainseg.inference.branch_cache import AtlasFeatureTable, DistanceFeatureTable
 from brainseg.inference.dense_priors import BrainRows, Dense3dBranch, DenseAtlas, fold_batch_norm
 from brainseg.models.ganaye2018 import ConvBranch, GanayeNet
 from brainseg.sampling.patches import (
@@ -161,8 +161,9 @@ class _DenseBaseNet:
     def head(self, mixed: torch.Tensor, extras: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits ``(N, num_classes)`` from the summed, gathered mixing outputs ``(N, 9, M)`` and the priors' inputs.
 
-        ``extras`` holds what :meth:`GanayeNet.classify` takes: ``features_3d``, ``atlas`` and either
-        ``dist_features`` or ``distances``.
+        ``extras`` holds what :meth:`GanayeNet.classify` takes: ``features_3d``, either ``prob_features``
+        (the ProbBranch's output, from :class:`~brainseg.inference.branch_cache.AtlasFeatureTable`) or
+        ``atlas``, and either ``dist_features`` or ``distances``.
         """
         model = self.model
         x = torch.relu_(mixed.add_(self.mix_bias)).reshape(mixed.shape[0], -1)  # (N, 9 M), cell-major
@@ -180,7 +181,8 @@ class _DenseBaseNet:
             if w_d is not None:
                 x.addmm_(d, w_d.T)
         if model.prob_branch is not None:
-            x += model.prob_branch(model._check("atlas", extras.get("atlas")))
+            p = extras.get("prob_features")
+            x += p if p is not None else model.prob_branch(model._check("atlas", extras.get("atlas")))
         return x
 
 
@@ -206,6 +208,7 @@ def _slice_probabilities(
     atlas: DenseAtlas | None = None,
     bias: torch.Tensor | None = None,
     distances: DistanceFeatureTable | None = None,
+    prob_table: AtlasFeatureTable | None = None,
 ) -> torch.Tensor:
     y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     cell = ConvBranch.CELL_STRIDE * np.arange(3)
@@ -225,13 +228,19 @@ def _slice_probabilities(
     voxels = plane_to_volume_indices(np.stack([np.full_like(rows, i), rows, cols], axis=1), stack.plane)
     with stage("spatial inputs"):
         extras = _extras(
-            spatial, voxels, with_patches_3d=False, with_atlas=atlas is None, with_distances=distances is None
+            spatial,
+            voxels,
+            with_patches_3d=False,
+            with_atlas=atlas is None and prob_table is None,
+            with_distances=distances is None,
         )
         if distances is not None:
             extras["dist_features"] = distances.at(voxels)
         if features_3d is not None:
             extras["features_3d"] = features_3d.at(voxels)
-        if atlas is not None:
+        if prob_table is not None:
+            extras["prob_features"] = prob_table.at(voxels)
+        elif atlas is not None:
             extras["atlas"] = atlas.at(voxels)
     with stage("head"):
         logits = net.head(mixed, extras)
@@ -296,25 +305,39 @@ def predict_dense(
         probs_p = np.moveaxis(probs, 1 + PLANE_AXIS[stack.plane], 1)  # (C, S, A, B) view
     net = _DenseBaseNet(model)
     bias = _bias(model, logit_bias)
-    brain = BrainRows(mask) if (model.branch_3d is not None or model.prob_branch is not None) else None
+    has_support = spatial is not None and spatial.support is not None and bool(mask.any())
+    table = prob_table = None
+    if model.dist_branch is not None and has_support:
+        with stage("DistBranch table"):
+            table = DistanceFeatureTable.cached(
+                model.dist_branch,
+                spatial.affine,  # type: ignore[union-attr]
+                spatial.landmarks,  # type: ignore[union-attr]
+                spatial.support,  # type: ignore[union-attr]
+                stack.plane,
+            )
+    if model.prob_branch is not None and has_support:
+        with stage("ProbBranch table"):
+            prob_table = AtlasFeatureTable.cached(
+                model.prob_branch,
+                spatial.atlas,  # type: ignore[union-attr, arg-type]
+                spatial.support,  # type: ignore[union-attr]
+                stack.plane,
+            )
+    needs_atlas = model.prob_branch is not None and prob_table is None
+    brain = BrainRows(mask) if (model.branch_3d is not None or needs_atlas) else None
     dense_3d = dense_atlas = None
     if brain is not None and len(brain.voxels):
         if model.branch_3d is not None:
             with stage("3dBranch maps"):
                 dense_3d = Dense3dBranch(model.branch_3d, spatial, mask, brain)  # type: ignore[arg-type]
-        if model.prob_branch is not None:
+        if needs_atlas:
             with stage("atlas lookup"):
                 dense_atlas = DenseAtlas(spatial, brain)  # type: ignore[arg-type]
-    table = None
-    if model.dist_branch is not None and spatial is not None and spatial.support is not None and mask.any():
-        with stage("DistBranch table"):
-            table = DistanceFeatureTable.cached(
-                model.dist_branch, spatial.affine, spatial.landmarks, spatial.support, stack.plane
-            )
     slices = [i for i in range(stack.shape[0]) if mask_p[i].any()]
     for i in tqdm(slices, desc="slices", unit="slice", disable=not progress, leave=False):
         rows, cols = np.nonzero(mask_p[i])
-        p = _slice_probabilities(net, stack, i, rows, cols, spatial, dense_3d, dense_atlas, bias, table)
+        p = _slice_probabilities(net, stack, i, rows, cols, spatial, dense_3d, dense_atlas, bias, table, prob_table)
         classes[i, rows, cols] = p.argmax(dim=1).numpy().astype(np.uint8)
         if probs_p is not None:
             probs_p[:, i, rows, cols] = p.numpy().T
