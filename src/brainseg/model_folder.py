@@ -82,6 +82,8 @@ RECORDS = (
     "crf_tuning.csv",
     "crf_tuning_cases.jsonl",
     "refinement.md",
+    "view_fusion.md",
+    "view_fusion.csv",
 )
 
 

@@ -170,6 +170,8 @@ class PositionTable:
 
     kind = "position"
     width = 0
+    #: Voxels per :meth:`compute` call while filling the rows.
+    batch = BATCH
 
     def _index(self, support: np.ndarray, rows: np.ndarray | RowFile, plane: str) -> None:
         support = np.asarray(support, bool)
@@ -191,8 +193,8 @@ class PositionTable:
         """Compute the rows of every support voxel (exact, stored as ``dtype``)."""
         voxels = support_voxels(self.support, self.plane)
         rows = np.empty((len(voxels), self.width), dtype)
-        for start in range(0, len(voxels), BATCH):
-            part = voxels[start : start + BATCH]
+        for start in range(0, len(voxels), self.batch):
+            part = voxels[start : start + self.batch]
             rows[start : start + len(part)] = self.compute(part)
         self.rows = rows
 
@@ -375,6 +377,8 @@ class AtlasFeatureTable(PositionTable):
     """
 
     kind = "probbranch"
+    #: The atlas lookup walks every class's box once per call: fewer, larger calls.
+    batch = 1 << 18
 
     def __init__(
         self,
@@ -392,8 +396,8 @@ class AtlasFeatureTable(PositionTable):
         """The branch of the atlas probabilities at the voxels (the per-voxel path of dense inference)."""
         voxels = np.asarray(voxels, np.int64).reshape(-1, 3)
         out = np.empty((len(voxels), self.width), np.float32)
-        for start in range(0, len(voxels), BATCH):
-            part = voxels[start : start + BATCH]
+        for start in range(0, len(voxels), self.batch):
+            part = voxels[start : start + self.batch]
             atlas = self.atlas.normalise(self.atlas.quantised(part))
             out[start : start + len(part)] = self.branch(torch.from_numpy(atlas)).numpy()
         return out

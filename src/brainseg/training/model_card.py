@@ -119,7 +119,8 @@ def write_model_card(
     Notes
     -----
     A ``refinement.md`` in the folder (:mod:`brainseg.training.refinement`: the passes of an iterative
-    inference, scored) is copied into the card.
+    inference, scored) and a ``view_fusion.md`` (:mod:`brainseg.training.view_fusion`: MixNet's views alone
+    and fused) are copied into the card.
     """
     model_dir = Path(model_dir)
     model = load_model_folder(model_dir)
@@ -240,8 +241,12 @@ def write_model_card(
             f"| {label} | {name} | {_fmt(m['dice'])} | {_fmt(m['hausdorff'], 2)} | {_fmt(m['hd95'], 2)} "
             f"| {_fmt(m['msd'])} | {_fmt(m['volumetric_similarity'])} |"
         )
-    if (model_dir / "refinement.md").is_file():
-        lines += ["", "## Iterative inference, pass by pass", "", (model_dir / "refinement.md").read_text().rstrip()]
+    for name, title in (
+        ("refinement.md", "Iterative inference, pass by pass"),
+        ("view_fusion.md", "Views alone and fused"),
+    ):
+        if (model_dir / name).is_file():
+            lines += ["", f"## {title}", "", (model_dir / name).read_text().rstrip()]
     path = model_dir / "model_card.md"
     kept = _hand_written_sections(path)
     return atomic_write_text(path, "\n".join(lines + ([""] + kept if kept else [])) + "\n")
