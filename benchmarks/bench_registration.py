@@ -33,9 +33,9 @@ def old_pyramid(moving, moving_affine, reference, reference_affine) -> np.ndarra
 
     fixed, moving_img = reg._to_sitk(reference, reference_affine), reg._to_sitk(moving, moving_affine)
     starts = reg.initial_transforms(moving, moving_affine, reference, reference_affine)
-    coarse = [reg._optimise(fixed, moving_img, s, [4], [2.0], 200, 0.05, 1) for s in starts]
+    coarse = [reg._optimise(fixed, moving_img, s, [4], [2.0], 200, 0.05, 1, gradient_filters=True) for s in starts]
     best, _ = min(coarse, key=lambda c: c[1])
-    return reg._optimise(fixed, moving_img, best, [2, 1], [1.0, 0.0], 200, 0.05, 1)[0]
+    return reg._optimise(fixed, moving_img, best, [2, 1], [1.0, 0.0], 200, 0.05, 1, gradient_filters=True)[0]
 
 
 def main() -> None:

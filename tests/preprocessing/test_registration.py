@@ -152,3 +152,19 @@ def test_registration_is_reproducible(demo):
     np.testing.assert_allclose(runs[0], runs[1], rtol=0, atol=1e-9)  # ITK's threads: rounding only
     with pytest.raises(ValueError, match="wall clock"):
         register_affine(moving, small_affine, small, small_affine, seed=0)
+
+
+def test_crop_to_foreground_keeps_every_nonzero_voxel_at_its_world_position():
+    from brainseg.preprocessing.registration import crop_to_foreground
+
+    rng = np.random.default_rng(4)
+    data = np.zeros((30, 25, 20), np.float32)
+    data[6:19, 3:22, 9:12] = rng.uniform(1, 2, (13, 19, 3))
+    affine = np.array([[0.0, -1.2, 0.1, 5], [0.9, 0.0, 0.0, -3], [0.0, 0.0, 2.0, 1], [0, 0, 0, 1]])
+    box, box_affine = crop_to_foreground(data, affine, margin=4)
+    assert box.shape == (13 + 8, 25, 3 + 8) and box.flags.c_contiguous  # axis 1 clipped at both edges
+    assert box.sum() == data.sum()
+    for v in np.argwhere(box > 0)[::17]:
+        full = v + np.array([2, 0, 5])  # the box starts at (6 - 4, max(3 - 4, 0), 9 - 4)
+        assert box[tuple(v)] == data[tuple(full)]
+        np.testing.assert_allclose(box_affine @ np.r_[v, 1.0], affine @ np.r_[full, 1.0])
