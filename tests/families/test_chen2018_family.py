@@ -338,3 +338,17 @@ def test_mixnet_trains_segments_evaluates_and_is_described(tmp_path, tiny_manife
     assert f"parameters: {count_parameters(model.network):,} (the paper gives none" in out
     # the sampling prior's strength, through the shared predictor (the logit bias reaches every view)
     assert main(["calibrate", str(model_dir), "--strengths", "0,1", "--no-progress", "--no-card"]) == 0
+
+
+def test_channels_last_inference_equals_the_default_memory_format(monkeypatch):
+    from brainseg.inference import dense_mixnet
+
+    _, mask, _ = _case()
+    image = np.where(mask, np.random.default_rng(2).standard_normal(SHAPE), BACKGROUND).astype(np.float32)
+    inputs = CHEN2018.case_inputs(MixNetConfig(), image, mask, np.eye(4), BACKGROUND, None)
+    views = _views(weights=(1, 1, 2)).eval()
+    fast = predict_mixnet(views, inputs, mask, probabilities=True, probability_dtype=np.float32)[1]
+    monkeypatch.setattr(dense_mixnet, "CHANNELS_LAST", False)
+    plain = predict_mixnet(views, inputs, mask, probabilities=True, probability_dtype=np.float32)[1]
+    assert np.abs(fast - plain).max() <= 1e-5 and fast[:, mask].std() > 0.01
+    assert all(p.is_contiguous() for p in views.parameters())  # the caller's network keeps its format

@@ -1,0 +1,79 @@
+"""Benchmark MixNet's multi-view inference (Chen & Merhof 2018, section 2.3) over a whole 1 mm brain.
+
+Times :func:`brainseg.inference.dense_mixnet.predict_mixnet` on a prepared scan (default: the shipped
+demo subject, MICCAI 2012 subject 1000), view by view, with the memory format dense inference uses
+(channels-last) against PyTorch's default (contiguous), and prints the peak RSS of the process. The
+network is a model folder's (``--model``) or an untrained MixNet of the given version and classes (the
+time does not depend on the weights). Target (issue J): three views of a 1 mm brain in <= 60 s on 2
+cores.
+
+Usage::
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_mixnet.py [--model MODEL_DIR | --classes 135 --version 2] [--image PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "src" / "brainseg" / "data" / "demo" / "1000_SS.nii.gz"
+
+
+def main() -> None:
+    """Prepare the scan, run every view both ways and print the figures."""
+    from brainseg.families.chen2018 import CHEN2018, MixNetViews
+    from brainseg.inference import dense_mixnet
+    from brainseg.io import load_volume
+    from brainseg.model_configs import MixNetConfig
+    from brainseg.model_folder import load_model_folder
+    from brainseg.preprocessing.intensity import IntensityNormalization
+    from brainseg.preprocessing.pipeline import prepare_image
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="a mixnet model folder (default: untrained weights)")
+    parser.add_argument("--classes", type=int, default=135)
+    parser.add_argument("--version", type=int, default=2, choices=(1, 2, 3))
+    parser.add_argument("--image", type=Path, default=DEMO)
+    args = parser.parse_args()
+    if args.model:
+        model = load_model_folder(args.model)
+        network, cfg, normalization = model.network, model.config.model, model.normalization
+    else:
+        torch.manual_seed(0)
+        cfg = MixNetConfig(num_classes=args.classes, version=args.version)
+        network, normalization = CHEN2018.build_network(cfg).eval(), IntensityNormalization()
+    assert isinstance(network, MixNetViews)
+    prepared = prepare_image(load_volume(args.image), None, normalization)
+    inputs = CHEN2018.case_inputs(cfg, prepared.image, prepared.mask, np.eye(4), prepared.background, None)
+    print(
+        f"threads {torch.get_num_threads()}; MixNetv{cfg.version}, {network.num_classes} classes; brain box "
+        f"{inputs.image.shape[1:]} ({int(prepared.mask.sum()):,} brain voxels)"
+    )
+    totals = {}
+    for label in ("channels-last", "contiguous"):
+        dense_mixnet.CHANNELS_LAST = label == "channels-last"
+        total = 0.0
+        for plane in network.planes:
+            start = time.perf_counter()
+            dense_mixnet.view_probabilities(network, inputs, prepared.mask, plane)
+            seconds = time.perf_counter() - start
+            total += seconds
+            print(f"{label:14s} {plane:9s} {seconds:7.1f} s")
+        totals[label] = total
+    dense_mixnet.CHANNELS_LAST = True
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print(
+        f"{len(network.planes)} views: channels-last {totals['channels-last']:.1f} s, contiguous "
+        f"{totals['contiguous']:.1f} s; peak RSS {rss:.2f} GB (target <= 60 s)"
+    )
+
+
+if __name__ == "__main__":
+    main()
