@@ -46,7 +46,7 @@ from brainseg.io.nifti import load_volume
 from brainseg.metrics.report import StructureScore, evaluate_label_maps
 from brainseg.model_folder import LoadedModel, load_model_folder, write_checksums
 
-__all__ = ["FusionScore", "candidate_weights", "choose_fusion", "format_fusions", "score_fusions"]
+__all__ = ["FusionScore", "candidate_weights", "choose_fusion", "format_fusions", "score_fusions", "write_view_fusion"]
 
 #: Files written into the model folder.
 TABLE_FILE, CSV_FILE = "view_fusion.md", "view_fusion.csv"
@@ -228,28 +228,49 @@ def _parse_weights(text: str) -> tuple[float, ...]:
         raise InputError(f"--weights expects numbers separated by commas (1,1,4), got {text!r}") from None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Score the weightings on the validation cases; print and write ``view_fusion.md`` and ``.csv``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model_dir", type=Path)
-    parser.add_argument("--weights", action="append", type=str, help="a weighting, e.g. 1,1,4 (repeatable)")
-    parser.add_argument("--cases", nargs="+", help="case ids (default: the config's validation cases)")
-    parser.add_argument("--write", action="store_true", help="store the chosen weights in config.yaml")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        model = load_model_folder(args.model_dir)
-        weights = [_parse_weights(w) for w in args.weights] if args.weights else None
-        scores = score_fusions(model, weights, args.cases, progress=not args.no_progress)
-    except InputError as err:
-        print(f"view_fusion: {err}", file=sys.stderr)
-        return 2
+def write_view_fusion(
+    model_dir: str | Path,
+    weights: Sequence[Sequence[float]] | None = None,
+    cases: Sequence[str] | None = None,
+    *,
+    write: bool = False,
+    progress: bool = False,
+) -> tuple[list[FusionScore], FusionScore | None, str]:
+    """Score the weightings (:func:`score_fusions`) and write ``view_fusion.md`` and ``view_fusion.csv``.
+
+    Parameters
+    ----------
+    model_dir : str or Path
+        A ``mixnet`` model folder (written in place).
+    weights, cases
+        As in :func:`score_fusions`.
+    write : bool
+        Store the chosen weighting as ``model.view_weights`` in ``config.yaml``.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    scores : list of FusionScore
+    chosen : FusionScore or None
+        :func:`choose_fusion`.
+    text : str
+        The Markdown written to ``view_fusion.md``.
+
+    Raises
+    ------
+    InputError
+        As :func:`score_fusions`.
+    """
+    folder = Path(model_dir)
+    model = load_model_folder(folder)
+    scores = score_fusions(model, weights, cases, progress=progress)
     planes = model.network.planes  # type: ignore[union-attr]
     chosen = choose_fusion(scores)
-    cases = sorted({s.case_id for s in scores[0].scores})
+    names = sorted({s.case_id for s in scores[0].scores})
     text = (
-        f"Views alone and fused (Chen & Merhof 2018, section 2.3) of `{args.model_dir}` on {len(cases)} case(s) "
-        f"({', '.join(cases)}), each scored on its own grid; weights in the order {', '.join(planes)}. "
+        f"Views alone and fused (Chen & Merhof 2018, section 2.3) of `{folder}` on {len(names)} case(s) "
+        f"({', '.join(names)}), each scored on its own grid; weights in the order {', '.join(planes)}. "
         "The chosen weighting (highest mean Dice among the fused ones) was picked on these same cases, "
         "so its figure is optimistic by about the spread between weightings.\n\n"
         + format_fusions(scores, planes, chosen)
@@ -261,12 +282,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in s.scores:
             figures = [f"{r.dice:.4f}", f"{r.hd95:.3f}", f"{r.volumetric_similarity:.4f}"]
             writer.writerow([":".join(f"{w:g}" for w in s.weights), r.case_id, r.label, r.name, *figures, s is chosen])
-    folder = Path(args.model_dir)
     atomic_write_text(folder / TABLE_FILE, text)
     atomic_write_text(folder / CSV_FILE, buffer.getvalue())
-    if args.write and chosen is not None:
+    if write and chosen is not None:
         _write_view_weights(folder / "config.yaml", chosen.weights)
     write_checksums(folder)
+    return scores, chosen, text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Score the weightings on the validation cases; print and write ``view_fusion.md`` and ``.csv``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--weights", action="append", type=str, help="a weighting, e.g. 1,1,4 (repeatable)")
+    parser.add_argument("--cases", nargs="+", help="case ids (default: the config's validation cases)")
+    parser.add_argument("--write", action="store_true", help="store the chosen weights in config.yaml")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        weights = [_parse_weights(w) for w in args.weights] if args.weights else None
+        _, _, text = write_view_fusion(
+            args.model_dir, weights, args.cases, write=args.write, progress=not args.no_progress
+        )
+    except InputError as err:
+        print(f"view_fusion: {err}", file=sys.stderr)
+        return 2
     print(text, end="")
     return 0
 
