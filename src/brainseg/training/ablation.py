@@ -252,7 +252,7 @@ def run_ablation(
     if first is not None:
         tc = with_overrides(first, **overrides).training if overrides else first.training
         budget = (
-            f"Budget per row: {tc.epochs} epochs x {tc.samples_per_epoch:,} patches (batch {tc.batch_size}), "
+            f"Budget per row: {tc.epochs} epochs x {tc.samples_per_epoch:,} training examples (batch {tc.batch_size}), "
             f"learning rate {tc.learning_rate}, on this machine's CPU; validation cases: "
             f"{', '.join(tc.validation_cases)}."
         )
