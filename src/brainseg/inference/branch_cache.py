@@ -230,6 +230,7 @@ class PositionTable:
         try:
             with atomic_path(path, suffix=".npy") as tmp:
                 np.save(tmp, self.rows, allow_pickle=False)
+            self.rows = RowFile(path)  # read back by blocks: the first run need not hold every table in memory
         except OSError as error:
             log.warning("could not write the %s cache in %s (%s); using it for this run only", self.kind, folder, error)
         return True

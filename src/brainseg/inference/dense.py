@@ -30,7 +30,6 @@ from brainseg.inference.dense_priors import BrainRows, Dense3dBranch, DenseAtlas
 from brainseg.models.ganaye2018 import ConvBranch, GanayeNet
 from brainseg.sampling.patches import (
     HALF,
-    PLANE_AXIS,
     MultiScaleStack,
     extract_patches,
     from_plane,
@@ -297,12 +296,11 @@ def predict_dense(
     if mask_p.shape != stack.shape:
         raise ValueError(f"mask shape {mask.shape} does not match the stack {stack.shape} in plane {stack.plane}")
     classes = np.zeros(stack.shape, np.uint8)
-    probs = probs_p = None
+    probs = None
     if probabilities:
-        # allocated in volume order and filled through a plane-order view: no reordering copy at the end
+        # volume order, background 1 outside the brain; filled class by class after the slices (below)
         probs = np.zeros((model.num_classes,) + mask.shape, probability_dtype)
         probs[0] = 1
-        probs_p = np.moveaxis(probs, 1 + PLANE_AXIS[stack.plane], 1)  # (C, S, A, B) view
     net = _DenseBaseNet(model)
     bias = _bias(model, logit_bias)
     has_support = spatial is not None and spatial.support is not None and bool(mask.any())
@@ -335,12 +333,34 @@ def predict_dense(
             with stage("atlas lookup"):
                 dense_atlas = DenseAtlas(spatial, brain)  # type: ignore[arg-type]
     slices = [i for i in range(stack.shape[0]) if mask_p[i].any()]
-    for i in tqdm(slices, desc="slices", unit="slice", disable=not progress, leave=False):
+    # Probabilities are gathered class-major at the brain voxels in slice order (each slice's values one
+    # contiguous run per class), then copied class by class into the volume-order array: scattering each
+    # slice's voxels straight into the strided (C, D, H, W) view wrote every value to its own cache line
+    # (about 30 s for a 1 mm brain's 135 classes).
+    counts = [int(mask_p[i].sum()) for i in slices]
+    compact = None if probs is None else np.empty((model.num_classes, sum(counts)), probs.dtype)
+    offset = 0
+    for i, n in tqdm(list(zip(slices, counts)), desc="slices", unit="slice", disable=not progress, leave=False):
         rows, cols = np.nonzero(mask_p[i])
         p = _slice_probabilities(net, stack, i, rows, cols, spatial, dense_3d, dense_atlas, bias, table, prob_table)
         classes[i, rows, cols] = p.argmax(dim=1).numpy().astype(np.uint8)
-        if probs_p is not None:
-            probs_p[:, i, rows, cols] = p.numpy().T
+        if compact is not None:
+            with stage("probabilities"):
+                compact[:, offset : offset + n] = p.T.to(
+                    torch.float16 if compact.dtype == np.float16 else p.dtype
+                ).numpy()
+        offset += n
+    if probs is not None and compact is not None:
+        with stage("probabilities"):
+            # brain voxel k of the volume (C order) is column order[k] of the slice-order array
+            column = np.full(mask_p.shape, -1, np.int64)
+            column[mask_p] = np.arange(offset)  # slice order: C order of the plane-order mask
+            order = from_plane(column, stack.plane)[mask]
+            index, columns = torch.from_numpy(order), torch.from_numpy(compact)
+            for c0 in range(0, model.num_classes, 16):  # torch's gather: numpy's took 13 s of scattered reads
+                block = torch.index_select(columns[c0 : c0 + 16], 1, index).numpy()
+                for k, values in enumerate(block):
+                    probs[c0 + k][mask] = values
     return np.ascontiguousarray(from_plane(classes, stack.plane)), probs
 
 
