@@ -166,7 +166,7 @@ def test_ablation_prints_table_and_reuses_runs(reference, tmp_path, capsys):
     assert lines[0].startswith("| model | Dice | Hausdorff (mm) | MSD (mm) | parameters | paper Dice | paper HD")
     assert lines[1].startswith("| BaseNet |") and "| 0.694 | 40.26 | 1.74 | 1,249,415 |" in lines[1]
     assert lines[2].startswith("| +Dist (conv, no rbf) |") and "| 0.720 | 10.09 | 1.10 | 1,508,511 |" in lines[2]
-    assert "Budget per row: 1 epochs x 256 patches" in table
+    assert "Budget per row: 1 epochs x 256 training examples" in table
     assert (out / "ablation.md").read_text() == table
     # the second table: Dice over structures, each row tested against the first one (the default reference)
     assert lines[3].startswith("| model | structures | median Dice | mean Dice |")
