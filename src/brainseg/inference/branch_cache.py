@@ -157,8 +157,9 @@ class PositionTable:
     ----------
     support : ndarray of bool, shape (D, H, W)
         The voxels with a stored row.
-    rows : ndarray of float16 or float32, shape (support.sum(), width), or RowFile
-        The output of each support voxel, slice by slice of ``plane``.
+    rows : ndarray of float16 or float32, shape (support.sum(), width), RowFile, or None
+        The output of each support voxel, slice by slice of ``plane``; None until :meth:`fill` or
+        :meth:`load_or_build` provides them.
     plane : {'axial', 'coronal', 'sagittal'}
         The slices the rows are grouped by.
 
@@ -173,9 +174,9 @@ class PositionTable:
     #: Voxels per :meth:`compute` call while filling the rows.
     batch = BATCH
 
-    def _index(self, support: np.ndarray, rows: np.ndarray | RowFile, plane: str) -> None:
+    def _index(self, support: np.ndarray, rows: np.ndarray | RowFile | None, plane: str) -> None:
         support = np.asarray(support, bool)
-        if tuple(rows.shape) != (int(support.sum()), self.width):
+        if rows is not None and tuple(rows.shape) != (int(support.sum()), self.width):
             raise ValueError(f"expected rows of shape ({int(support.sum())}, {self.width}), got {rows.shape}")
         self.support, self.rows, self.plane = support, rows, plane
         self.index = np.full(support.shape, -1, np.int32)
@@ -290,7 +291,7 @@ class DistanceFeatureTable(PositionTable):
         affine: np.ndarray,
         landmarks: np.ndarray,
         support: np.ndarray,
-        rows: np.ndarray | RowFile,
+        rows: np.ndarray | RowFile | None,
         plane: str = "axial",
     ) -> None:
         self.branch, self.affine, self.landmarks = branch, np.asarray(affine, float), landmarks
@@ -328,8 +329,7 @@ class DistanceFeatureTable(PositionTable):
         -------
         DistanceFeatureTable
         """
-        support = np.asarray(support, bool)
-        table = cls(branch, affine, landmarks, support, _Unfilled((int(support.sum()), branch.width)), plane)  # type: ignore[arg-type]
+        table = cls(branch, affine, landmarks, support, None, plane)
         table.fill(dtype)
         return table
 
@@ -345,10 +345,9 @@ class DistanceFeatureTable(PositionTable):
             None when the cache is switched off (the caller then computes the branch per scan, as
             without a cache); a table kept in memory when the folder cannot be written.
         """
-        if cache_dir() is None:
+        if cache_dir() is None:  # before indexing the support: nothing to read or write
             return None
-        support = np.asarray(support, bool)
-        table = cls(branch, affine, landmarks, support, _Unfilled((int(support.sum()), branch.width)), plane)  # type: ignore[arg-type]
+        table = cls(branch, affine, landmarks, support, None, plane)
         table.load_or_build()
         return table
 
@@ -373,8 +372,7 @@ class AtlasFeatureTable(PositionTable):
     Raises
     ------
     ValueError
-        If ``rows`` does not have one row per support voxel, or the branch's width differs from the
-        atlas' classes.
+        If ``rows`` does not have one row of ``atlas.num_classes`` values per support voxel.
     """
 
     kind = "probbranch"
@@ -386,7 +384,7 @@ class AtlasFeatureTable(PositionTable):
         branch: torch.nn.Module,
         atlas: ProbabilisticAtlas,
         support: np.ndarray,
-        rows: np.ndarray | RowFile,
+        rows: np.ndarray | RowFile | None,
         plane: str = "axial",
     ) -> None:
         self.branch, self.atlas, self.width = branch, atlas, int(atlas.num_classes)
@@ -421,8 +419,7 @@ class AtlasFeatureTable(PositionTable):
         cls, branch: torch.nn.Module, atlas: ProbabilisticAtlas, support: np.ndarray, plane: str = "axial"
     ) -> AtlasFeatureTable:
         """Compute the float32 rows of every support voxel."""
-        support = np.asarray(support, bool)
-        table = cls(branch, atlas, support, _Unfilled((int(support.sum()), int(atlas.num_classes))), plane)  # type: ignore[arg-type]
+        table = cls(branch, atlas, support, None, plane)
         table.fill()
         return table
 
@@ -431,19 +428,11 @@ class AtlasFeatureTable(PositionTable):
         cls, branch: torch.nn.Module, atlas: ProbabilisticAtlas, support: np.ndarray, plane: str = "axial"
     ) -> AtlasFeatureTable | None:
         """The table from the cache folder, built and written there first if missing (None: cache off)."""
-        if cache_dir() is None:
+        if cache_dir() is None:  # before indexing the support: nothing to read or write
             return None
-        support = np.asarray(support, bool)
-        table = cls(branch, atlas, support, _Unfilled((int(support.sum()), int(atlas.num_classes))), plane)  # type: ignore[arg-type]
+        table = cls(branch, atlas, support, None, plane)
         table.load_or_build()
         return table
-
-
-class _Unfilled:
-    """Rows not computed yet: only their shape (a table before :meth:`PositionTable.fill`)."""
-
-    def __init__(self, shape: tuple[int, int]) -> None:
-        self.shape = shape
 
 
 def _update_with_weights(digest: hashlib._Hash, module: torch.nn.Module) -> None:

@@ -337,11 +337,11 @@ def predict_dense(
     # contiguous run per class), then copied class by class into the volume-order array: scattering each
     # slice's voxels straight into the strided (C, D, H, W) view wrote every value to its own cache line
     # (about 30 s for a 1 mm brain's 135 classes).
-    counts = [int(mask_p[i].sum()) for i in slices]
-    compact = None if probs is None else np.empty((model.num_classes, sum(counts)), probs.dtype)
+    compact = None if probs is None else np.empty((model.num_classes, int(mask_p.sum())), probs.dtype)
     offset = 0
-    for i, n in tqdm(list(zip(slices, counts)), desc="slices", unit="slice", disable=not progress, leave=False):
+    for i in tqdm(slices, desc="slices", unit="slice", disable=not progress, leave=False):
         rows, cols = np.nonzero(mask_p[i])
+        n = len(rows)
         p = _slice_probabilities(net, stack, i, rows, cols, spatial, dense_3d, dense_atlas, bias, table, prob_table)
         classes[i, rows, cols] = p.argmax(dim=1).numpy().astype(np.uint8)
         if compact is not None:
@@ -350,7 +350,8 @@ def predict_dense(
                     torch.float16 if compact.dtype == np.float16 else p.dtype
                 ).numpy()
         offset += n
-    if probs is not None and compact is not None:
+    if compact is not None:
+        assert probs is not None
         with stage("probabilities"):
             # brain voxel k of the volume (C order) is column order[k] of the slice-order array
             column = np.full(mask_p.shape, -1, np.int64)

@@ -5,9 +5,9 @@ L. Chen, D. Merhof, "MixNet: Multi-modality Mix Network for Brain Segmentation",
 
 For each plane of a :class:`~brainseg.families.chen2018.MixNetViews`, every slice of the cropped
 volume (:class:`~brainseg.families.chen2018.MixNetInputs`) that holds brain voxels goes through the
-plane's network in eval mode, a few slices at a time, padded to even sides when the InitUnit pools and
-cropped back (channels-last memory format: faster here); the softmax probabilities are gathered at the brain voxels (back to volume order) and
-averaged over the views with the fusion weights. The networks are fully convolutional, so nothing
+plane's network in eval mode, a few slices at a time (channels-last memory format: faster here), padded
+to even sides when the InitUnit pools and cropped back; the softmax probabilities are gathered at the
+brain voxels (back to volume order) and averaged over the views with the fusion weights. The networks are fully convolutional, so nothing
 needs converting: what the training crops went through is what a whole slice goes through.
 
 Memory: the fused probabilities are kept at the brain voxels only, ``4 C N`` bytes for ``C`` classes

@@ -154,18 +154,18 @@ class Predictor:
         """
         cfg = self.model.config.model
         reference = self.model.reference
+        modalities = self.model.modalities
+        if len(prepared.channels) + 1 != len(modalities):  # before any registration
+            raise InputError(
+                f"the model reads {len(modalities)} modalities ({', '.join(modalities)}); "
+                f"{len(prepared.channels) + 1} image(s) given"
+            )
         background = prepared.network_background
         if reference is None:
             image, mask, affine, atlas, registered = prepared.network_image, prepared.mask, np.eye(4), None, None
         else:
             registered = register_to_reference(prepared, reference, matrix)
             image, mask, affine, atlas = registered.image, registered.mask, reference.affine, reference.atlas
-        modalities = self.model.modalities
-        if len(prepared.channels) + 1 != len(modalities):
-            raise InputError(
-                f"the model reads {len(modalities)} modalities ({', '.join(modalities)}); "
-                f"{len(prepared.channels) + 1} image(s) given"
-            )
         inputs = family_of(cfg).case_inputs(cfg, image, mask, affine, background, atlas)
         return inputs, mask, registered
 

@@ -85,7 +85,7 @@ class ProbabilityMap:
 
         Classes are quantised, reoriented and (``.nii.gz``) compressed in :data:`WRITE_THREADS` threads,
         each class one gzip member of the file (gzip readers, nibabel's included, read the members as
-        one stream); they are written in class order, so memory holds a few classes at a time.
+        one stream), and written in class order as each is ready.
 
         Parameters
         ----------
