@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -172,6 +174,47 @@ def tiny_setup(tmp_path, tiny_manifest):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(_tiny_config()))
     return path
+
+
+def _tiny_mixnet_config(model: dict | None = None, **training) -> dict:
+    """A tiny MixNetv2 (F = 4, 16-pixel crops) trained on cases a and b of a ``cases.csv`` beside the config, validated on c."""
+    return {
+        "model": {"name": "mixnet", "filters": 4, "crop": 16, **(model or {})},
+        "training": {
+            "manifest": "cases.csv",
+            "train_cases": ["a", "b"],
+            "validation_cases": ["c"],
+            "epochs": 2,
+            "samples_per_epoch": 192,
+            "batch_size": 12,
+            "learning_rate": 0.05,
+            "momentum": 0.5,
+            "poly_power": 0.0,
+            "sampling": "uniform",
+            "num_threads": 1,
+            **training,
+        },
+    }
+
+
+@pytest.fixture
+def train_tiny_mixnet(tmp_path):
+    """Train a tiny MixNet on the ``cases.csv`` in ``tmp_path``: ``train_tiny_mixnet(model=None, **training) -> model folder``.
+
+    ``model`` updates the model settings of :func:`_tiny_mixnet_config`, ``training`` its training
+    settings; the folder is ``tmp_path / 'model'``.
+    """
+    import yaml
+
+    from brainseg.cli.main import main
+
+    def train(model: dict | None = None, **training) -> Path:
+        config = tmp_path / "mixnet.yaml"
+        config.write_text(yaml.safe_dump(_tiny_mixnet_config(model, **training)))
+        assert main(["train", str(config), "-o", str(tmp_path / "model"), "--no-progress"]) == 0
+        return tmp_path / "model"
+
+    return train
 
 
 @pytest.fixture

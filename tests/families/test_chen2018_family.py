@@ -287,34 +287,15 @@ def test_labels_name_the_version_views_and_fusion():
 # -- through the command line ---------------------------------------------------------------------
 
 
-def test_mixnet_trains_segments_evaluates_and_is_described(tmp_path, tiny_manifest, capsys):
+def test_mixnet_trains_segments_evaluates_and_is_described(tmp_path, tiny_manifest, train_tiny_mixnet, capsys):
     import csv
 
     import nibabel as nib
-    import yaml
 
     from brainseg.cli.main import main
     from brainseg.model_folder import load_model_folder
 
-    config = {
-        "model": {"name": "mixnet", "filters": 4, "crop": 16},
-        "training": {
-            "manifest": "cases.csv",
-            "train_cases": ["a", "b"],
-            "validation_cases": ["c"],
-            "epochs": 2,
-            "samples_per_epoch": 192,
-            "batch_size": 12,
-            "learning_rate": 0.05,
-            "momentum": 0.5,
-            "poly_power": 0.0,
-            "sampling": "uniform",
-            "num_threads": 1,
-        },
-    }
-    (tmp_path / "m.yaml").write_text(yaml.safe_dump(config))
-    model_dir = tmp_path / "model"
-    assert main(["train", str(tmp_path / "m.yaml"), "-o", str(model_dir), "--no-progress"]) == 0
+    model_dir = train_tiny_mixnet()
     model = load_model_folder(model_dir)
     assert isinstance(model.config.model, MixNetConfig) and model.config.model.num_classes == 3
     assert isinstance(model.network, MixNetViews) and sorted(model.network.nets) == sorted(PLANES)

@@ -178,35 +178,16 @@ def _write_two_modality_cases(folder, rng) -> None:
     (folder.parent / "cases.csv").write_text("\n".join(rows) + "\n")
 
 
-def test_two_modality_mixnet_trains_and_segments_from_the_command_line(tmp_path, capsys):
+def test_two_modality_mixnet_trains_and_segments_from_the_command_line(tmp_path, train_tiny_mixnet, capsys):
     import csv
 
     import nibabel as nib
-    import yaml
 
     from brainseg.cli.main import main
 
     (tmp_path / "data").mkdir()
     _write_two_modality_cases(tmp_path / "data", np.random.default_rng(0))
-    config = {
-        "model": {"name": "mixnet", "filters": 4, "crop": 16, "modalities": ["flair", "t1c"], "planes": ["axial"]},
-        "training": {
-            "manifest": "cases.csv",
-            "train_cases": ["a", "b"],
-            "validation_cases": ["c"],
-            "epochs": 2,
-            "samples_per_epoch": 192,
-            "batch_size": 12,
-            "learning_rate": 0.05,
-            "momentum": 0.5,
-            "poly_power": 0.0,
-            "sampling": "uniform",
-            "num_threads": 1,
-        },
-    }
-    (tmp_path / "m.yaml").write_text(yaml.safe_dump(config))
-    model_dir = tmp_path / "model"
-    assert main(["train", str(tmp_path / "m.yaml"), "-o", str(model_dir), "--no-progress"]) == 0
+    model_dir = train_tiny_mixnet({"modalities": ["flair", "t1c"], "planes": ["axial"]})
     with open(model_dir / "validation.csv") as f:
         dice = [float(r["dice"]) for r in csv.DictReader(f)]
     assert min(dice) > 0.75  # only t1c tells the structures apart: the second modality is read

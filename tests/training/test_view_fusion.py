@@ -6,35 +6,15 @@ import csv
 
 import numpy as np
 import pytest
-import yaml
 
-from brainseg.cli.main import main
 from brainseg.model_folder import load_model_folder, verify_model_folder
 from brainseg.training import view_fusion
 from brainseg.training.view_fusion import FusionScore, candidate_weights, choose_fusion
 
 
 @pytest.fixture
-def mixnet_dir(tmp_path, tiny_manifest):
-    config = {
-        "model": {"name": "mixnet", "filters": 4, "crop": 16},
-        "training": {
-            "manifest": "cases.csv",
-            "train_cases": ["a", "b"],
-            "validation_cases": ["c"],
-            "epochs": 1,
-            "samples_per_epoch": 96,
-            "batch_size": 12,
-            "learning_rate": 0.05,
-            "momentum": 0.5,
-            "poly_power": 0.0,
-            "sampling": "uniform",
-            "num_threads": 1,
-        },
-    }
-    (tmp_path / "m.yaml").write_text(yaml.safe_dump(config))
-    assert main(["train", str(tmp_path / "m.yaml"), "-o", str(tmp_path / "model"), "--no-progress"]) == 0
-    return tmp_path / "model"
+def mixnet_dir(tiny_manifest, train_tiny_mixnet):
+    return train_tiny_mixnet(epochs=1, samples_per_epoch=96)
 
 
 def test_candidates_hold_each_view_alone_equal_doubled_and_the_papers():
