@@ -422,14 +422,12 @@ def check_intensities(path: str | Path, data: np.ndarray, kind: str = "image") -
                 "piecewise constant), not a T1 image; give the T1-weighted image"
             )
     elif kind in ("label_map", "mask"):  # floats within INTEGER_TOLERANCE of an integer are rounded on loading
-        if data.dtype.kind == "f" and (
-            not np.isfinite(data).all() or np.abs(data - np.round(data)).max(initial=0) > INTEGER_TOLERANCE
-        ):
-            far = (
-                data[np.abs(data - np.round(data)) > INTEGER_TOLERANCE]
-                if np.isfinite(data).all()
-                else data[~np.isfinite(data)]
-            )
+        distance = None
+        if data.dtype.kind == "f":
+            with np.errstate(invalid="ignore"):  # Inf - Inf: those voxels get distance Inf below
+                distance = np.where(np.isfinite(data), np.abs(data - np.round(data)), np.inf)
+        if distance is not None and distance.max(initial=0) > INTEGER_TOLERANCE:
+            far = data[distance > INTEGER_TOLERANCE]  # NaN and Inf included
             raise InputError(
                 f"{path}: a {kind.replace('_', ' ')} must hold integer values (e.g. {float(far.flat[0]):g} is not); "
                 "give the label file, not probabilities or an interpolated image"
