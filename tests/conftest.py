@@ -19,7 +19,7 @@ def branch_cache_dir(tmp_path_factory):
     """
     import os
 
-    from brainseg.inference.branch_cache import CACHE_ENV
+    from brainseg.inference.position_table import CACHE_ENV
 
     old = os.environ.get(CACHE_ENV)
     os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("branch_cache"))

@@ -11,16 +11,10 @@ import torch
 
 from brainseg.features.atlas import ProbabilisticAtlas
 from brainseg.features.spatial import make_spatial_inputs
-from brainseg.inference import branch_cache
-from brainseg.inference.branch_cache import (
-    AtlasFeatureTable,
-    DistanceFeatureTable,
-    RowFile,
-    cache_dir,
-    support_voxels,
-    table_key,
-)
+from brainseg.inference import position_table
+from brainseg.inference.branch_cache import AtlasFeatureTable, DistanceFeatureTable, table_key
 from brainseg.inference.dense import predict_dense
+from brainseg.inference.position_table import RowFile, cache_dir, support_voxels
 from brainseg.models.ganaye2018 import DistBranch, GanayeNet
 from brainseg.sampling.patches import build_stack
 
@@ -145,7 +139,7 @@ def test_rows_must_match_the_support(grid):
 
 def test_cache_is_written_once_and_read_back(grid, tmp_path, monkeypatch):
     model, spatial = grid
-    monkeypatch.setenv(branch_cache.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(position_table.CACHE_ENV, str(tmp_path / "cache"))
     first = DistanceFeatureTable.cached(model.dist_branch, spatial.affine, spatial.landmarks, spatial.support)
     files = list((tmp_path / "cache").iterdir())
     assert [f.suffix for f in files] == [".npy"]  # no temporary left behind
@@ -177,7 +171,7 @@ def test_key_follows_weights_landmarks_and_support(grid):
 
 def test_a_corrupt_cache_file_is_rebuilt(grid, tmp_path, monkeypatch, caplog):
     model, spatial = grid
-    monkeypatch.setenv(branch_cache.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(position_table.CACHE_ENV, str(tmp_path))
     DistanceFeatureTable.cached(model.dist_branch, spatial.affine, spatial.landmarks, spatial.support)
     (path,) = tmp_path.iterdir()
     path.write_bytes(b"not a numpy file")
@@ -189,19 +183,19 @@ def test_a_corrupt_cache_file_is_rebuilt(grid, tmp_path, monkeypatch, caplog):
 
 def test_cache_off_and_unwritable(grid, tmp_path, monkeypatch, caplog):
     model, spatial = grid
-    monkeypatch.setenv(branch_cache.CACHE_ENV, "off")
+    monkeypatch.setenv(position_table.CACHE_ENV, "off")
     assert cache_dir() is None
     assert DistanceFeatureTable.cached(model.dist_branch, spatial.affine, spatial.landmarks, spatial.support) is None
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    monkeypatch.setenv(branch_cache.CACHE_ENV, str(blocker / "cache"))  # a folder under a file: cannot be made
+    monkeypatch.setenv(position_table.CACHE_ENV, str(blocker / "cache"))  # a folder under a file: cannot be made
     with caplog.at_level(logging.WARNING):
         table = DistanceFeatureTable.cached(model.dist_branch, spatial.affine, spatial.landmarks, spatial.support)
     assert table is not None and "could not write" in caplog.text
 
 
 def test_default_cache_folder(monkeypatch, tmp_path):
-    monkeypatch.delenv(branch_cache.CACHE_ENV)
+    monkeypatch.delenv(position_table.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert cache_dir() == tmp_path / "brainseg"
 
@@ -214,7 +208,7 @@ def test_dense_inference_with_the_table_equals_without(grid, mask, tmp_path, mon
     stack = build_stack(spatial.padded_image[7:-7, 7:-7, 7:-7], plane, (1, 2, 3), background=-0.7)
     kwargs = dict(probabilities=True, probability_dtype=np.float32)
     labels, exact = predict_dense(model, stack, mask, spatial=replace(spatial, support=None), **kwargs)
-    monkeypatch.setenv(branch_cache.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(position_table.CACHE_ENV, str(tmp_path))
     for _ in range(2):  # builds the cache file, then reads it
         cached_labels, cached = predict_dense(model, stack, mask, spatial=spatial, **kwargs)
         assert np.abs(cached - exact).max() <= 1e-5
@@ -247,7 +241,7 @@ def test_probbranch_rows_equal_the_branch_on_the_atlas_and_outside_is_exact(grid
 
 def test_probbranch_cache_key_follows_weights_atlas_support_and_plane(grid, tmp_path, monkeypatch):
     model, spatial = grid
-    monkeypatch.setenv(branch_cache.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(position_table.CACHE_ENV, str(tmp_path))
     first = AtlasFeatureTable.cached(model.prob_branch, spatial.atlas, spatial.support)
     key = first.key()
     assert [p.name for p in tmp_path.iterdir()] == [f"probbranch-{key}.npy"]
@@ -270,5 +264,5 @@ def test_probbranch_cache_key_follows_weights_atlas_support_and_plane(grid, tmp_
     with torch.no_grad():
         next(changed.parameters()).add_(1e-3)
     assert AtlasFeatureTable(changed, spatial.atlas, spatial.support, first.rows).key() != key
-    monkeypatch.setenv(branch_cache.CACHE_ENV, "off")
+    monkeypatch.setenv(position_table.CACHE_ENV, "off")
     assert AtlasFeatureTable.cached(model.prob_branch, spatial.atlas, spatial.support) is None
