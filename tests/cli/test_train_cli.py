@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -199,3 +200,58 @@ def test_device_is_checked_before_any_data_are_read(tiny_setup, capsys):
         assert "CUDA device" in err and "--device cpu" in err
     assert not out.exists()
     assert main([*args, "--epochs", "1", "--device", "cpu"]) == 0
+
+
+def test_worker_processes_draw_the_same_batches_however_many(tiny_setup, capsys):
+    """--workers 1 and --workers 3 train to the same weights, with augmentation, dropout and batch norm on: each
+    step's batch comes from its own (seed, epoch, step) generator, whichever worker draws it and whenever it ends."""
+    config = _with(tiny_setup, "noisy_workers", dropout=0.3, batch_norm=True, augment=True)
+    one, three = config.parent / "one", config.parent / "three"
+    assert main(["train", str(config), "-o", str(one), "--no-progress", "--no-card", "--workers", "1"]) == 0
+    assert main(["train", str(config), "-o", str(three), "--no-progress", "--no-card", "--workers", "3"]) == 0
+    w1, w3 = load_file(str(one / "weights.safetensors")), load_file(str(three / "weights.safetensors"))
+    for key in w1:
+        np.testing.assert_allclose(w1[key].numpy(), w3[key].numpy(), atol=1e-6, err_msg=key)
+    losses = [h["loss"] for h in json.loads((one / "history.json").read_text())]
+    assert len(losses) == 2 and losses == [h["loss"] for h in json.loads((three / "history.json").read_text())]
+    out = config.parent / "bad_workers"
+    assert main(["train", str(config), "-o", str(out), "--no-progress", "--no-card", "--workers", "-1"]) == 2
+    assert "--workers -1" in capsys.readouterr().err and not out.exists()
+
+
+def test_workers_draw_what_the_loop_would_with_step_generators(tiny_setup, monkeypatch):
+    """The workers' batches are draw_batch's on each step's own generator, in step order."""
+    from brainseg.config import load_config
+    from brainseg.io.manifest import read_manifest
+    from brainseg.preprocessing.intensity import IntensityNormalization
+    from brainseg.training import batches
+    from brainseg.training.data import load_training_case
+    from brainseg.training.trainer import training_label_table
+
+    config = load_config(tiny_setup)
+    tc = config.training
+    cases = [c for c in read_manifest(tc.manifest) if c.case_id in tc.train_cases]
+    labels = training_label_table(tc, cases)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, num_classes=labels.num_classes))
+    loaded = [load_training_case(c, labels, config.model, IntensityNormalization()) for c in cases]
+    with batches.BatchWorkers(loaded, tc, 2) as workers:
+        drawn = list(batches.epoch_batches(loaded, tc, 1, 5, workers))
+    assert len(drawn) == 5
+    for step, (batch, targets) in enumerate(drawn):
+        expected, expected_targets = batches.draw_batch(
+            loaded, tc.batch_size, batches.step_generator(tc.seed, 1, step), tc
+        )
+        assert torch.equal(targets, expected_targets)
+        for name in expected:
+            assert torch.equal(batch[name], expected[name]), (step, name)
+    assert not torch.equal(drawn[0][1], drawn[1][1])
+
+
+def test_step_batches_differ_and_repeat():
+    """Different steps draw different generators; the same (seed, epoch, step) draws the same numbers."""
+    from brainseg.training.batches import step_generator
+
+    first = step_generator(0, 1, 2).integers(1 << 30, size=4)
+    assert np.array_equal(first, step_generator(0, 1, 2).integers(1 << 30, size=4))
+    for other in ((0, 1, 3), (0, 2, 2), (1, 1, 2)):
+        assert not np.array_equal(first, step_generator(*other).integers(1 << 30, size=4))

@@ -29,7 +29,7 @@ from brainseg.inference.dense3d import extract_patches3d, predict_patches3d
 from brainseg.model_folder import load_model_folder
 from brainseg.models import build_model
 from brainseg.models.wachinger2018 import DeepNATCascade, average_task_probabilities, cascade_log_probabilities
-from brainseg.training.trainer import _draw_batch
+from brainseg.training.batches import draw_batch
 
 TINY = dict(widths=(4, 4, 4), fc_widths=(16, 8), dropout=0.0)
 
@@ -202,7 +202,7 @@ def test_pool_draws_match_the_class_frequencies(rng):
     assert targets.shape == (6, 7, 2) and targets.dtype == np.int16
     assert set(targets[..., 0].ravel()) <= {0, 1} and (targets[:, 0, 1] >= 0).all()  # network 2's centres: structures
     cases = [SimpleNamespace(sampler=sampler), SimpleNamespace(sampler=sampler)]
-    batch, stacked = _draw_batch(cases, 9, rng, TrainingConfig(sampling="deepnat"))
+    batch, stacked = draw_batch(cases, 9, rng, TrainingConfig(sampling="deepnat"))
     assert stacked.shape == (9, 7, 2) and stacked.dtype == torch.int64 and (stacked[..., 1] >= IGNORE).all()
     assert batch["patches"].shape == batch["structure_patches"].shape == (9, 1, 24, 24, 24)
 

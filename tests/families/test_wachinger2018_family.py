@@ -32,7 +32,7 @@ from brainseg.inference.dense3d import extract_patches3d, predict_patches3d
 from brainseg.model_folder import load_model_folder
 from brainseg.models import build_model
 from brainseg.models.wachinger2018 import DeepNAT, average_task_probabilities
-from brainseg.training.trainer import _draw_batch
+from brainseg.training.batches import draw_batch
 
 TINY = dict(widths=(4, 4, 4), fc_widths=(16, 8), dropout=0.0)
 # task_offsets(7) written out: the centre, then -D, +D, -H, +H, -W, +W
@@ -143,7 +143,7 @@ def test_sampler_draws_patches_coordinates_and_targets_of_the_same_voxels(rng, m
             assert targets[i, t] == (classes[tuple(u)] if inside else 0)
     # the trainer stacks (n, T) targets along the example axis
     cases = [SimpleNamespace(sampler=sampler), SimpleNamespace(sampler=sampler)]
-    batch, stacked = _draw_batch(cases, 25, np.random.default_rng(0), tc)
+    batch, stacked = draw_batch(cases, 25, np.random.default_rng(0), tc)
     assert stacked.shape == (25, 7) and stacked.dtype == torch.int64
     assert batch["patches"].shape == (25, 1, 24, 24, 24) and batch["coordinates"].shape == (25, 3)
 

@@ -25,6 +25,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="torch device the network trains on: cpu (default), cuda, cuda:1, ... (validation and the model "
         "card run on the CPU)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes that draw the batches ahead of the training step (Linux; the same batches for any N >= 1, "
+        "each step seeded on its own; 0, the default, draws them in the training loop)",
+    )
     p.add_argument("--no-card", action="store_true", help="skip the final evaluation and model card")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(run=run)
@@ -42,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         overrides["training"]["num_threads"] = args.threads
     config = load_config(args.config, overrides)
-    folder = train(config, args.output, resume=args.resume, progress=not args.no_progress, device=args.device)
+    folder = train(
+        config, args.output, resume=args.resume, progress=not args.no_progress, device=args.device, workers=args.workers
+    )
     if not args.no_card:
         write_model_card(folder, progress=not args.no_progress)
     print(folder)

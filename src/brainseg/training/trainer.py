@@ -5,12 +5,14 @@ learning rate 1e-3 decayed by the poly policy (power 0.9) each epoch, batches
 of 256 patches, L2 weight decay and cross-entropy; ``training.nesterov`` and
 ``training.lr_milestones`` give other families' papers their schedules
 (:mod:`brainseg.training.schedule`). An epoch is a fixed number
-of patches (``samples_per_epoch``) drawn afresh from a seeded generator, so a
-resumed run draws the same patches as an uninterrupted one.
+of patches (``samples_per_epoch``) drawn afresh from seeded generators
+(:mod:`brainseg.training.batches`), so a resumed run draws the same patches as
+an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
@@ -36,6 +38,7 @@ from brainseg.models import build_model, count_parameters
 from brainseg.postprocessing.prior import ClassPrior
 from brainseg.preprocessing.intensity import IntensityNormalization
 from brainseg.preprocessing.reference import load_reference
+from brainseg.training.batches import BatchWorkers, epoch_batches
 from brainseg.training.checkpoint import (
     check_resumable,
     load_checkpoint,
@@ -50,22 +53,6 @@ __all__ = ["initialise_from", "train", "validate"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
-
-
-def _draw_batch(
-    cases: list[TrainingCase], n: int, rng: np.random.Generator, tc: TrainingConfig
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Draw ``n`` examples over the cases (each drawn uniformly): network inputs and targets."""
-    which = rng.integers(len(cases), size=n)
-    inputs: dict[str, list[np.ndarray]] = {}
-    targets = []
-    for k in np.unique(which):
-        values, classes = cases[k].sampler.draw(int((which == k).sum()), rng, tc)
-        for name, value in values.items():
-            inputs.setdefault(name, []).append(value)
-        targets.append(classes)
-    batch = {name: torch.from_numpy(np.concatenate(values)) for name, values in inputs.items()}
-    return batch, torch.from_numpy(np.concatenate(targets).astype(np.int64))
 
 
 def validate(
@@ -103,7 +90,7 @@ def validate(
 def sampling_prior(cases: list[TrainingCase], num_classes: int, mode: str) -> ClassPrior:
     """Class frequencies of the brain and of the training sampler over some training cases.
 
-    Cases are drawn uniformly (:func:`_draw_batch`), so both are means over
+    Cases are drawn uniformly (:func:`~brainseg.training.batches.draw_batch`), so both are means over
     cases: the brain's is each class's share of the sampled region (what
     ``'uniform'`` sampling draws), the sampler's the exact expectation of
     ``mode`` (:meth:`~brainseg.sampling.samplers.VoxelSampler.class_frequencies`).
@@ -255,7 +242,13 @@ def training_device(name: str) -> torch.device:
 
 
 def train(
-    config: Config, output: str | Path, *, resume: bool = False, progress: bool = True, device: str = "cpu"
+    config: Config,
+    output: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    device: str = "cpu",
+    workers: int = 0,
 ) -> Path:
     """Train a model and write its model folder.
 
@@ -273,6 +266,10 @@ def train(
         Torch device of the training steps (:func:`training_device`); the
         network moves to the CPU for validation and for writing the model
         folder, so everything written is the same on any device.
+    workers : int
+        Processes drawing the batches ahead of the training step
+        (:class:`~brainseg.training.batches.BatchWorkers`: the same batches
+        for any number >= 1); 0 draws them in the loop.
 
     Returns
     -------
@@ -288,6 +285,8 @@ def train(
     output = Path(output)
     tc = config.training
     on = training_device(device)
+    if workers < 0:
+        raise InputError(f"--workers {workers}: give a number of processes >= 0")
     checkpoint_path = output / CHECKPOINT
     if checkpoint_path.exists() and not resume:
         raise InputError(
@@ -377,63 +376,68 @@ def train(
     if should_stop(history, tc.stop_min_gain, tc.stop_epochs):
         log.info("this run already stopped early (history.json); nothing to do")
         start_epoch = tc.epochs
-    for epoch in range(start_epoch, tc.epochs):
-        t0 = time.time()
-        lr = float(scheduler.get_last_lr()[0])
-        rng = np.random.default_rng([tc.seed, epoch])
-        torch.manual_seed(tc.seed * 100_003 + epoch)
-        network.to(on).train()
-        losses = []
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress, unit="batch")
-        for _ in bar:
-            batch, targets = _draw_batch(train_cases, tc.batch_size, rng, tc)
-            if on.type != "cpu":
-                batch = {name: value.to(on, non_blocking=True) for name, value in batch.items()}
-                targets = targets.to(on, non_blocking=True)
-            loss = family.loss(network, batch, targets, tc)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            if len(losses) % 20 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.2e}")
-        record = {"epoch": epoch + 1, "lr": lr, "loss": float(np.mean(losses)), "train_s": time.time() - t0}
-        last = epoch + 1 == tc.epochs
-        network.to("cpu")
-        if val_cases and tc.validate_every and ((epoch + 1) % tc.validate_every == 0 or last):
-            t1 = time.time()
-            scores = validate(network, val_cases, config.model.num_classes, family, progress=progress)
-            record.update(val_mean_dice=scores["mean_dice"], val_per_case=scores["per_case"], val_s=time.time() - t1)
-        elapsed += time.time() - t0
-        record["elapsed_s"] = elapsed
-        history.append(record)
-        log.info("epoch %d: loss %.4f, validation mean Dice %s", epoch + 1, record["loss"], record.get("val_mean_dice"))
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "network": network.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch + 1,
-                "elapsed_s": elapsed,
-                "settings": settings,
-                "digests": digests,
-            },
-        )
-        scheduler.step()
-        atomic_write_text(output / "history.json", json.dumps(history, indent=2) + "\n")
-        network.eval()
-        if not tc.keep_best or _is_best(history):
-            save_model_folder(
-                output, config, labels, normalization, network, reference=tc.reference or None, prior=prior
-            )
-        if should_stop(history, tc.stop_min_gain, tc.stop_epochs):
+    with contextlib.ExitStack() as stack:
+        drawer = stack.enter_context(BatchWorkers(train_cases, tc, workers)) if workers else None
+        for epoch in range(start_epoch, tc.epochs):
+            t0 = time.time()
+            lr = float(scheduler.get_last_lr()[0])
+            torch.manual_seed(tc.seed * 100_003 + epoch)
+            network.to(on).train()
+            losses = []
+            batches = epoch_batches(train_cases, tc, epoch, steps, drawer)
+            bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress, unit="batch")
+            for batch, targets in bar:
+                if on.type != "cpu":
+                    batch = {name: value.to(on, non_blocking=True) for name, value in batch.items()}
+                    targets = targets.to(on, non_blocking=True)
+                loss = family.loss(network, batch, targets, tc)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                if len(losses) % 20 == 0:
+                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.2e}")
+            record = {"epoch": epoch + 1, "lr": lr, "loss": float(np.mean(losses)), "train_s": time.time() - t0}
+            last = epoch + 1 == tc.epochs
+            network.to("cpu")
+            if val_cases and tc.validate_every and ((epoch + 1) % tc.validate_every == 0 or last):
+                t1 = time.time()
+                scores = validate(network, val_cases, config.model.num_classes, family, progress=progress)
+                record.update(
+                    val_mean_dice=scores["mean_dice"], val_per_case=scores["per_case"], val_s=time.time() - t1
+                )
+            elapsed += time.time() - t0
+            record["elapsed_s"] = elapsed
+            history.append(record)
             log.info(
-                "stopping after epoch %d: validation mean Dice gained less than %g over %d epochs",
-                epoch + 1,
-                tc.stop_min_gain,
-                tc.stop_epochs,
+                "epoch %d: loss %.4f, validation mean Dice %s", epoch + 1, record["loss"], record.get("val_mean_dice")
             )
-            break
+            save_checkpoint(
+                checkpoint_path,
+                {
+                    "network": network.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                    "elapsed_s": elapsed,
+                    "settings": settings,
+                    "digests": digests,
+                },
+            )
+            scheduler.step()
+            atomic_write_text(output / "history.json", json.dumps(history, indent=2) + "\n")
+            network.eval()
+            if not tc.keep_best or _is_best(history):
+                save_model_folder(
+                    output, config, labels, normalization, network, reference=tc.reference or None, prior=prior
+                )
+            if should_stop(history, tc.stop_min_gain, tc.stop_epochs):
+                log.info(
+                    "stopping after epoch %d: validation mean Dice gained less than %g over %d epochs",
+                    epoch + 1,
+                    tc.stop_min_gain,
+                    tc.stop_epochs,
+                )
+                break
     atomic_write_text(
         output / "training.json",
         json.dumps(
