@@ -12,7 +12,8 @@ Layout::
     checksums.sha256     sha256 of each file above (``sha256sum -c checksums.sha256`` checks it too)
     model_card.md        data, split, training budget, validation figures
     history.json, training.json, validation.csv, validation.json, checkpoint.pt, ablation_row.json,
-    prior_calibration.csv, crf_tuning.csv, crf_tuning_cases.jsonl, refinement.md
+    prior_calibration.csv, crf_tuning.csv, crf_tuning_cases.jsonl, refinement.md,
+    true_centroids.md, view_fusion.md, view_fusion.csv
                          training records, never read to segment
 
 Model folders are data, not code
@@ -82,6 +83,7 @@ RECORDS = (
     "crf_tuning.csv",
     "crf_tuning_cases.jsonl",
     "refinement.md",
+    "true_centroids.md",
     "view_fusion.md",
     "view_fusion.csv",
 )

@@ -258,6 +258,12 @@ def test_brebisson_trains_segments_evaluates_and_is_described(tmp_path, tiny_man
     assert refinement_main([str(model_dir), "--max-iterations", "1", "--no-progress"]) == 0
     table = (model_dir / "refinement.md").read_text()
     assert "| first stage | 1 |" in table and "| pass 1 | 1 |" in table and "| pass 2 " not in table
+    # given the reference's centroids (the paper's Table 1 scoring): one pass, no first stage
+    (truth,) = score_passes(model, true_centroids=True)
+    assert truth.step == -1 and truth.missing == 0 and np.isnan(truth.changed) and truth.mean_dice > 0.75
+    assert refinement_main([str(model_dir), "--true-centroids", "--no-progress"]) == 0
+    told = (model_dir / "true_centroids.md").read_text()
+    assert "| true centroids | 1 |" in told and "first stage" not in told.split("\n\n")[-1]
     # the card shows the error rate per case and, once refinement.md exists, the passes
     from brainseg.training.model_card import write_model_card
 

@@ -171,6 +171,27 @@ def test_two_stage_with_a_first_stage_of_its_own(case):
     _same_classes(classes[mask], ref)
 
 
+def test_given_centroids_skip_the_first_stage(case):
+    # Table 1's centroid row scored as the paper did, with the true centroids: one pass of the full network.
+    _, mask, inputs, _, _ = case
+    network = BrebissonTwoStage(_net(("centroids",), seed=3), _net(("patch_3d",), seed=2)).eval()
+    truth = _centroids(seed=11)
+    called = []
+    network.first.register_forward_hook(lambda *_: called.append(1))
+    classes, probs, result = predict_brebisson(
+        network, inputs, mask, probabilities=True, probability_dtype=np.float32, centroids=truth, keep_passes=True
+    )
+    assert not called and result.iterations == 1 and result.changed == [] and len(result.passes) == 1
+    ref = _reference(network.full, case, truth)
+    assert np.abs(probs[:, mask].T - ref).max() <= TOL
+    _same_classes(classes[mask], ref)
+    assert (classes[~mask] == 0).all()
+    other, _, _ = predict_brebisson(network, inputs, mask, centroids=_centroids(seed=12))
+    assert not np.array_equal(other, classes)  # the distances are what this network reads
+    with pytest.raises(ValueError, match="single network"):
+        predict_brebisson(network.first, inputs, mask, centroids=truth)
+
+
 def test_two_stage_computes_the_image_pathways_once(case):
     _, mask, inputs, voxels, _ = case
     network, calls = _two_stage(), {"first": 0, "full": 0}

@@ -300,6 +300,7 @@ def predict_brebisson(
     tolerance: float | None = None,
     tile: int = 4096,
     keep_passes: bool = False,
+    centroids: RegionCentroids | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, TwoStageResult | None]:
     """Segment a brain densely; with two networks, by the iterative two-stage inference (§3.4).
 
@@ -328,6 +329,11 @@ def predict_brebisson(
         Voxels per pass through the fully connected layers (and per gather of 3-D patches).
     keep_passes : bool
         Keep every pass's class map in the result (:attr:`TwoStageResult.passes`).
+    centroids : RegionCentroids, optional
+        Known centroids (e.g. of the reference label map: the "true centroids" with which the
+        paper's Table 1 scored its centroid-only network). A two-stage network then skips its first
+        stage and the loop: one pass of the full network with these distances (result: 1
+        iteration, nothing changed counted).
 
     Returns
     -------
@@ -342,10 +348,13 @@ def predict_brebisson(
     ------
     ValueError
         If a network is in training mode, a single network reads the centroid distances, the
-        shapes disagree, or ``max_iterations`` < 1 or ``tolerance`` < 0.
+        shapes disagree, ``max_iterations`` < 1 or ``tolerance`` < 0, or ``centroids`` are given
+        to a single network.
     """
     two_stage = isinstance(network, BrebissonTwoStage)
     first_net = network.first if two_stage else network
+    if centroids is not None and not two_stage:
+        raise ValueError("centroids are read by the full network of a BrebissonTwoStage; this is a single network")
     if not two_stage and "centroids" in network.pathways:
         raise ValueError("a network reading the centroid distances needs a first stage: use BrebissonTwoStage")
     voxels = _check(first_net, inputs, mask, tile)
@@ -386,6 +395,12 @@ def predict_brebisson(
                 kept.append(full.image_partials(inputs, voxels, tile, progress))
         return classify(full, kept[0], centroids)
 
+    if centroids is not None:
+        classes = full_network(centroids)
+        given = TwoStageResult(classes, iterations=1, missing=[int((~centroids.present).sum())])
+        if keep_passes:
+            given.passes.append(classes)
+        return classes, probs, given
     result = iterate_centroids(
         first_stage,
         full_network,

@@ -243,6 +243,7 @@ def write_model_card(
         )
     for name, title in (
         ("refinement.md", "Iterative inference, pass by pass"),
+        ("true_centroids.md", "Given the reference's centroids"),
         ("view_fusion.md", "Views alone and fused"),
     ):
         if (model_dir / name).is_file():
