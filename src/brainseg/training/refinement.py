@@ -128,9 +128,8 @@ def score_passes(
             centroids=truth,
         )
         assert result is not None
-        for step, predicted in enumerate(result.passes):
-            if truth is not None:
-                step = -1
+        steps = [-1] if truth is not None else range(len(result.passes))  # -1: the one true-centroid pass
+        for step, predicted in zip(steps, result.passes):
             dices = dice_per_class(predicted, classes, model.labels.num_classes)[1:]
             present = (
                 np.bincount(np.concatenate([predicted.ravel(), classes.ravel()]), minlength=len(dices) + 1)[1:] > 0
@@ -142,7 +141,7 @@ def score_passes(
                     float(np.mean(dices[present])),
                     error_rate(predicted, classes),
                     result.changed[step - 1] if step > 0 else float("nan"),
-                    result.missing[step - 1] if step > 0 else result.missing[0] if step < 0 else -1,
+                    -1 if step == 0 else result.missing[max(step - 1, 0)],
                 )
             )
     return scores

@@ -376,8 +376,7 @@ def train(
     if should_stop(history, tc.stop_min_gain, tc.stop_epochs):
         log.info("this run already stopped early (history.json); nothing to do")
         start_epoch = tc.epochs
-    with contextlib.ExitStack() as stack:
-        drawer = stack.enter_context(BatchWorkers(train_cases, tc, workers)) if workers else None
+    with BatchWorkers(train_cases, tc, workers) if workers else contextlib.nullcontext() as drawer:
         for epoch in range(start_epoch, tc.epochs):
             t0 = time.time()
             lr = float(scheduler.get_last_lr()[0])
