@@ -151,7 +151,8 @@ class _DenseBaseNet:
         s = self.scales[j]
         (w1, b1), (w2, b2), (w3, b3) = self.branches[j]
         x = torch.relu_(F.conv2d(region, w1, b1, dilation=s))
-        x = _max_pool2(x, s)
+        # channels-last from here: oneDNN's dilated convolutions run about 1.4x faster on it (same values)
+        x = _max_pool2(x, s).contiguous(memory_format=torch.channels_last)
         x = torch.relu_(F.conv2d(x, w2, b2, dilation=2 * s))
         x = torch.relu_(F.conv2d(x, w3, b3, dilation=2 * s))
         x = _max_pool2(x, 2 * s)[0]  # (C, H', W')
@@ -211,19 +212,24 @@ def _slice_probabilities(
 ) -> torch.Tensor:
     y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     cell = ConvBranch.CELL_STRIDE * np.arange(3)
-    mixed = None
+    maps, cells, offset = [], [], 0
     for j, (s, boxed) in enumerate(zip(stack.scales, stack.stacks)):
         start = stack.margin + patch_origin(s)
         extent = 2 * ConvBranch.CELL_STRIDE * s + ConvBranch.SPAN * s
         region = boxed[i, y0 + start : y1 + start + extent, x0 + start : x1 + start + extent]
         with stage("branch maps"):
-            maps = net.branch_maps(j, torch.from_numpy(np.ascontiguousarray(region))[None, None])
-        height, width, m = maps.shape
+            maps_j = net.branch_maps(j, torch.from_numpy(np.ascontiguousarray(region))[None, None])
+        height, width, m = maps_j.shape
+        maps.append(maps_j.reshape(height * width, m))
         r = (rows - y0)[:, None, None] + s * cell[None, :, None]  # (N, 3, 1)
         c = (cols - x0)[:, None, None] + s * cell[None, None, :]  # (N, 1, 3)
-        flat = torch.from_numpy((r * width + c).reshape(-1))  # cells in row-major (i, j) order
-        gathered = maps.reshape(height * width, m).index_select(0, flat).view(len(rows), 9, m)
-        mixed = gathered if mixed is None else mixed.add_(gathered)
+        cells.append(offset + (r * width + c).reshape(-1))  # cells in row-major (i, j) order
+        offset += height * width
+    # each (voxel, cell)'s sum over the scales, gathered in one pass: embedding_bag's sum of the rows of
+    # the stacked maps runs about 3.5x faster than gathering each scale (index_select or numpy's take)
+    # and adding
+    bags = torch.from_numpy(np.stack(cells, axis=1))  # (N * 9, scales)
+    mixed = F.embedding_bag(bags, torch.cat(maps), mode="sum").view(len(rows), 9, -1)
     voxels = plane_to_volume_indices(np.stack([np.full_like(rows, i), rows, cols], axis=1), stack.plane)
     with stage("spatial inputs"):
         extras = _extras(

@@ -124,8 +124,11 @@ class PositionTable:
         if rows is not None and tuple(rows.shape) != (int(support.sum()), self.width):
             raise ValueError(f"expected rows of shape ({int(support.sum())}, {self.width}), got {rows.shape}")
         self.support, self.rows, self.plane = support, rows, plane
-        self.index = np.full(support.shape, -1, np.int32)
-        self.index[tuple(support_voxels(support, plane).T)] = np.arange(int(support.sum()), dtype=np.int32)
+        # a support voxel's row is its rank in the plane's slice-by-slice C order (support_voxels' order)
+        moved = np.ascontiguousarray(np.moveaxis(support, PLANE_AXIS[plane], 0))
+        index = np.full(moved.shape, -1, np.int32)
+        index.reshape(-1)[np.flatnonzero(moved)] = np.arange(int(support.sum()), dtype=np.int32)
+        self.index = np.ascontiguousarray(np.moveaxis(index, 0, PLANE_AXIS[plane]))
 
     def compute(self, voxels: np.ndarray) -> np.ndarray:
         """The exact outputs ``(N, width)`` float32 at voxels ``(N, 3)`` of the reference grid."""

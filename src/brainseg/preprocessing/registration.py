@@ -238,9 +238,12 @@ def crop_to_foreground(data: np.ndarray, affine: np.ndarray, margin: int = 4) ->
     affine : ndarray of float64, shape (4, 4)
         Voxel of the box -> mm (the same world positions as before).
     """
-    voxels = np.argwhere(data != 0)
-    low = np.maximum(voxels.min(axis=0) - margin, 0)
-    high = np.minimum(voxels.max(axis=0) + 1 + margin, data.shape)
+    nonzero = data != 0
+    low, high = np.zeros(3, int), np.zeros(3, int)
+    for axis in range(3):  # the box from each axis' projection (an argwhere of every voxel cost 0.2 s)
+        filled = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(3) if a != axis)))
+        low[axis] = max(filled[0] - margin, 0)
+        high[axis] = min(filled[-1] + 1 + margin, data.shape[axis])
     out = np.asarray(affine, float).copy()
     out[:3, 3] = out[:3, :3] @ low + out[:3, 3]
     return np.ascontiguousarray(data[tuple(slice(a, b) for a, b in zip(low, high))]), out

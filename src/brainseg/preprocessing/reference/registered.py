@@ -162,7 +162,8 @@ def register_to_reference(
         mask = resample_to_reference(prepared.mask.astype(np.float32), np.eye(4), matrix, shape, reference.affine)
         mask = mask >= 0.5
     image = np.where(mask, image, 0) + prepared.background
-    voxels = np.argwhere(prepared.mask)[::97]  # a sample of brain voxels, mapped into the template grid
+    # a sample of brain voxels, mapped into the template grid
+    voxels = np.stack(np.unravel_index(np.flatnonzero(prepared.mask)[::97], prepared.mask.shape), axis=1)
     to_template = np.linalg.inv(reference.affine) @ np.linalg.inv(matrix)
     mapped = voxels @ to_template[:3, :3].T + to_template[:3, 3]
     inside = np.all((mapped > -0.5) & (mapped < np.array(shape) - 0.5), axis=1)
