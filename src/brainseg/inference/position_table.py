@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from brainseg.allocator import release_freed_memory
 from brainseg.io.atomic import atomic_path
 from brainseg.sampling.patches import PLANE_AXIS
 
@@ -176,6 +177,7 @@ class PositionTable:
             folder,
         )
         self.fill()
+        release_freed_memory()  # the computation's transient arrays (kept by keep_freed_memory())
         try:
             with atomic_path(path, suffix=".npy") as tmp:
                 np.save(tmp, self.rows, allow_pickle=False)

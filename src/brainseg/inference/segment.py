@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from brainseg import __version__
+from brainseg.allocator import release_freed_memory
 from brainseg.errors import InputError
 from brainseg.inference.batch import (
     SUMMARY,
@@ -112,6 +113,7 @@ def segment_case(
             stripping = skull_strip(volume.data, voxel_ml, skull_strip_mode, extractor)
     except InputError as err:
         raise InputError(f"{image}: {err}") from None
+    release_freed_memory()  # deepbet's transient arrays, kept by keep_freed_memory()
     line = stripping.describe()
     log.info("%s: %s", image, line)
     check_brain_mask(image, volume.data, stripping.mask, voxel_ml)
