@@ -9,11 +9,13 @@ as slow as float32 (its element-wise quantisation passes are memory-bound). Rais
 ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` keeps those blocks in the heap for reuse; peak memory
 is unchanged (docs/speed.md).
 
-The ``brainseg`` command calls :func:`keep_freed_memory` at start; a Python program that segments
-many scans through :class:`~brainseg.inference.predictor.Predictor` can call it too.
-:func:`release_freed_memory` hands what is kept back to the system: the segmentation pipeline calls it
-after deepbet's skull-stripping check, whose 0.6 GB of transient arrays would otherwise stay in the
-process through dense inference.
+:func:`brainseg.inference.dense.predict_dense` calls :func:`keep_freed_memory` before its loop over
+the slices (after building any cached table on a model's first use, whose transient arrays of several
+hundred MB are better unmapped: kept, they raised that first run's peak from 2.5 to 3.8 GB); the
+setting then holds for the rest of the process. :func:`release_freed_memory` hands what is kept back
+to the system: the segmentation pipeline calls it after deepbet's skull-stripping check (whose
+transient arrays would otherwise stay in the process through the next scan's dense inference), after
+building a table, and before the probabilities' class-by-class copies.
 """
 
 from __future__ import annotations

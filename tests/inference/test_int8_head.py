@@ -79,9 +79,10 @@ def test_sure_voxels_keep_the_float32_label(net, rng):
     torch.testing.assert_close(labels[safe], exact_logits.argmax(1)[safe], rtol=0, atol=0)
 
 
-def test_predict_dense_labels_int8_and_float32(rng):
+@pytest.mark.parametrize("fc_widths", [(16, 16), (16,)])  # with one hidden layer the output layer is int8's second
+def test_predict_dense_labels_int8_and_float32(rng, fc_widths):
     torch.manual_seed(1)
-    model = BaseNet(num_classes=7, branch_widths=(4, 8), mix_channels=8, fc_widths=(16, 16)).eval()
+    model = BaseNet(num_classes=7, branch_widths=(4, 8), mix_channels=8, fc_widths=fc_widths).eval()
     with torch.no_grad():
         model.out.weight.mul_(30.0)
     image = rng.standard_normal((6, 13, 17)).astype(np.float32)

@@ -12,7 +12,6 @@ import sys
 from collections.abc import Sequence
 
 from brainseg import __version__
-from brainseg.allocator import keep_freed_memory
 from brainseg.cli import ablation, atlas, calibrate, evaluate, info, labels, manifest, segment, train, tune_crf
 from brainseg.errors import InputError
 
@@ -36,7 +35,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad input)."""
     args = _parser().parse_args(argv)
-    keep_freed_memory()  # large per-slice arrays reuse the heap instead of page-faulting afresh
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from brainseg.allocator import release_freed_memory
+from brainseg.allocator import keep_freed_memory, release_freed_memory
 from brainseg.features.spatial import SpatialInputs
 from brainseg.inference.branch_cache import AtlasFeatureTable, DistanceFeatureTable
 from brainseg.inference.dense_priors import BrainRows, Dense3dBranch, DenseAtlas, fold_batch_norm
@@ -155,7 +155,8 @@ class _DenseBaseNet:
             self.hidden.append((w[:, : w.shape[1] - d_width] if takes_d else w, w[:, -d_width:] if takes_d else None))
         self.out_bias = model.out.bias.detach()
         # the first two fully connected layers in int8, for labels without probabilities (classes())
-        self.int8 = (_Int8Linear(self.w2d, self.biases[0]), _Int8Linear(self.hidden[0][0], self.biases[1]))
+        second_bias = (self.biases[1:] + [self.out_bias])[0]  # the output layer's, with one hidden layer
+        self.int8 = (_Int8Linear(self.w2d, self.biases[0]), _Int8Linear(self.hidden[0][0], second_bias))
 
     def branch_maps(self, j: int, region: torch.Tensor) -> torch.Tensor:
         """Dense branch ``j`` then its share of the mixing convolution: ``(H', W', M)``."""
@@ -401,6 +402,9 @@ def predict_dense(
                 spatial.support,  # type: ignore[union-attr]
                 stack.plane,
             )
+    # from here (after any table was built) the 3dBranch's chunks and the slices' 10-50 MB arrays reuse
+    # the heap instead of page-faulting afresh
+    keep_freed_memory()
     needs_atlas = model.prob_branch is not None and prob_table is None
     brain = BrainRows(mask) if (model.branch_3d is not None or needs_atlas) else None
     dense_3d = dense_atlas = None
@@ -408,6 +412,7 @@ def predict_dense(
         if model.branch_3d is not None:
             with stage("3dBranch maps"):
                 dense_3d = Dense3dBranch(model.branch_3d, spatial, mask, brain)  # type: ignore[arg-type]
+                release_freed_memory()  # its chunks' 0.4 GB, which the slices' smaller arrays would not reuse
         if needs_atlas:
             with stage("atlas lookup"):
                 dense_atlas = DenseAtlas(spatial, brain)  # type: ignore[arg-type]
