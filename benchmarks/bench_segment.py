@@ -37,18 +37,22 @@ SHARED = ROOT.parent / "shared" / "data" / "miccai2012" / "1000_SS.nii.gz"
 DEMO = ROOT / "src" / "brainseg" / "data" / "demo" / "1000_SS.nii.gz"
 
 #: The previous release's figures on subject 1000, idle, 2 cores: wall seconds, peak RSS GB, and the
-#: stages then measured. The default's are commit 5bc5283 benchmarked on 2026-12-04 beside this one, on
-#: the same machine the same hour (this virtual machine ran about twice as fast that day as when the
-#: release before, 94.9 s and 61.3 s, was measured: compare figures taken together only).
+#: stages then measured. The default's and DeepNAT's are commit 81952bf benchmarked on 2026-12-04 beside
+#: this one, the same hour (the default's probabilities, BaseNet's and de Brébisson's are that commit's
+#: figures of the afternoon before). This virtual machine's speed drifts from day to day by up to 2x:
+#: compare figures taken together only.
 PREVIOUS = {
     "default": {
-        "wall_s": 32.5,
-        "peak_gb": 1.92,
-        "registration_s": 2.4,
-        "probabilities_extra_s": 37.9,
-        "probabilities_gb": 3.73,
+        "wall_s": 31.7,
+        "peak_gb": 1.75,
+        "registration_s": 2.3,
+        "dense_inference_s": 22.6,
+        "probabilities_extra_s": 4.6,
+        "probabilities_gb": 3.74,
     },
-    "basenet": {"wall_s": 30.6, "peak_gb": 1.31},
+    "basenet": {"wall_s": 20.7, "peak_gb": 1.26},
+    "deepnat": {"wall_s": 123.7, "peak_gb": 1.99},
+    "brebisson2015": {"wall_s": 90.7, "peak_gb": 3.24},
 }
 
 
