@@ -226,7 +226,7 @@ def test_workers_draw_what_the_loop_would_with_step_generators(tiny_setup, monke
     from brainseg.preprocessing.intensity import IntensityNormalization
     from brainseg.training import batches
     from brainseg.training.data import load_training_case
-    from brainseg.training.trainer import training_label_table
+    from brainseg.training.setup import training_label_table
 
     config = load_config(tiny_setup)
     tc = config.training

@@ -10,7 +10,7 @@ import yaml
 from safetensors.torch import load_file
 
 from brainseg.cli.main import main
-from brainseg.training.trainer import should_stop
+from brainseg.training.stopping import should_stop
 
 
 def _history(*dices):
@@ -72,3 +72,18 @@ def test_training_stops_early_and_keeps_the_best_epoch(tiny_setup, monkeypatch):
     )
     for key in two:
         np.testing.assert_allclose(kept[key].numpy(), two[key].numpy(), atol=1e-6, err_msg=key)
+
+
+def test_is_best_and_the_epoch_the_folder_keeps():
+    from brainseg.training.stopping import is_best, weights_epoch
+
+    history = [{"epoch": 1}, {"epoch": 2, "val_mean_dice": 0.5}, {"epoch": 3, "val_mean_dice": 0.7}]
+    assert is_best(history[:1])  # nothing validated yet: written every epoch
+    assert is_best(history[:2]) and is_best(history)
+    later = history + [{"epoch": 4, "val_mean_dice": 0.6}, {"epoch": 5}, {"epoch": 6, "val_mean_dice": 0.7}]
+    assert not is_best(later[:4]) and not is_best(later[:5])  # worse, and unvalidated after a validation
+    assert is_best(later)  # ties count as best: the later of equal epochs is kept
+    assert weights_epoch(later, keep_best=True) == 6
+    assert weights_epoch(later[:5], keep_best=True) == 3
+    assert weights_epoch(later[:5], keep_best=False) == 5
+    assert weights_epoch([], keep_best=True) == 0

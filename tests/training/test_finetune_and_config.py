@@ -13,7 +13,7 @@ from brainseg.labels import LabelTable
 from brainseg.model_folder import read_weights, save_model_folder
 from brainseg.models import build_model
 from brainseg.preprocessing.intensity import IntensityNormalization
-from brainseg.training.trainer import initialise_from
+from brainseg.training.setup import initialise_from
 
 SMALL = dict(branch_widths=(4, 8), mix_channels=8, fc_widths=(16, 12), num_classes=7)
 

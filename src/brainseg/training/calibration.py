@@ -179,7 +179,7 @@ def prior_from_training_cases(model: LoadedModel, progress: bool = False) -> Cla
         If the config's manifest or a training case cannot be read.
     """
     from brainseg.training.data import load_training_case
-    from brainseg.training.trainer import sampling_prior
+    from brainseg.training.setup import sampling_prior
 
     tc = model.config.training
     by_id = {c.case_id: c for c in read_manifest(tc.manifest)}

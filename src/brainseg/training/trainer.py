@@ -25,17 +25,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from brainseg.config import Config, TrainingConfig, save_config
+from brainseg.config import Config, save_config
 from brainseg.errors import InputError
 from brainseg.families import Family, family_of
 from brainseg.io.atomic import atomic_write_text
-from brainseg.io.manifest import Case, read_manifest
-from brainseg.io.nifti import load_volume
-from brainseg.labels import LabelCounts, LabelTable, build_label_table, read_lut, resolve_label_table
+from brainseg.io.manifest import read_manifest
 from brainseg.metrics.overlap import dice_per_class
-from brainseg.model_folder import read_weights, save_model_folder, verify_model_folder
+from brainseg.model_folder import save_model_folder
 from brainseg.models import build_model, count_parameters
-from brainseg.postprocessing.prior import ClassPrior
 from brainseg.preprocessing.intensity import IntensityNormalization
 from brainseg.preprocessing.reference import load_reference
 from brainseg.training.batches import BatchWorkers, epoch_batches
@@ -48,8 +45,10 @@ from brainseg.training.checkpoint import (
 )
 from brainseg.training.data import TrainingCase, load_training_case
 from brainseg.training.schedule import learning_rate_schedule
+from brainseg.training.setup import initialise_from, sampling_prior, training_device, training_label_table
+from brainseg.training.stopping import is_best, should_stop, weights_epoch
 
-__all__ = ["initialise_from", "train", "validate"]
+__all__ = ["train", "validate", "with_overrides"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -87,160 +86,6 @@ def validate(
     }
 
 
-def sampling_prior(cases: list[TrainingCase], num_classes: int, mode: str) -> ClassPrior:
-    """Class frequencies of the brain and of the training sampler over some training cases.
-
-    Cases are drawn uniformly (:func:`~brainseg.training.batches.draw_batch`), so both are means over
-    cases: the brain's is each class's share of the sampled region (what
-    ``'uniform'`` sampling draws), the sampler's the exact expectation of
-    ``mode`` (:meth:`~brainseg.sampling.samplers.VoxelSampler.class_frequencies`).
-    The strength starts at 0 (no correction) until chosen on validation data.
-
-    Returns
-    -------
-    ClassPrior
-    """
-    brain = np.mean([c.sampler.class_frequencies(num_classes, "uniform") for c in cases], axis=0)
-    sampling = np.mean([c.sampler.class_frequencies(num_classes, mode) for c in cases], axis=0)
-    return ClassPrior(brain, sampling, 0.0)
-
-
-def training_label_table(tc: TrainingConfig, cases: list[Case]) -> LabelTable:
-    """The label table a run trains with (``training.labels``).
-
-    Parameters
-    ----------
-    tc : TrainingConfig
-        ``labels`` is ``'auto'``, a shipped table's name or a TSV path;
-        ``lut`` optionally names the classes of an ``'auto'`` table.
-    cases : list of Case
-        The training and validation cases; an ``'auto'`` table has a class
-        for every label number their label maps hold.
-
-    Raises
-    ------
-    InputError
-        If the table cannot be read, or a case has no label map.
-    """
-    if tc.labels != "auto":
-        return resolve_label_table(tc.labels)
-    missing = [c.case_id for c in cases if c.label_map is None]
-    if missing:
-        raise InputError(f"{tc.manifest}: case(s) {missing} have no label_map to train on")
-    counts = LabelCounts.count(load_volume(c.label_map, kind="label_map").data for c in cases)  # type: ignore[arg-type]
-    return build_label_table(counts, read_lut(tc.lut) if tc.lut else None)
-
-
-def initialise_from(network: torch.nn.Module, model_dir: str | Path) -> int:
-    """Copy the weights of a trained model folder into a (larger) network, for fine-tuning.
-
-    Tensors of the same name and shape are copied. A fully connected weight
-    that gained input columns (a prior merged into its layer) keeps the old
-    columns first and starts the new ones at zero. A ProbBranch the source
-    lacks starts with its last layer at zero, so the network initially
-    computes what the source did; one the source has is copied like the rest.
-
-    Returns
-    -------
-    int
-        Number of tensors copied.
-
-    Raises
-    ------
-    InputError
-        If ``model_dir`` is not an intact model folder
-        (:func:`brainseg.model_folder.verify_model_folder`).
-    """
-    verify_model_folder(model_dir)
-    source = read_weights(Path(model_dir) / "weights.safetensors")
-    state = network.state_dict()
-    copied = 0
-    with torch.no_grad():
-        for name, value in state.items():
-            old = source.get(name)
-            if old is None:
-                continue
-            if old.shape == value.shape:
-                value.copy_(old)
-            elif old.ndim == 2 and value.ndim == 2 and old.shape[0] == value.shape[0] and old.shape[1] < value.shape[1]:
-                value.zero_()
-                value[:, : old.shape[1]] = old
-            else:
-                continue
-            copied += 1
-        prob = getattr(network, "prob_branch", None)
-        if prob is not None and not any(k.startswith("prob_branch.") for k in source):
-            prob.layers[-1].weight.zero_()
-            prob.layers[-1].bias.zero_()
-    network.load_state_dict(state)
-    return copied
-
-
-def should_stop(history: list[dict], min_gain: float, window: int) -> bool:
-    """Whether the last validation gained less than ``min_gain`` over the best one ``window`` epochs before.
-
-    Parameters
-    ----------
-    history : list of dict
-        Epoch records (``epoch``, and ``val_mean_dice`` where validated), oldest first.
-    min_gain : float
-        Mean Dice gain required to go on; 0 never stops.
-    window : int
-        Epochs back: the last validation is compared with the best validation
-        at epoch ``<= last epoch - window``.
-
-    Returns
-    -------
-    bool
-        False when ``min_gain`` is 0, the last epoch was not validated, or no
-        validation lies far enough back.
-    """
-    if min_gain <= 0 or not history or "val_mean_dice" not in history[-1]:
-        return False
-    last = history[-1]
-    earlier = [
-        h["val_mean_dice"] for h in history[:-1] if "val_mean_dice" in h and h["epoch"] <= last["epoch"] - window
-    ]
-    return bool(earlier) and last["val_mean_dice"] - max(earlier) < min_gain
-
-
-def _is_best(history: list[dict]) -> bool:
-    # Whether the last epoch's validation beats every earlier one (True when none validated yet and this one is not).
-    scores = [h["val_mean_dice"] for h in history if "val_mean_dice" in h]
-    if "val_mean_dice" not in history[-1]:
-        return not scores
-    return history[-1]["val_mean_dice"] >= max(scores)
-
-
-def training_device(name: str) -> torch.device:
-    """The torch device a run trains on, checked before any data are loaded.
-
-    Parameters
-    ----------
-    name : str
-        ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or another torch device string.
-
-    Raises
-    ------
-    InputError
-        If the string names no device, or a CUDA device that this machine lacks.
-    """
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise InputError(f"--device {name!r}: not a torch device; give cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (device.index or 0) >= count:
-            raise InputError(
-                f"--device {name}: this machine has {count} CUDA device(s) (torch {torch.__version__}); "
-                "train with --device cpu"
-            )
-    elif device.type != "cpu":
-        raise InputError(f"--device {name}: only cpu and cuda devices are supported")
-    return device
-
-
 def train(
     config: Config,
     output: str | Path,
@@ -263,7 +108,7 @@ def train(
     progress : bool
         Show tqdm progress bars.
     device : str
-        Torch device of the training steps (:func:`training_device`); the
+        Torch device of the training steps (:func:`~brainseg.training.setup.training_device`); the
         network moves to the CPU for validation and for writing the model
         folder, so everything written is the same on any device.
     workers : int
@@ -425,7 +270,7 @@ def train(
             scheduler.step()
             atomic_write_text(output / "history.json", json.dumps(history, indent=2) + "\n")
             network.eval()
-            if not tc.keep_best or _is_best(history):
+            if not tc.keep_best or is_best(history):
                 save_model_folder(
                     output, config, labels, normalization, network, reference=tc.reference or None, prior=prior
                 )
@@ -442,7 +287,7 @@ def train(
         json.dumps(
             {
                 "epochs": len(history),
-                "weights_epoch": _weights_epoch(history, tc.keep_best),
+                "weights_epoch": weights_epoch(history, tc.keep_best),
                 "elapsed_s": elapsed,
                 "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
                 "parameters": count_parameters(network),
@@ -452,15 +297,6 @@ def train(
         + "\n",
     )
     return output
-
-
-def _weights_epoch(history: list[dict], keep_best: bool) -> int:
-    # The epoch whose weights the model folder holds: the last one, or with keep_best the latest of the best
-    # validations (the folder is written at every epoch until the first validation, then at each best one).
-    scored = [h for h in history if "val_mean_dice" in h] if keep_best else []
-    if scored:
-        return max(reversed(scored), key=lambda h: h["val_mean_dice"])["epoch"]
-    return len(history) and history[-1]["epoch"]
 
 
 def with_overrides(config: Config, **training: object) -> Config:
