@@ -97,3 +97,21 @@ def test_predict_dense_labels_int8_and_float32(rng, fc_widths):
     fast, _ = predict_dense(model, stack, mask)  # the default margin
     assert (fast[mask] == exact[mask]).mean() > 0.99
     assert not fast[~mask].any()
+
+
+def test_without_an_int8_product_labels_stay_float32(rng, monkeypatch):
+    import brainseg.inference.dense as dense
+
+    assert dense.int8_available()  # torch 2.13 on x86-64 has it: the fast path is what the other tests test
+    monkeypatch.setattr(dense, "int8_available", lambda: False)
+    torch.manual_seed(2)
+    model = BaseNet(num_classes=5, branch_widths=(4, 8), mix_channels=8, fc_widths=(16, 16)).eval()
+    with torch.no_grad():
+        model.out.weight.mul_(30.0)
+    assert dense._DenseBaseNet(model).int8 is None
+    image = rng.standard_normal((5, 11, 9)).astype(np.float32)
+    mask = rng.random(image.shape) < 0.7
+    stack = build_stack(image, "axial", (1, 2, 3), background=-0.7)
+    labels, _ = predict_dense(model, stack, mask)
+    _, probs = predict_dense(model, stack, mask, probabilities=True, probability_dtype=np.float32)
+    np.testing.assert_array_equal(labels[mask], probs[:, mask].argmax(0))

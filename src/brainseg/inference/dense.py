@@ -19,6 +19,7 @@ computed in one call (:class:`~brainseg.features.spatial.SpatialInputs`).
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -42,7 +43,7 @@ from brainseg.sampling.patches import (
 )
 from brainseg.timing import stage
 
-__all__ = ["INT8_MARGIN", "predict_dense", "predict_dense_at", "predict_patches"]
+__all__ = ["INT8_MARGIN", "int8_available", "predict_dense", "predict_dense_at", "predict_patches"]
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +155,14 @@ class _DenseBaseNet:
             takes_d = d_width and k == 1
             self.hidden.append((w[:, : w.shape[1] - d_width] if takes_d else w, w[:, -d_width:] if takes_d else None))
         self.out_bias = model.out.bias.detach()
-        # the first two fully connected layers in int8, for labels without probabilities (classes())
+        # the first two fully connected layers in int8, for labels without probabilities (classes()); None
+        # where this torch has no CPU int8 matrix product (predict_dense then stays in float32)
         second_bias = (self.biases[1:] + [self.out_bias])[0]  # the output layer's, with one hidden layer
-        self.int8 = (_Int8Linear(self.w2d, self.biases[0]), _Int8Linear(self.hidden[0][0], second_bias))
+        self.int8 = (
+            (_Int8Linear(self.w2d, self.biases[0]), _Int8Linear(self.hidden[0][0], second_bias))
+            if int8_available()
+            else None
+        )
 
     def branch_maps(self, j: int, region: torch.Tensor) -> torch.Tensor:
         """Dense branch ``j`` then its share of the mixing convolution: ``(H', W', M)``."""
@@ -228,6 +234,24 @@ class _DenseBaseNet:
             p = extras.get("prob_features")
             x += p if p is not None else model.prob_branch(model._check("atlas", extras.get("atlas")))
         return x
+
+
+@functools.cache
+def int8_available() -> bool:
+    """Whether this torch multiplies int8 matrices on the CPU exactly (``torch._int_mm``, a private op).
+
+    Returns
+    -------
+    bool
+        False where the op is missing or fails, or gives a wrong product.
+    """
+    a = torch.arange(-60, 76, dtype=torch.int8)[:136].reshape(17, 8)
+    b = torch.arange(64, dtype=torch.int8).reshape(8, 8) - 32
+    try:
+        product = torch._int_mm(a, b)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return bool(torch.equal(product, (a.long() @ b.long()).int()))
 
 
 class _Int8Linear:
@@ -358,8 +382,8 @@ def predict_dense(
     int8_margin : float or None
         Without ``probabilities``, the labels come from a head whose first two fully connected layers
         run in int8 (:meth:`_DenseBaseNet.classes`), and every voxel whose two largest logits lie less
-        than this far apart is computed again in float32; None: float32 throughout. The
-        probabilities are always float32's.
+        than this far apart is computed again in float32; None: float32 throughout (so too where
+        :func:`int8_available` is False). The probabilities are always float32's.
 
     Returns
     -------
@@ -428,7 +452,7 @@ def predict_dense(
         n = len(rows)
         mixed, extras = _slice_inputs(net, stack, i, rows, cols, spatial, dense_3d, dense_atlas, table, prob_table)
         with stage("head"):
-            if compact is None and int8_margin is not None:
+            if compact is None and int8_margin is not None and net.int8 is not None:
                 labels, doubtful = net.classes(mixed, extras, bias, int8_margin)
                 recomputed += doubtful
             else:
@@ -454,7 +478,7 @@ def predict_dense(
                 block = torch.index_select(columns[c0 : c0 + 16], 1, index).numpy()
                 for k, values in enumerate(block):
                     probs[c0 + k][mask] = values
-    if compact is None and int8_margin is not None:
+    if compact is None and int8_margin is not None and net.int8 is not None:
         log.debug("int8 head: %d of %d brain voxels computed again in float32", recomputed, offset)
     return np.ascontiguousarray(from_plane(classes, stack.plane)), probs
 
