@@ -6,8 +6,8 @@ connected layer's outputs, the 3dBranch's chunks). glibc serves blocks that larg
 over again: measured on MICCAI 2012 subject 1000 (2 cores), that cost the default model's dense
 inference about 2 s of 19 in float32, and made the int8 head (:meth:`brainseg.inference.dense.predict_dense`)
 as slow as float32 (its element-wise quantisation passes are memory-bound). Raising glibc's
-``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` keeps those blocks in the heap for reuse; peak memory
-is unchanged (docs/speed.md).
+``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` keeps those blocks in the heap for reuse; with the
+releases below, peak memory is unchanged (docs/speed.md).
 
 :func:`brainseg.inference.dense.predict_dense` calls :func:`keep_freed_memory` before its loop over
 the slices (after building any cached table on a model's first use, whose transient arrays of several
@@ -15,7 +15,7 @@ hundred MB are better unmapped: kept, they raised that first run's peak from 2.5
 setting then holds for the rest of the process. :func:`release_freed_memory` hands what is kept back
 to the system: the segmentation pipeline calls it after deepbet's skull-stripping check (whose
 transient arrays would otherwise stay in the process through the next scan's dense inference), after
-building a table, and before the probabilities' class-by-class copies.
+building a table, after the 3dBranch's chunks, and before the probabilities' class-by-class copies.
 """
 
 from __future__ import annotations
