@@ -11,6 +11,14 @@ import pytest
 from brainseg import allocator
 
 
+@pytest.fixture(autouse=True)
+def _fresh_libc():
+    # _libc() is loaded once per process: each test sees its own platform and libc
+    allocator._libc.cache_clear()
+    yield
+    allocator._libc.cache_clear()
+
+
 def _glibc() -> bool:
     try:
         ctypes.CDLL("libc.so.6").malloc_trim  # noqa: B018
@@ -27,7 +35,7 @@ def test_glibc_takes_the_settings_and_memory_still_works():
     b = np.ones(5_000_000)
     assert b.sum() == 5_000_000
     allocator.release_freed_memory()  # returns whether glibc had memory to give back: either is fine
-    assert allocator.keep_freed_memory() is True  # back to the command line's setting
+    assert allocator.keep_freed_memory() is True  # back to predict_dense's setting
 
 
 def test_other_systems_are_left_alone(monkeypatch):

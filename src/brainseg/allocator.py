@@ -21,6 +21,7 @@ building a table, after the 3dBranch's chunks, and before the probabilities' cla
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 
 __all__ = ["keep_freed_memory", "release_freed_memory"]
@@ -29,12 +30,15 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
+    # glibc with mallopt and malloc_trim typed, loaded once; None elsewhere (not Linux, or musl)
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt, libc.malloc_trim  # glibc's, not musl's
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     except (OSError, AttributeError):
         return None
     return libc
@@ -59,10 +63,7 @@ def keep_freed_memory(threshold: int = 1 << 30) -> bool:
     libc = _libc()
     if libc is None:
         return False
-    mallopt = libc.mallopt
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, threshold))
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, threshold))
 
 
 def release_freed_memory() -> bool:
@@ -75,9 +76,4 @@ def release_freed_memory() -> bool:
         (macOS, Windows, musl).
     """
     libc = _libc()
-    if libc is None:
-        return False
-    trim = libc.malloc_trim
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return bool(trim(0))
+    return libc is not None and bool(libc.malloc_trim(0))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from brainseg.inference.dense import _DenseBaseNet, _Int8Linear, predict_dense
+from brainseg.inference.dense import _DenseBaseNet, predict_dense
+from brainseg.inference.int8 import Int8Linear
 from brainseg.models.ganaye2018 import BaseNet
 from brainseg.sampling.patches import build_stack
 
@@ -16,7 +17,7 @@ def test_int8_linear_is_exact_on_its_grid():
     x = torch.tensor([[127.0, 0.0, 63.0, 1.0], [0.0, 0.0, 0.0, 0.0], [5.0, 127.0, 127.0, 0.0]]) * 0.25
     w = torch.tensor([[127.0, -127.0, 3.0, 0.0], [-2.0, 64.0, -127.0, 100.0]]) * 0.01
     b = torch.tensor([0.5, -1.0])
-    layer = _Int8Linear(w, b)
+    layer = Int8Linear(w, b)
     torch.testing.assert_close(layer(x), x @ w.T + b, rtol=0, atol=1e-5)
     assert layer.weight_t.dtype == torch.int8 and layer.weight_t.shape == (4, 2)
 
@@ -25,7 +26,7 @@ def test_int8_linear_error_is_within_the_rounding_bound(rng):
     x = torch.from_numpy(np.maximum(rng.standard_normal((300, 96)), 0).astype(np.float32))
     w = torch.from_numpy(rng.standard_normal((40, 96)).astype(np.float32) * 0.1)
     b = torch.from_numpy(rng.standard_normal(40).astype(np.float32))
-    error = (_Int8Linear(w, b)(x) - (x @ w.T + b)).abs()
+    error = (Int8Linear(w, b)(x) - (x @ w.T + b)).abs()
     # |x w - x' w'| <= |x| dw + |w| dx + dx dw, with dx <= s_x / 2 and dw <= s_w / 2 (one scale per row)
     dx = (x.amax(1) / 127 / 2)[:, None, None]
     dw = (w.abs().amax(1) / 127 / 2)[None, :, None]

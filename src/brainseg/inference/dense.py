@@ -19,7 +19,6 @@ computed in one call (:class:`~brainseg.features.spatial.SpatialInputs`).
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import numpy as np
@@ -31,6 +30,7 @@ from brainseg.allocator import keep_freed_memory, release_freed_memory
 from brainseg.features.spatial import SpatialInputs
 from brainseg.inference.branch_cache import AtlasFeatureTable, DistanceFeatureTable
 from brainseg.inference.dense_priors import BrainRows, Dense3dBranch, DenseAtlas, fold_batch_norm
+from brainseg.inference.int8 import Int8Linear, int8_available
 from brainseg.models.ganaye2018 import ConvBranch, GanayeNet
 from brainseg.sampling.patches import (
     HALF,
@@ -43,7 +43,7 @@ from brainseg.sampling.patches import (
 )
 from brainseg.timing import stage
 
-__all__ = ["INT8_MARGIN", "int8_available", "predict_dense", "predict_dense_at", "predict_patches"]
+__all__ = ["INT8_MARGIN", "predict_dense", "predict_dense_at", "predict_patches"]
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class _DenseBaseNet:
         # where this torch has no CPU int8 matrix product (predict_dense then stays in float32)
         second_bias = (self.biases[1:] + [self.out_bias])[0]  # the output layer's, with one hidden layer
         self.int8 = (
-            (_Int8Linear(self.w2d, self.biases[0]), _Int8Linear(self.hidden[0][0], second_bias))
+            (Int8Linear(self.w2d, self.biases[0]), Int8Linear(self.hidden[0][0], second_bias))
             if int8_available()
             else None
         )
@@ -191,7 +191,7 @@ class _DenseBaseNet:
         """Arg-max classes ``(N,)`` from the int8 head, float32 wherever the int8 logits leave a doubt.
 
         The first two fully connected layers (about 90 % of the head's multiply-adds) run in int8
-        (:class:`_Int8Linear`); every voxel whose two largest logits (``bias`` added) lie less than
+        (:class:`~brainseg.inference.int8.Int8Linear`); every voxel whose two largest logits (``bias`` added) lie less than
         ``margin`` apart is computed again in float32. Its label can differ from the float32 head's only
         where int8 rounding moves some logit by more than ``margin / 2``.
 
@@ -234,50 +234,6 @@ class _DenseBaseNet:
             p = extras.get("prob_features")
             x += p if p is not None else model.prob_branch(model._check("atlas", extras.get("atlas")))
         return x
-
-
-@functools.cache
-def int8_available() -> bool:
-    """Whether this torch multiplies int8 matrices on the CPU exactly (``torch._int_mm``, a private op).
-
-    Returns
-    -------
-    bool
-        False where the op is missing or fails, or gives a wrong product.
-    """
-    a = torch.arange(-60, 76, dtype=torch.int8)[:136].reshape(17, 8)
-    b = torch.arange(64, dtype=torch.int8).reshape(8, 8) - 32
-    try:
-        product = torch._int_mm(a, b)
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-    return bool(torch.equal(product, (a.long() @ b.long()).int()))
-
-
-class _Int8Linear:
-    """``x W^T + b`` for ``x >= 0`` with int8 operands and int32 sums (``torch._int_mm``).
-
-    Symmetric quantisation, one scale per output row of ``W`` (fixed) and one per row of ``x``
-    (computed per call from the row's maximum: a ReLU's outputs, so never negative):
-    ``y = (q_x q_W^T) s_x s_W + b``. About 3 times faster than float32 on this project's CPU (AVX2) for
-    the head's 576 x 512 layer, dequantisation included; the logits move by about 0.05.
-
-    Parameters
-    ----------
-    weight : Tensor of float32, shape (out, in)
-    bias : Tensor of float32, shape (out,)
-    """
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        self.weight_scale = weight.abs().amax(dim=1).clamp_min(1e-12) / 127
-        self.weight_t = torch.round(weight / self.weight_scale[:, None]).to(torch.int8).T.contiguous()
-        self.bias = bias
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, in)`` float32, non-negative -> ``(N, out)`` float32."""
-        scale = x.amax(dim=1).clamp_min_(1e-12) / 127
-        q = x.mul(1 / scale[:, None]).round_().to(torch.int8)
-        return torch.addcmul(self.bias, torch._int_mm(q, self.weight_t).float(), scale[:, None] * self.weight_scale)
 
 
 def _layers(branch: ConvBranch) -> list[tuple[torch.nn.Conv2d, torch.nn.Module]]:
@@ -383,7 +339,7 @@ def predict_dense(
         Without ``probabilities``, the labels come from a head whose first two fully connected layers
         run in int8 (:meth:`_DenseBaseNet.classes`), and every voxel whose two largest logits lie less
         than this far apart is computed again in float32; None: float32 throughout (so too where
-        :func:`int8_available` is False). The probabilities are always float32's.
+        :func:`~brainseg.inference.int8.int8_available` is False). The probabilities are always float32's.
 
     Returns
     -------
@@ -447,13 +403,14 @@ def predict_dense(
     # (about 30 s for a 1 mm brain's 135 classes).
     compact = None if probs is None else np.empty((model.num_classes, int(mask_p.sum())), probs.dtype)
     offset = recomputed = 0
+    labels_in_int8 = compact is None and int8_margin is not None and net.int8 is not None
     for i in tqdm(slices, desc="slices", unit="slice", disable=not progress, leave=False):
         rows, cols = np.nonzero(mask_p[i])
         n = len(rows)
         mixed, extras = _slice_inputs(net, stack, i, rows, cols, spatial, dense_3d, dense_atlas, table, prob_table)
         with stage("head"):
-            if compact is None and int8_margin is not None and net.int8 is not None:
-                labels, doubtful = net.classes(mixed, extras, bias, int8_margin)
+            if labels_in_int8:
+                labels, doubtful = net.classes(mixed, extras, bias, int8_margin)  # type: ignore[arg-type]
                 recomputed += doubtful
             else:
                 p = torch.softmax(net.head(mixed, extras) + bias, dim=1)
@@ -478,7 +435,7 @@ def predict_dense(
                 block = torch.index_select(columns[c0 : c0 + 16], 1, index).numpy()
                 for k, values in enumerate(block):
                     probs[c0 + k][mask] = values
-    if compact is None and int8_margin is not None and net.int8 is not None:
+    if labels_in_int8:
         log.debug("int8 head: %d of %d brain voxels computed again in float32", recomputed, offset)
     return np.ascontiguousarray(from_plane(classes, stack.plane)), probs
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from brainseg.io.nifti import voxel_spacing
+from brainseg.preprocessing.masking import brain_bounding_box
 
 __all__ = [
     "AffineRegistration",
@@ -238,15 +239,11 @@ def crop_to_foreground(data: np.ndarray, affine: np.ndarray, margin: int = 4) ->
     affine : ndarray of float64, shape (4, 4)
         Voxel of the box -> mm (the same world positions as before).
     """
-    nonzero = data != 0
-    low, high = np.zeros(3, int), np.zeros(3, int)
-    for axis in range(3):  # the box from each axis' projection (an argwhere of every voxel cost 0.2 s)
-        filled = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(3) if a != axis)))
-        low[axis] = max(filled[0] - margin, 0)
-        high[axis] = min(filled[-1] + 1 + margin, data.shape[axis])
+    box = brain_bounding_box(data != 0, margin)
+    low = np.array([b.start for b in box])
     out = np.asarray(affine, float).copy()
     out[:3, 3] = out[:3, :3] @ low + out[:3, 3]
-    return np.ascontiguousarray(data[tuple(slice(a, b) for a, b in zip(low, high))]), out
+    return np.ascontiguousarray(data[box]), out
 
 
 def block_average(data: np.ndarray, affine: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
