@@ -317,3 +317,29 @@ def test_one_sgd_step_lowers_cross_entropy(version):
     with torch.no_grad():
         after = F.cross_entropy(net(x), target)
     assert after < before
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("pool", [True, False])
+def test_logits_at_pixels_equal_the_whole_slices_logits(version, pool):
+    # dense inference runs the last 3 x 3 convolution around brain pixels only: the corners, edges (where the
+    # convolution's zero padding enters) and a pixel in every slice must all agree
+    torch.manual_seed(version)
+    net = MixNet(version, in_channels=2, num_classes=5, pool=pool, filters=4).eval()
+    x = torch.randn(3, 2, 15, 12)
+    with torch.no_grad():
+        whole = net(x).permute(0, 2, 3, 1).reshape(-1, 5)
+        corners = torch.tensor([0, 11, 14 * 12, 15 * 12 - 1, 15 * 12, 2 * 15 * 12 + 7, 3 * 15 * 12 - 1])
+        pixels = torch.cat([corners, torch.randperm(3 * 15 * 12, generator=torch.Generator().manual_seed(0))[:200]])
+        at = net.logits_at(x, pixels)
+        assert at.shape == (len(pixels), 5)
+        torch.testing.assert_close(at, whole[pixels], atol=1e-4, rtol=1e-5)
+        # channels-last, and every pixel once
+        merged = torch.cat(list(net.features(x).values()), dim=1).contiguous(memory_format=torch.channels_last)
+        every = net.output.logits_at(merged, (15, 12), torch.arange(3 * 15 * 12))
+        torch.testing.assert_close(every, whole, atol=1e-4, rtol=1e-5)
+        # pixels away from every edge: the box is cropped, the convolution must still see their neighbours
+        inner = torch.tensor([15 * 12 + 5 * 12 + 4, 15 * 12 + 9 * 12 + 7, 2 * 15 * 12 + 6 * 12 + 6])
+        torch.testing.assert_close(net.logits_at(x, inner), whole[inner], atol=1e-4, rtol=1e-5)
+        assert net.logits_at(x, torch.zeros(0, dtype=torch.int64)).shape == (0, 5)
+    assert whole.abs().max() > 1  # logits large enough for the tolerance to mean something

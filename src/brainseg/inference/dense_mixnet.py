@@ -6,9 +6,11 @@ L. Chen, D. Merhof, "MixNet: Multi-modality Mix Network for Brain Segmentation",
 For each plane of a :class:`~brainseg.families.chen2018.MixNetViews`, every slice of the cropped
 volume (:class:`~brainseg.families.chen2018.MixNetInputs`) that holds brain voxels goes through the
 plane's network in eval mode, a few slices at a time (channels-last memory format: faster here), padded
-to even sides when the InitUnit pools and cropped back; the softmax probabilities are gathered at the
-brain voxels (back to volume order) and averaged over the views with the fusion weights. The networks are fully convolutional, so nothing
-needs converting: what the training crops went through is what a whole slice goes through.
+to even sides when the InitUnit pools; the last layer (the OutputUnit's 3 x 3 convolution to the classes,
+most of the cost at 135 classes) runs at the slices' brain pixels only (:meth:`MixNet.logits_at`, about a
+third of a slice cropped to the brain's box), and the softmax probabilities there are averaged into the
+brain voxels (volume order) over the views with the fusion weights. The networks are fully convolutional,
+so nothing needs converting: what the training crops went through is what a whole slice goes through.
 
 Memory: the fused probabilities are kept at the brain voxels only, ``4 C N`` bytes for ``C`` classes
 and ``N`` brain voxels (about 0.8 GB for 135 classes and 1.5 million voxels).
@@ -67,7 +69,7 @@ def _accumulate(
     slice_batch: int,
     progress: bool,
 ) -> None:
-    """Add ``weight`` times ``plane``'s softmax at the brain voxels to ``into`` ``(C, N)``."""
+    """Add ``weight`` times ``plane``'s softmax at the brain voxels to ``into`` ``(N, C)``."""
     axis = PLANE_AXIS[plane]
     device = next(network.parameters()).device
     # channels-last (NHWC) convolutions: about a quarter faster on this CPU (benchmarks/bench_mixnet.py); a
@@ -86,15 +88,20 @@ def _accumulate(
             padded[...] = inputs.background[None, :, None, None]
             padded[..., :a, :b] = x
             x = padded
+        # the brain pixels of these slices, as flat indices into the (padded) batch (B, A, B')
+        ids = np.stack([slice_along(number, axis, s) for s in chunk])
+        k, i, j = np.nonzero(ids >= 0)
+        pixels = (k * x.shape[-2] + i) * x.shape[-1] + j
         x = torch.from_numpy(x).to(device)
-        logits = net(x.contiguous(memory_format=torch.channels_last) if CHANNELS_LAST else x)[..., :a, :b]
+        logits = net.logits_at(
+            x.contiguous(memory_format=torch.channels_last) if CHANNELS_LAST else x,
+            torch.from_numpy(pixels.astype(np.int64)).to(device),
+        )
         if bias is not None:
-            logits = logits + bias[:, None, None]
+            logits += bias.to(logits.device)
         p = torch.softmax(logits, dim=1).cpu().numpy()
-        for j, s in enumerate(chunk):
-            ids = slice_along(number, axis, s)
-            sel = ids >= 0
-            into[:, ids[sel]] += weight * p[j][:, sel]
+        p *= weight
+        into[ids[k, i, j]] += p
 
 
 @torch.no_grad()
@@ -121,11 +128,11 @@ def view_probabilities(
         ``logit_bias`` has the wrong shape or ``slice_batch`` < 1.
     """
     inside, number = _prepare(network, inputs, mask, slice_batch)
-    out = np.zeros((network.num_classes, int(inside.sum())), np.float32)
+    out = np.zeros((int(inside.sum()), network.num_classes), np.float32)
     _accumulate(
         network, inputs, inside, number, plane, 1.0, out, logit_bias_tensor(network, logit_bias), slice_batch, progress
     )
-    return out
+    return out.T
 
 
 @torch.no_grad()
@@ -182,17 +189,17 @@ def predict_mixnet(
     if len(weights) != len(network.planes) or min(weights) < 0 or not sum(weights) > 0:
         raise ValueError(f"need one weight >= 0 per plane {network.planes}, not all 0; got {weights}")
     bias = logit_bias_tensor(network, logit_bias)
-    fused = np.zeros((network.num_classes, int(inside.sum())), np.float32)
+    fused = np.zeros((int(inside.sum()), network.num_classes), np.float32)  # voxel-major: rows add at once
     for plane, weight in zip(network.planes, weights):
         if weight > 0:
             w = weight / sum(weights)
             _accumulate(network, inputs, inside, number, plane, w, fused, bias, slice_batch, progress)
     mask = np.asarray(mask, bool)
     classes = np.zeros(mask.shape, np.uint8)
-    classes[mask] = fused.argmax(axis=0)
+    classes[mask] = fused.argmax(axis=1)
     probs = None
     if probabilities:
         probs = np.zeros((network.num_classes,) + mask.shape, probability_dtype)
         probs[0] = 1
-        probs[:, mask] = fused
+        probs[:, mask] = fused.T
     return classes, probs

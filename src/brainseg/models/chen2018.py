@@ -253,14 +253,18 @@ class PyramidPooling(nn.Module):
         self.convs = nn.ModuleList(nn.Conv2d(in_channels, filters, 1, bias=False) for _ in self.bins)
         self.out_channels = in_channels + len(self.bins) * filters
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, c, H, W)`` -> ``(B, c + len(bins) p, H, W)``."""
+    def branches(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The branches alone: ``(B, c, H, W)`` -> one ``(B, p, H, W)`` per bin count, in ``bins`` order."""
         size = x.shape[-2:]
-        parts = [x]
+        parts = []
         for n, conv in zip(self.bins, self.convs):
             y = F.relu(conv(F.adaptive_avg_pool2d(x, n)))
             parts.append(F.interpolate(y, size=size, mode="bilinear", align_corners=False))
-        return torch.cat(parts, dim=1)
+        return parts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, c, H, W)`` -> ``(B, c + len(bins) p, H, W)``."""
+        return torch.cat([x, *self.branches(x)], dim=1)
 
 
 class OutputUnit(nn.Module):
@@ -297,15 +301,63 @@ class OutputUnit(nn.Module):
         self.pyramid = PyramidPooling(in_channels, bins, pyramid_filters)
         self.conv = nn.Conv2d(self.pyramid.out_channels, num_classes, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """``(B, c, h, w)`` merged features -> logits ``(B, C, H, W)``."""
+    def _upscaled(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """ReLU, then x2 bilinear and crop to ``size`` where the InitUnit pooled."""
         x = F.relu(x)
         (h, w), (height, width) = x.shape[-2:], size
         if (h, w) != (height, width):
             if (h, w) != (-(-height // 2), -(-width // 2)):
                 raise ValueError(f"features of size {(h, w)} are neither {tuple(size)} nor half of it, rounded up")
             x = F.interpolate(x, size=(2 * h, 2 * w), mode="bilinear", align_corners=False)[..., :height, :width]
-        return self.conv(self.pyramid(x))
+        return x
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``(B, c, h, w)`` merged features -> logits ``(B, C, H, W)``."""
+        return self.conv(self.pyramid(self._upscaled(x, size)))
+
+    def logits_at(self, x: torch.Tensor, size: tuple[int, int], pixels: torch.Tensor) -> torch.Tensor:
+        """The logits of :meth:`forward` at some pixels only: ``(n, C)`` float32.
+
+        Parameters
+        ----------
+        x : Tensor of float32, shape (B, c, h, w)
+            Merged features, as for :meth:`forward`.
+        size : (int, int)
+            The slices' ``(H, W)``.
+        pixels : Tensor of int64, shape (n,)
+            Flat indices into ``(B, H, W)`` (``b H W + i W + j``), each in ``[0, B H W)``.
+
+        Returns
+        -------
+        Tensor of float32, shape (n, C)
+            ``forward(x, size)`` at ``pixels``, in their order (equal up to float rounding).
+
+        Raises
+        ------
+        ValueError
+            As :meth:`forward`.
+
+        Notes
+        -----
+        Dense inference keeps only brain pixels, about a third of a slice cropped to the brain's box.
+        The upscaling and the pyramid still see the whole slices (the pyramid's bins span them), but the
+        concatenation and the 3 x 3 convolution to ``C`` classes, which dominates the network's cost at
+        135 classes, run on the rows and columns that hold ``pixels`` plus one pixel around them (the
+        convolution's reach), about half of the slices' area: inside that box the convolution sees what
+        it sees on the whole slices, its zero padding only where the box meets the slices' edges.
+        """
+        up = self._upscaled(x, size)
+        height, width = int(size[0]), int(size[1])
+        pixels = pixels.to(torch.int64)
+        if len(pixels) == 0:
+            return up.new_zeros((0, self.conv.out_channels))
+        b, i, j = pixels // (height * width), (pixels // width) % height, pixels % width
+        r0, r1 = max(int(i.min()) - 1, 0), min(int(i.max()) + 2, height)
+        c0, c1 = max(int(j.min()) - 1, 0), min(int(j.max()) + 2, width)
+        parts = [up, *self.pyramid.branches(up)]
+        logits = self.conv(torch.cat([t[..., r0:r1, c0:c1] for t in parts], dim=1))
+        rows = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])  # a view when channels-last
+        return rows.index_select(0, (b * (r1 - r0) + i - r0) * (c1 - c0) + j - c0)
 
 
 class MixNet(nn.Module):
@@ -471,6 +523,20 @@ class MixNet(nn.Module):
         """Logits ``(B, C, H, W)`` float32 of slices ``x`` ``(B, M, H, W)`` float32 (see :meth:`features`)."""
         merged = torch.cat(list(self.features(x).values()), dim=1)
         return self.output(merged, (x.shape[-2], x.shape[-1]))
+
+    def logits_at(self, x: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """Logits ``(n, C)`` float32 of slices ``x`` ``(B, M, H, W)`` at ``pixels`` ``(n,)`` int64 only.
+
+        ``pixels`` are flat indices into ``(B, H, W)``; the result equals ``forward(x)`` at them up to
+        float rounding (:meth:`OutputUnit.logits_at`: the last convolution runs at those pixels only).
+
+        Raises
+        ------
+        ValueError
+            As :meth:`features`.
+        """
+        merged = torch.cat(list(self.features(x).values()), dim=1)
+        return self.output.logits_at(merged, (x.shape[-2], x.shape[-1]), pixels)
 
 
 def receptive_field(
