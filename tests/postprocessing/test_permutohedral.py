@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from brainseg.postprocessing.permutohedral import PermutohedralLattice, lattice_gain
+from brainseg.postprocessing.permutohedral import GAINS, PermutohedralLattice, lattice_gain
 
 
 def _grid_features(shape, spacing, sigma_mm, intensity=None, sigma_i=1.0):
@@ -53,6 +53,31 @@ def test_sparse_channels_equal_dense_channels():
     np.testing.assert_allclose(got, np.take_along_axis(full, order, axis=1), rtol=1e-5, atol=1e-6)
 
 
+def test_a_plan_filters_new_values_as_filter_does():
+    # the mean field filters new values on the same kept classes at every iteration: the plan's indexing,
+    # found once, must give what a fresh filter gives, call after call, with channel chunks of 2
+    rng = np.random.default_rng(4)
+    lattice = PermutohedralLattice(rng.uniform(0, 4, (200, 4)))
+    channels = torch.from_numpy(np.stack([rng.choice(7, 3, replace=False) for _ in range(200)]))
+    channels[::5, 2] = 7  # a pruned entry: channel C, outside [0, C), filters to 0
+    plan = lattice.plan(channels, num_channels=7, channel_chunk=2)
+    for seed in range(3):
+        values = torch.from_numpy(np.random.default_rng(seed).uniform(0, 1, (200, 3)).astype(np.float32))
+        want = lattice.filter(values, channels, num_channels=7, channel_chunk=2)
+        torch.testing.assert_close(plan(values), want, rtol=0, atol=0)
+        assert (want[::5, 2] == 0).all() and want[1:5].min() > 0
+    other = torch.from_numpy(np.stack([rng.choice(7, 2, replace=False) for _ in range(200)]))
+    values = torch.ones(200, 3)
+    torch.testing.assert_close(
+        lattice.plan(channels, num_channels=7, out_channels=other)(values),
+        lattice.filter(values, channels, num_channels=7, out_channels=other),
+    )
+    with pytest.raises(ValueError, match="expected values of shape"):
+        plan(torch.ones(200, 2))
+    with pytest.raises(ValueError, match="expected channels of shape"):
+        lattice.plan(channels[:10])
+
+
 def test_a_channel_nobody_holds_filters_to_zero():
     features = np.random.default_rng(3).uniform(0, 3, (50, 2))
     lattice = PermutohedralLattice(features)
@@ -84,6 +109,13 @@ def test_gain_makes_the_lattice_estimate_the_sum(dimension):
     full = np.exp(-0.5 * ((features[inner][:, None] - features[None]) ** 2).sum(-1)).sum(1)
     assert abs(np.median(out[inner] / full) - 1) < 0.05
     assert lattice_gain(dimension) > 0
+
+
+@pytest.mark.parametrize("dimension", sorted(GAINS))
+def test_stored_gains_are_the_measured_ones(dimension):
+    assert lattice_gain.__wrapped__(dimension) == pytest.approx(GAINS[dimension], rel=1e-9)
+    features = np.random.default_rng(0).uniform(0, 5, (50, dimension))
+    assert PermutohedralLattice(features)._gain == GAINS[dimension]
 
 
 @pytest.mark.parametrize("dimension", [1, 2, 3, 4, 5])

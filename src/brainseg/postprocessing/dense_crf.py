@@ -327,11 +327,13 @@ def dense_crf(
             .rsqrt()
         )
         smoother = _SparseSmoother(top_t, voxels, shape, params.smoothness_sigma_mm, spacing_, num_classes)
+    # the kept classes stay fixed: where each entry splats and slices is found once
+    appearance = lattice.plan(top_t, num_channels=num_classes) if lattice is not None else None  # pruned (C): 0
     q = _softmax_energy(unary, torch.zeros_like(unary))
     for _ in range(params.iterations):
         message = torch.zeros_like(q)
-        if lattice is not None and norm_a is not None:  # j != i: the self term n_i^2 k(i, i) Q_i comes out
-            filtered = lattice.filter(q * norm_a, top_t, num_channels=num_classes)  # pruned (channel C): 0
+        if appearance is not None and norm_a is not None:  # j != i: the self term n_i^2 k(i, i) Q_i comes out
+            filtered = appearance(q * norm_a)
             message += params.appearance_weight * norm_a * (filtered - norm_a * q)
         if norm_s is not None:
             filtered = smoother(q * norm_s)
