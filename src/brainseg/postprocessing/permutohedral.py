@@ -9,7 +9,8 @@ features (position in mm and intensity, each divided by its kernel width). Done 
 quadratic in the voxels. The lattice does it in linear time: each feature vector is *splatted*
 onto the ``d + 1`` vertices of the lattice simplex enclosing it (barycentric weights), the lattice
 values are *blurred* with a ``[1/2, 1, 1/2]`` kernel along each of the lattice's ``d + 1``
-directions (one sparse ``(M, M)`` matrix product per direction), and each voxel *slices* its value back from
+directions (each vertex adds half of its two neighbours' values: two row gathers per direction), and each
+voxel *slices* its value back from
 its vertices.
 
 The lattice's output approximates the Gaussian sum up to a constant factor, which depends on the
@@ -30,7 +31,6 @@ Deviations from Adams et al.: lattice vertices are found with a sort of packed i
 
 from __future__ import annotations
 
-import warnings
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -58,7 +58,7 @@ _CHUNK = 1 << 18  # points per chunk of the lattice construction
 #: :func:`lattice_gain` of each dimension as measured with its defaults (20,000 points, seed 0): a lattice of
 #: these dimensions uses the figure instead of measuring it again (about 4 s per process at d = 4); a test
 #: checks each against a fresh measurement.
-GAINS = {1: 1.3805586372111216, 2: 1.1006847135796645, 3: 0.9332101205137562, 4: 0.8209020720011695}
+GAINS = {1: 1.3805586372111216, 2: 1.1006846480538117, 3: 0.9332100894063851, 4: 0.8209020474894875}
 
 #: Channels :meth:`PermutohedralLattice.filter` blurs together by default.
 CHANNEL_CHUNK = 16
@@ -94,26 +94,6 @@ def _simplices(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return rem0.astype(np.int32), rank.astype(np.int8), bary[:, : d + 1].astype(np.float32)
 
 
-def _blur_matrix(forward: np.ndarray, backward: np.ndarray, m: int) -> torch.Tensor:
-    """CSR ``(M, M)``: 1 on the diagonal, 1/2 at each existing neighbour (index ``m`` marks an absent one)."""
-    rows = np.arange(m)
-    cols = np.stack([rows, forward, backward], axis=1)
-    vals = np.tile(np.array([1.0, 0.5, 0.5], np.float32), (m, 1))
-    order = np.argsort(cols, axis=1)  # CSR wants sorted columns; an absent neighbour (m) sorts last
-    cols, vals = np.take_along_axis(cols, order, axis=1), np.take_along_axis(vals, order, axis=1)
-    present = cols < m
-    indptr = np.concatenate([[0], np.cumsum(present.sum(axis=1))])
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(indptr.astype(np.int64)),
-            torch.from_numpy(cols[present].astype(np.int64)),
-            torch.from_numpy(vals[present]),
-            size=(m, m),
-            check_invariants=True,
-        )
-
-
 class PermutohedralLattice:
     """The lattice of a fixed set of feature vectors, ready to filter values on them.
 
@@ -137,8 +117,8 @@ class PermutohedralLattice:
 
     Notes
     -----
-    Memory: ``(d + 1)`` int64 vertex indices and float32 weights per point, plus ``2 (d + 1)``
-    neighbour indices per lattice vertex. Building costs a sort of ``N (d + 1)`` keys.
+    Memory: ``(d + 1)`` int32 vertex indices and float32 weights per point, plus ``2 (d + 1)``
+    int32 neighbour indices per lattice vertex. Building costs a sort of ``N (d + 1)`` keys.
     """
 
     def __init__(self, features: np.ndarray, *, gain: float | None = None) -> None:
@@ -177,14 +157,25 @@ class PermutohedralLattice:
         unique, inverse_t = torch.unique(torch.from_numpy(packed.reshape(-1)), sorted=True, return_inverse=True)
         vertices, inverse = unique.numpy(), inverse_t.numpy()
         del packed, unique, inverse_t
-        self.vertices = len(vertices)
-        self._keys = vertices  # packed, sorted: vertex m's key is self._unpack(self._keys[m : m + 1])
+        m = self.vertices = len(vertices)
+        # Vertices are numbered in the order the points first touch them, not by key: the points come in
+        # voxel order, so vertices near in space are near in memory and the blur's and splat's row
+        # accesses stay in cache (by key, a neighbour is a whole slab of the first coordinate away).
+        first = np.full(m, inverse.size, np.int64)
+        np.minimum.at(first, inverse, np.arange(inverse.size, dtype=np.int64))
+        renumber = np.empty(m + 1, np.int64)
+        renumber[np.argsort(first, kind="stable")] = np.arange(m)
+        renumber[m] = m  # the absent neighbour stays the zero row M
+        del first
+        self._keys = np.empty_like(vertices)  # packed: vertex i's key is self._unpack(self._keys[i : i + 1])
+        self._keys[renumber[:m]] = vertices
         # int32 vertex indices (half the memory; torch's index_add_ and gathers take them)
-        index_type = np.int32 if len(vertices) < 2**31 else np.int64
-        self._index = torch.from_numpy(inverse.reshape(n, d + 1).astype(index_type))
+        index_type = np.int32 if m < 2**31 else np.int64
+        self._index = torch.from_numpy(renumber[inverse].reshape(n, d + 1).astype(index_type))
         del inverse
         self._weights = torch.from_numpy(weights)
-        # neighbours of every vertex along each of the d + 1 lattice directions (-1: absent -> the zero row M)
+        # neighbours of every vertex along each of the d + 1 lattice directions (absent -> the zero row M),
+        # looked up among the sorted keys, then renumbered
         unpacked = self._unpack(vertices)
         neighbours = []
         for j in range(d + 1):
@@ -194,10 +185,13 @@ class PermutohedralLattice:
             pair = []
             for sign in (1, -1):
                 key = self._pack(unpacked + sign * step)
-                pos = np.clip(np.searchsorted(vertices, key), 0, len(vertices) - 1)
-                pair.append(np.where(vertices[pos] == key, pos, len(vertices)))
-            neighbours.append(_blur_matrix(pair[0], pair[1], len(vertices)))
-        self._blurs = neighbours
+                pos = np.clip(np.searchsorted(vertices, key), 0, m - 1)
+                found = renumber[np.where(vertices[pos] == key, pos, m)]
+                by_new = np.empty(m, index_type)
+                by_new[renumber[:m]] = found
+                pair.append(torch.from_numpy(by_new))
+            neighbours.append((pair[0], pair[1]))
+        self._neighbours = neighbours
         self._gain = (GAINS.get(d) or lattice_gain(d)) if gain is None else float(gain)
 
     def _pack(self, keys: np.ndarray) -> np.ndarray:
@@ -317,10 +311,25 @@ class PermutohedralLattice:
         return LatticeFilter(self, tuple(out_channels.shape), k_in, steps)
 
     def _splat(self, at: torch.Tensor, points: torch.Tensor, values: torch.Tensor, width: int) -> torch.Tensor:
-        # each value onto its point's d + 1 vertices (flat positions ``at``), barycentric weights: (M, width)
-        grid = torch.zeros(self.vertices * width)
+        # each value onto its point's d + 1 vertices (flat positions ``at``), barycentric weights: (M + 1, width),
+        # the last row zero (what an absent neighbour reads)
+        grid = torch.zeros((self.vertices + 1) * width)
         grid.index_add_(0, at.reshape(-1), (values[:, None] * self._weights[points]).reshape(-1))
-        return grid.view(self.vertices, width)
+        return grid.view(self.vertices + 1, width)
+
+    def _blur(self, grid: torch.Tensor) -> torch.Tensor:
+        # [1/2, 1, 1/2] along each of the d + 1 lattice directions: two row gathers per direction (an absent
+        # neighbour is row M, kept zero); (M + 1, width) -> (M + 1, width). ``grid`` is overwritten (scratch).
+        m = self.vertices
+        out, other = torch.empty_like(grid), torch.empty((m, grid.shape[1]))  # allocated once, reused
+        out[m] = 0
+        for forward, backward in self._neighbours:
+            torch.index_select(grid, 0, forward, out=out[:m])
+            torch.index_select(grid, 0, backward, out=other)
+            other += out[:m]
+            torch.add(grid[:m], other, alpha=0.5, out=out[:m])
+            grid, out = out, grid
+        return grid
 
     def _slice(self, grid: torch.Tensor, at: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         # each point's value from its d + 1 vertices (flat positions ``at``), barycentric weights
@@ -371,8 +380,7 @@ class LatticeFilter:
         k_out = self.out_shape[1]
         for step in self.steps:
             grid = lattice._splat(step.splat_at, step.sources // self.k, flat[step.sources], step.width)
-            for blur in lattice._blurs:  # blur: [1/2, 1, 1/2] along each lattice direction, a sparse product
-                grid = torch.sparse.mm(blur, grid)
+            grid = lattice._blur(grid)
             out[step.targets] = lattice._slice(grid, step.slice_at, step.targets // k_out)
         return out.view(self.out_shape) / lattice._gain
 
