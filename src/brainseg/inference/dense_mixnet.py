@@ -95,7 +95,7 @@ def _accumulate(
         x = torch.from_numpy(x).to(device)
         logits = net.logits_at(
             x.contiguous(memory_format=torch.channels_last) if CHANNELS_LAST else x,
-            torch.from_numpy(pixels.astype(np.int64)).to(device),
+            torch.from_numpy(pixels).to(device),  # np.nonzero's int64
         )
         if bias is not None:
             logits += bias.to(logits.device)
