@@ -15,20 +15,19 @@ import yaml
 
 from brainseg.cli.main import main
 from brainseg.config import DeepNATConfig, TrainingConfig
-from brainseg.families.wachinger2018 import (
-    IGNORE,
-    WACHINGER2018,
-    DeepNATCascadeSampler,
-    DeepNATSampler,
-    cascade_loss,
-    jitter_centres,
-    structure_targets,
-    task_targets,
-)
+from brainseg.families.wachinger2018 import WACHINGER2018, cascade_loss
 from brainseg.inference.dense3d import extract_patches3d, predict_patches3d
 from brainseg.model_folder import load_model_folder
 from brainseg.models import build_model
 from brainseg.models.wachinger2018 import DeepNATCascade, average_task_probabilities, cascade_log_probabilities
+from brainseg.sampling.patches3d import (
+    IGNORE,
+    DeepNATCascadeSampler,
+    DeepNATSampler,
+    jitter_centres,
+    structure_targets,
+    task_targets,
+)
 from brainseg.training.batches import draw_batch
 
 TINY = dict(widths=(4, 4, 4), fc_widths=(16, 8), dropout=0.0)

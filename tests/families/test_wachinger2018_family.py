@@ -27,11 +27,12 @@ from brainseg.config import (
 )
 from brainseg.errors import InputError
 from brainseg.families import family_of
-from brainseg.families.wachinger2018 import WACHINGER2018, DeepNATSampler, task_targets
+from brainseg.families.wachinger2018 import WACHINGER2018
 from brainseg.inference.dense3d import extract_patches3d, predict_patches3d
 from brainseg.model_folder import load_model_folder
 from brainseg.models import build_model
 from brainseg.models.wachinger2018 import DeepNAT, average_task_probabilities
+from brainseg.sampling.patches3d import DeepNATSampler, task_targets
 from brainseg.training.batches import draw_batch
 
 TINY = dict(widths=(4, 4, 4), fc_widths=(16, 8), dropout=0.0)

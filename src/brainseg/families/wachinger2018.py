@@ -6,10 +6,10 @@ neuroanatomy", NeuroImage 170:434-445, 2018. doi:10.1016/j.neuroimage.2017.02.03
 Its pieces live where the pipeline puts them: the networks, the hierarchy's combination and Eq. 3
 in :mod:`brainseg.models.wachinger2018`, the Cartesian and spectral coordinates (section 2.4) in
 :mod:`brainseg.features.coordinates`, the voxel sampler in :mod:`brainseg.sampling.samplers` and the
-dense predictor in :mod:`brainseg.inference.dense3d`. This module wires them to
+dense predictor in :mod:`brainseg.inference.dense3d`, the training examples (the paper's capped
+pools and jitter, section 3) in :mod:`brainseg.sampling.patches3d`. This module wires them to
 :class:`brainseg.families.Family` (model name ``deepnat``, settings
-:class:`brainseg.config.DeepNATConfig`), and adds the training examples, the paper's capped pools
-and jitter (section 3), and the losses (sections 2.2-2.3).
+:class:`brainseg.config.DeepNATConfig`) and adds the losses (sections 2.2-2.3).
 
 What a case gives the network: its normalised image on the working grid, padded by the halo of the
 24^3 patch (11 voxels before, 12 after; the paper's 23^3, see :mod:`brainseg.models.wachinger2018`)
@@ -25,7 +25,7 @@ The two variants (``DeepNATConfig.cascade``):
 - **hierarchical** (the paper's DeepNAT, section 2.2; the default): one
   :class:`~brainseg.models.wachinger2018.DeepNATCascade` holds network 1 (background / foreground)
   and network 2 (the ``C - 1`` structures, no background class). Each draws its own examples
-  (:class:`DeepNATCascadeSampler`): a draw of ``n`` gives ``n`` examples to each network, row ``i``
+  (:class:`~brainseg.sampling.patches3d.DeepNATCascadeSampler`): a draw of ``n`` gives ``n`` examples to each network, row ``i``
   of ``'patches'`` / ``'coordinates'`` (network 1) and of ``'structure_patches'`` /
   ``'structure_coordinates'`` (network 2), with targets ``(n, T, 2)``: ``[..., 0]`` network 1's,
   ``[..., 1]`` network 2's, so the trainer's concatenation over cases keeps them aligned, and
@@ -43,63 +43,18 @@ The two variants (``DeepNATConfig.cascade``):
 - **one step** (``cascade: false``, the paper's ablation): one :class:`DeepNAT` classifies every
   brain voxel into all classes, background included; loss: the sum of its heads' cross entropies.
 
-Training examples (``training.sampling``):
 
-- ``'uniform'``, ``'balanced'``, ``'mixed'``: as :class:`~brainseg.sampling.samplers.VoxelSampler`
-  draws them, per network: network 1 over the brain region with the classes background / foreground,
-  network 2 over the foreground with the structure classes.
-- ``'deepnat'`` (section 3): the paper's capped pools. Per image, network 1's pool holds
-  ``min(n_fg, fg_bg_per_image)`` foreground and ``min(n_bg, fg_bg_per_image)`` background voxels
-  (paper: 30,000 each), network 2's ``min(n_c, cap_c)`` of each structure ``c`` with ``cap_c =
-  per_structure`` (paper: 3,000), twice that for ``double_classes`` (the paper's cerebral white and
-  grey matter). Every pool member is equally likely
-  (:meth:`~brainseg.sampling.samplers.VoxelSampler.sample_pool`); the pool is in effect redrawn for
-  every example (a voxel of the member's class, uniformly), so the class proportions are the paper's
-  while all voxels of a class take part. The one-step variant draws from the union of network 2's
-  structure caps and a background cap of ``fg_bg_per_image``. The trainer draws an image uniformly,
-  then a member of its pool, so an epoch of ``samples_per_epoch`` examples per network sees a pool
-  of ``P`` members about ``samples_per_epoch / (images x P)`` times each.
-
-  The paper's pools add up to about 1.1 million patches over its training images; ours have the
-  same per-image caps, e.g. with the 25 structures of ``configs/deepnat25_labels.tsv`` and its 4 cerebral
-  white-matter and cortex classes doubled, at most 60,000 (network 1) and 3,000 x 29 = 87,000
-  (network 2) per image. The paper's volumes (FreeSurfer's conformed 256^3 grid) have about 2
-  foreground voxels per background voxel within its sampled region; our brain masks are 10-15
-  foreground voxels per background voxel, so network 1's task is less unbalanced here and the
-  hierarchy may matter less than in the paper.
-
-The **class frequencies** of a sampler (:meth:`DeepNATCascadeSampler.class_frequencies`, read for
-the sampling prior) describe what the combined model was trained to output: ``q(bg) = q1(bg)`` and
-``q(c) = q1(fg) q2(c)``, with ``q1`` network 1's expected background / foreground frequencies and
-``q2`` network 2's expected structure frequencies under the sampling mode, each exact (``'deepnat'``:
-the pool's proportions). This is the prior of a model whose P1 and P2 are each Bayes-optimal for
-their own examples; it is exact for ``'uniform'`` (the brain's frequencies) and an approximation
-otherwise, since network 1's foreground examples mix the structures in the brain's proportions, not
-in ``q2``'s. Like the one-step variant's, they are those of the examples' own voxels (the centre
-head's targets).
-
-**Jitter** (``training.augment: true``; the paper's 15/15 experiment, section 3): every patch centre
-is moved by an independent random integer offset in ``[-1, 1]`` voxels along each axis
-(:data:`JITTER_VOXELS`), kept only when the moved centre stays in the volume and in the sampled region
-(brain mask or labelled voxels; otherwise the centre stays). The patch and the coordinates are those
-of the moved centre; the **targets stay** those of the drawn voxel, so that the network learns to
-tolerate a one-voxel displacement of its input. The paper does not spell out the label rule as far
-as we know; we take "jittering" as the label-preserving random shift of the data layers of its time
-(Caffe's random crop of a slightly larger patch keeps the example's label). Targets that followed the moved centre would
-be a draw of a neighbouring voxel with its own label, which our per-example redrawn pools already
-reach, so they would not augment anything here. With targets kept, the class frequencies are
-unchanged by jitter.
+How examples are drawn (``training.sampling``, the ``'deepnat'`` pools, the class frequencies read for
+the sampling prior, the jitter) is told in :mod:`brainseg.sampling.patches3d`.
 
 Deviations from the paper
 -------------------------
 - The hierarchy's two networks are trained jointly (one optimiser, the sum of their losses; they
   share no parameters) and stored as one module; network 2 is evaluated on every brain-mask voxel and
   its probabilities combined with network 1's (above), where the paper classifies network 1's
-  foreground with network 2. The 3-D fully connected CRF (section 2.5) is not implemented.
-- Sampling: the ``'deepnat'`` pools are redrawn for every example rather than extracted once; the
-  caps are the paper's, but the background of network 1 is the unlabelled part of the brain mask.
-  The other modes are brainseg's.
-- Jitter: the amplitude (one voxel) and the label handling are our reading (above).
+  foreground with network 2. The 3-D fully connected CRF (section 2.5) is brainseg's ``--crf``
+  (:mod:`brainseg.postprocessing.dense_crf`), for every family.
+- Sampling and jitter: see :mod:`brainseg.sampling.patches3d`.
 - Coordinates: the spectral ones are solved on a grid of ``spectral_grid_mm`` (2 mm by default) and
   interpolated to 1 mm, ordered and signed by the world axes and scaled to [-1, 1]; the Cartesian
   ones are mm from the brain mask's centre of mass divided by 100 mm
@@ -111,8 +66,6 @@ Deviations from the paper
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -132,36 +85,25 @@ from brainseg.models.wachinger2018 import (
     DeepNAT,
     DeepNATCascade,
     DeepNATModel,
-    task_offsets,
 )
-from brainseg.sampling.samplers import SAMPLING_MODES, VoxelSampler
+from brainseg.sampling.patches3d import (
+    JITTER_VOXELS,
+    DeepNATCascadeSampler,
+    DeepNATInputs,
+    DeepNATSampler,
+)
 
 __all__ = [
     "COORDINATE_CHANNELS",
-    "IGNORE",
-    "JITTER_VOXELS",
-    "SAMPLING",
     "WACHINGER2018",
-    "DeepNATCascadeSampler",
     "DeepNATFamily",
-    "DeepNATInputs",
-    "DeepNATSampler",
     "cascade_loss",
-    "jitter_centres",
     "multitask_cross_entropy",
-    "structure_targets",
-    "task_targets",
     "variant_name",
 ]
 
 #: Coordinate channels ``K`` the network reads, by ``DeepNATConfig.coordinates``.
 COORDINATE_CHANNELS = {"none": 0, "cartesian": 3, "spectral": 3, "both": 6}
-#: ``training.sampling`` modes DeepNAT draws: :class:`VoxelSampler`'s and the paper's capped pools.
-SAMPLING = (*SAMPLING_MODES, "deepnat")
-#: Amplitude of the training jitter, in voxels along each axis (``training.augment``).
-JITTER_VOXELS = 1
-#: Target of a masked network-2 head (its voxel is background): left out of the loss.
-IGNORE = -1
 _COORDINATE_NAMES = {
     "none": "no coordinates",
     "cartesian": "Cartesian coordinates",
@@ -169,96 +111,6 @@ _COORDINATE_NAMES = {
     "both": "Cartesian + spectral coordinates",
 }
 _PAPER_WIDTHS, _PAPER_FC_WIDTHS = (32, 64, 64), (1024, 512)
-_TRAINING_DEFAULTS = TrainingConfig()
-
-
-@dataclass(frozen=True)
-class DeepNATInputs:
-    """What DeepNAT reads from one image.
-
-    Attributes
-    ----------
-    padded : ndarray of float32, shape (D + 23, H + 23, W + 23)
-        The normalised image on the working grid, padded with ``background`` by 11 voxels before
-        and 12 after along each axis: the patch of voxel ``v`` is ``padded[v : v + 24]`` along
-        each axis (as :func:`brainseg.inference.dense3d.extract_patches3d` cuts it).
-    coordinates : ndarray of float32, shape (K, D, H, W)
-        Per-voxel coordinates (:func:`brainseg.features.coordinates.deepnat_coordinates`), ``K`` =
-        0, 3 or 6; zero outside the brain mask.
-    background : float
-        The normalised intensity outside the brain (the padding value).
-    """
-
-    padded: np.ndarray
-    coordinates: np.ndarray
-    background: float
-
-    @property
-    def image(self) -> np.ndarray:
-        """The unpadded image, float32 ``(D, H, W)`` (a view of :attr:`padded`)."""
-        before, after = PATCH_PADDING
-        return self.padded[before:-after, before:-after, before:-after]
-
-
-def task_targets(classes: np.ndarray, voxels: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """The class each head must predict: that of the voxel at its offset (section 2.3).
-
-    Parameters
-    ----------
-    classes : ndarray of uint8, shape (D, H, W)
-        Reference class indices.
-    voxels : ndarray of int, shape (n, 3)
-        Patch centres, array-axis order.
-    offsets : ndarray of int, shape (T, 3)
-        The heads' offsets (:func:`~brainseg.models.wachinger2018.task_offsets`).
-
-    Returns
-    -------
-    ndarray of the dtype of ``classes``, shape (n, T)
-        ``[i, t]`` is ``classes[voxels[i] + offsets[t]]``, or 0 (background) where that voxel
-        lies outside the volume.
-
-    Examples
-    --------
-    >>> classes = np.arange(3, dtype=np.uint8).reshape(1, 1, 3)
-    >>> task_targets(classes, np.array([[0, 0, 0], [0, 0, 2]]), np.array([[0, 0, 0], [0, 0, 1]])).tolist()
-    [[0, 1], [2, 0]]
-    """
-    voxels = np.asarray(voxels, np.int64).reshape(-1, 3)
-    offsets = np.asarray(offsets, np.int64).reshape(-1, 3)
-    out = np.zeros((len(voxels), len(offsets)), classes.dtype)
-    for t, offset in enumerate(offsets):
-        target = voxels + offset
-        inside = ((target >= 0) & (target < classes.shape)).all(axis=1)
-        out[inside, t] = classes[tuple(target[inside].T)]
-    return out
-
-
-def structure_targets(classes: np.ndarray, voxels: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Network 2's targets: the structure index ``c - 1`` of each head's voxel, :data:`IGNORE` on background.
-
-    Parameters
-    ----------
-    classes : ndarray of uint8, shape (D, H, W)
-        Reference class indices (0 = background).
-    voxels : ndarray of int, shape (n, 3)
-        Patch centres, array-axis order.
-    offsets : ndarray of int, shape (T, 3)
-        The heads' offsets.
-
-    Returns
-    -------
-    ndarray of int16, shape (n, T)
-        ``classes[voxels[i] + offsets[t]] - 1``, or -1 (:data:`IGNORE`: masked out of the loss)
-        where that voxel is background or outside the volume.
-
-    Examples
-    --------
-    >>> classes = np.array([[[0, 1, 2]]], np.uint8)
-    >>> structure_targets(classes, np.array([[0, 0, 1]]), np.array([[0, 0, 0], [0, 0, -1], [0, 0, 1]])).tolist()
-    [[0, -1, 1]]
-    """
-    return task_targets(classes, voxels, offsets).astype(np.int16) - 1
 
 
 def multitask_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -269,8 +121,8 @@ def multitask_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torc
     logits : Tensor of float, shape (n, T, C)
         Per-task logits (:meth:`DeepNAT.forward`).
     targets : Tensor of int64, shape (n, T)
-        Class indices (:func:`task_targets`), or :data:`IGNORE` (any negative value) for entries
-        left out (:func:`structure_targets`).
+        Class indices (:func:`~brainseg.sampling.patches3d.task_targets`), or :data:`~brainseg.sampling.patches3d.IGNORE` (any negative value) for entries
+        left out (:func:`~brainseg.sampling.patches3d.structure_targets`).
 
     Returns
     -------
@@ -304,10 +156,10 @@ def cascade_loss(network: DeepNATCascade, batch: dict[str, torch.Tensor], target
     batch : dict of str to Tensor
         Network 1's examples ``'patches'`` ``(n, 1, 24, 24, 24)`` (and ``'coordinates'`` ``(n, K)``),
         network 2's ``'structure_patches'`` (and ``'structure_coordinates'``), as
-        :meth:`DeepNATCascadeSampler.draw` returns them.
+        :meth:`~brainseg.sampling.patches3d.DeepNATCascadeSampler.draw` returns them.
     targets : Tensor of int64, shape (n, T, 2)
         ``[..., 0]``: network 1's targets (0 background, 1 foreground) of its example ``i``;
-        ``[..., 1]``: network 2's (structure ``c`` as ``c - 1``, or :data:`IGNORE` where the head's
+        ``[..., 1]``: network 2's (structure ``c`` as ``c - 1``, or :data:`~brainseg.sampling.patches3d.IGNORE` where the head's
         voxel is background: masked) of its example ``i``.
 
     Returns
@@ -325,299 +177,6 @@ def cascade_loss(network: DeepNATCascade, batch: dict[str, torch.Tensor], target
     foreground = network.foreground(batch["patches"], batch.get("coordinates"))
     structures = network.structures(batch["structure_patches"], batch.get("structure_coordinates"))
     return multitask_cross_entropy(foreground, targets[..., 0]) + multitask_cross_entropy(structures, targets[..., 1])
-
-
-def jitter_centres(
-    voxels: np.ndarray, rng: np.random.Generator, region: np.ndarray, amplitude: int = JITTER_VOXELS
-) -> np.ndarray:
-    """Move patch centres by random integer offsets in ``[-amplitude, amplitude]`` per axis (the paper's jitter).
-
-    Parameters
-    ----------
-    voxels : ndarray of int, shape (n, 3)
-        Drawn voxels, array-axis order.
-    rng : numpy.random.Generator
-    region : ndarray of bool, shape (D, H, W)
-        Where a centre may go (the sampled region: brain mask or labelled voxels).
-    amplitude : int
-        Largest move along each axis, in voxels.
-
-    Returns
-    -------
-    ndarray of int64, shape (n, 3)
-        The moved centres; a centre whose move would leave the volume or ``region`` stays.
-
-    Examples
-    --------
-    >>> moved = jitter_centres(np.array([[1, 1, 1]] * 50), np.random.default_rng(0), np.ones((3, 3, 3), bool))
-    >>> int(np.abs(moved - 1).max()), len(np.unique(moved, axis=0)) > 10
-    (1, True)
-    """
-    voxels = np.asarray(voxels, np.int64).reshape(-1, 3)
-    moved = voxels + rng.integers(-amplitude, amplitude + 1, size=voxels.shape)
-    keep = ((moved >= 0) & (moved < region.shape)).all(axis=1)
-    keep[keep] = region[tuple(moved[keep].T)]
-    return np.where(keep[:, None], moved, voxels)
-
-
-def _check_training(tc: TrainingConfig) -> None:
-    # Training settings of Ganaye et al.'s family that mean nothing here: refuse them rather than ignore them.
-    if any(tc.auxiliary_weights):
-        raise InputError(
-            f"training.auxiliary_weights {list(tc.auxiliary_weights)}: DeepNAT has no auxiliary classifiers; "
-            "remove the setting"
-        )
-    if (
-        tuple(tc.augment_scale) != _TRAINING_DEFAULTS.augment_scale
-        or tc.augment_rotation_deg != _TRAINING_DEFAULTS.augment_rotation_deg
-    ):
-        raise InputError(
-            "training.augment_scale / augment_rotation_deg: BaseNet's patch augmentation; DeepNAT's "
-            f"augmentation (augment: true) is a jitter of {JITTER_VOXELS} voxel; remove the settings"
-        )
-    _check_mode(tc.sampling)
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in SAMPLING:
-        raise InputError(f"training.sampling {mode!r}: DeepNAT samples {', '.join(map(repr, SAMPLING))}")
-
-
-class _NetworkVoxels:
-    """The voxels one network draws its examples from: :class:`VoxelSampler`'s modes and a capped pool.
-
-    Parameters
-    ----------
-    classes : ndarray of uint8, shape (D, H, W)
-        The network's class of every voxel.
-    region : ndarray of bool, shape (D, H, W)
-        Voxels that may be drawn.
-    caps : ndarray of int, shape (K,)
-        Pool cap per class (``'deepnat'``); classes beyond ``K`` get none.
-    """
-
-    def __init__(self, classes: np.ndarray, region: np.ndarray, caps: np.ndarray) -> None:
-        self.voxels = VoxelSampler(classes, region)
-        counts = self.voxels.counts
-        caps = np.asarray(caps, np.int64)
-        full = np.zeros(len(counts), np.int64)
-        full[: min(len(caps), len(counts))] = caps[: len(counts)]
-        #: Pool members per class, ``min(count, cap)``.
-        self.pool = np.minimum(counts, full)
-
-    def frequencies(self, num_classes: int, mode: str) -> np.ndarray:
-        _check_mode(mode)
-        if mode == "deepnat":
-            out = np.zeros(num_classes)
-            out[: len(self.pool)] = self.pool / self.pool.sum()
-            return out
-        return self.voxels.class_frequencies(num_classes, mode)
-
-    def sample(self, n: int, rng: np.random.Generator, mode: str) -> np.ndarray:
-        _check_mode(mode)
-        if mode == "deepnat":
-            return self.voxels.sample_pool(n, rng, self.pool).astype(np.int64)
-        return self.voxels.sample(n, rng, mode).astype(np.int64)
-
-
-def _structure_caps(num_classes: int, per_structure: int, double_classes: tuple[int, ...]) -> np.ndarray:
-    # Cap per class index: per_structure, doubled for double_classes; 0 for background.
-    caps = np.full(max(num_classes, max(double_classes, default=0) + 1), per_structure, np.int64)
-    caps[list(double_classes)] *= 2
-    caps[0] = 0
-    return caps
-
-
-class _Examples:
-    """Patches and coordinates of patch centres, shared by the samplers."""
-
-    def __init__(self, inputs: DeepNATInputs, classes: np.ndarray, mask: np.ndarray, tasks: int) -> None:
-        if classes.shape != inputs.image.shape or mask.shape != classes.shape:
-            raise ValueError(
-                f"image {inputs.image.shape}, classes {classes.shape} and mask {mask.shape} must share a grid"
-            )
-        self.inputs, self.classes = inputs, classes
-        self.region = mask | (classes > 0)
-        self.offsets = task_offsets(tasks)
-        self._windows = np.lib.stride_tricks.sliding_window_view(inputs.padded, (PATCH_SIZE,) * 3)
-
-    def centres(self, voxels: np.ndarray, rng: np.random.Generator, tc: TrainingConfig) -> np.ndarray:
-        return jitter_centres(voxels, rng, self.region) if tc.augment else voxels
-
-    def values(self, centres: np.ndarray, prefix: str = "") -> dict[str, np.ndarray]:
-        d, h, w = centres.T
-        out = {f"{prefix}patches": np.ascontiguousarray(self._windows[d, h, w])[:, None]}
-        if len(self.inputs.coordinates):
-            out[f"{prefix}coordinates"] = np.ascontiguousarray(self.inputs.coordinates[:, d, h, w].T)
-        return out
-
-
-class DeepNATSampler(_Examples):
-    """Training examples of the one-step variant: voxels, their patches, coordinates and targets.
-
-    Parameters
-    ----------
-    inputs : DeepNATInputs
-    classes : ndarray of uint8, shape (D, H, W)
-        Reference class indices on the working grid (RAS+).
-    mask : ndarray of bool, shape (D, H, W)
-        Brain mask on the working grid.
-    tasks : {1, 7, 27}
-        The network's heads.
-    fg_bg_per_image, per_structure, double_classes
-        The ``'deepnat'`` pool's caps (:class:`~brainseg.config.DeepNATConfig`): background
-        ``fg_bg_per_image``, each structure ``per_structure``, doubled for ``double_classes``.
-
-    Raises
-    ------
-    ValueError
-        If the shapes disagree.
-    """
-
-    def __init__(
-        self,
-        inputs: DeepNATInputs,
-        classes: np.ndarray,
-        mask: np.ndarray,
-        tasks: int,
-        *,
-        fg_bg_per_image: int = 30_000,
-        per_structure: int = 3_000,
-        double_classes: tuple[int, ...] = (),
-    ) -> None:
-        super().__init__(inputs, classes, mask, tasks)
-        caps = _structure_caps(int(classes.max()) + 1, per_structure, double_classes)
-        caps[0] = fg_bg_per_image
-        self.voxels = _NetworkVoxels(classes, mask, caps)
-
-    def class_frequencies(self, num_classes: int, mode: str) -> np.ndarray:
-        """Exact expected class frequencies of the drawn voxels themselves (the centre head's targets).
-
-        ``'deepnat'``: the pool's proportions; otherwise :meth:`VoxelSampler.class_frequencies`. The
-        other heads' targets, the drawn voxels' neighbours, differ from them only at structure
-        borders; jitter moves the patches, not the targets.
-        """
-        return self.voxels.frequencies(num_classes, mode)
-
-    def draw(self, n: int, rng: np.random.Generator, tc: TrainingConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """``n`` voxels drawn by ``tc.sampling``: network inputs (jittered when ``tc.augment``) and targets.
-
-        Returns
-        -------
-        inputs : dict of str to ndarray
-            ``'patches'``: float32 ``(n, 1, 24, 24, 24)`` centred on the (jittered) voxels;
-            ``'coordinates'``: float32 ``(n, K)`` of the same centres, only when ``K > 0``.
-        targets : ndarray of uint8, shape (n, T)
-            :func:`task_targets` of the drawn voxels (not moved by the jitter).
-
-        Raises
-        ------
-        InputError
-            If ``tc`` asks for auxiliary losses, BaseNet's augmentation or an unknown sampling mode.
-        """
-        _check_training(tc)
-        voxels = self.voxels.sample(n, rng, tc.sampling)
-        return self.values(self.centres(voxels, rng, tc)), task_targets(self.classes, voxels, self.offsets)
-
-
-class DeepNATCascadeSampler(_Examples):
-    """Training examples of the hierarchy: ``n`` for network 1 and ``n`` for network 2 per draw (section 2.2).
-
-    Network 1 draws from the brain region (brain mask or labelled voxels) with the classes
-    background (0) and foreground (1); network 2 from the foreground with the structure classes.
-
-    Parameters
-    ----------
-    inputs : DeepNATInputs
-    classes : ndarray of uint8, shape (D, H, W)
-        Reference class indices on the working grid (RAS+).
-    mask : ndarray of bool, shape (D, H, W)
-        Brain mask on the working grid.
-    tasks : {1, 7, 27}
-        The networks' heads.
-    fg_bg_per_image, per_structure, double_classes
-        The ``'deepnat'`` pools' caps (:class:`~brainseg.config.DeepNATConfig`).
-
-    Raises
-    ------
-    ValueError
-        If the shapes disagree.
-    InputError
-        If the case has no structure voxel.
-    """
-
-    def __init__(
-        self,
-        inputs: DeepNATInputs,
-        classes: np.ndarray,
-        mask: np.ndarray,
-        tasks: int,
-        *,
-        fg_bg_per_image: int = 30_000,
-        per_structure: int = 3_000,
-        double_classes: tuple[int, ...] = (),
-    ) -> None:
-        super().__init__(inputs, classes, mask, tasks)
-        foreground = classes > 0
-        if not foreground.any():
-            raise InputError("a training case of the DeepNAT hierarchy has no structure voxel (its label map is empty)")
-        self.foreground_classes = foreground.astype(np.uint8)
-        self.foreground = _NetworkVoxels(self.foreground_classes, mask, np.array([fg_bg_per_image] * 2))
-        caps = _structure_caps(int(classes.max()) + 1, per_structure, double_classes)
-        self.structures = _NetworkVoxels(classes, foreground, caps)
-
-    def class_frequencies(self, num_classes: int, mode: str) -> np.ndarray:
-        """Exact expected frequencies of the combined model's training prior: ``q1(bg)``, ``q1(fg) q2(c)``.
-
-        ``q1`` are network 1's expected background / foreground frequencies under ``mode``, ``q2``
-        network 2's structure frequencies (``'deepnat'``: the pools' proportions), both of the
-        drawn voxels themselves (see the module docstring for this reading).
-
-        Returns
-        -------
-        ndarray of float64, shape (num_classes,)
-            Sums to 1.
-        """
-        q1 = self.foreground.frequencies(2, mode)
-        out = q1[1] * self.structures.frequencies(num_classes, mode)
-        out[0] = q1[0]
-        return out
-
-    def draw(self, n: int, rng: np.random.Generator, tc: TrainingConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """``n`` examples of each network, drawn by ``tc.sampling`` (jittered when ``tc.augment``).
-
-        Returns
-        -------
-        inputs : dict of str to ndarray
-            Network 1's ``'patches'`` float32 ``(n, 1, 24, 24, 24)`` (and ``'coordinates'`` float32
-            ``(n, K)`` when ``K > 0``); network 2's ``'structure_patches'`` (and
-            ``'structure_coordinates'``): example ``i`` of either network sits in row ``i``, so the
-            trainer's concatenation over cases keeps them aligned with the targets.
-        targets : ndarray of int16, shape (n, T, 2)
-            ``[..., 0]``: :func:`task_targets` of network 1's voxels on the background / foreground
-            map; ``[..., 1]``: :func:`structure_targets` of network 2's voxels (-1 where masked).
-            Both are of the drawn voxels (not moved by the jitter).
-
-        Raises
-        ------
-        InputError
-            If ``tc`` asks for auxiliary losses, BaseNet's augmentation or an unknown sampling mode.
-        """
-        _check_training(tc)
-        first = self.foreground.sample(n, rng, tc.sampling)
-        second = self.structures.sample(n, rng, tc.sampling)
-        values = {
-            **self.values(self.centres(first, rng, tc)),
-            **self.values(self.centres(second, rng, tc), "structure_"),
-        }
-        targets = np.stack(
-            [
-                task_targets(self.foreground_classes, first, self.offsets).astype(np.int16),
-                structure_targets(self.classes, second, self.offsets),
-            ],
-            axis=2,
-        )
-        return values, targets
 
 
 def variant_name(cfg: DeepNATConfig) -> str:
