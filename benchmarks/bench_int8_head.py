@@ -17,7 +17,6 @@ Usage: OMP_NUM_THREADS=2 python benchmarks/bench_int8_head.py [MODEL_DIR] [--cas
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 
 from brainseg.allocator import keep_freed_memory
 from brainseg.inference import dense
+from brainseg.inference.int8 import Int8Report
 from brainseg.inference.predictor import Predictor
 from brainseg.io.manifest import read_manifest
 from brainseg.io.nifti import load_volume
@@ -33,17 +33,6 @@ from brainseg.metrics.report import evaluate_label_maps
 from brainseg.model_folder import default_model_dir
 from brainseg.preprocessing.pipeline import prepare_image
 from brainseg.preprocessing.reference import load_transforms
-
-
-class _Count(logging.Handler):
-    """Reads predict_dense's debug line: voxels computed again in float32."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.recomputed = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.recomputed = int(record.args[0])  # type: ignore[index]
 
 
 def main() -> None:
@@ -57,9 +46,7 @@ def main() -> None:
     model = predictor.model
     training = model.config.training
     cases = {c.case_id: c for c in read_manifest(training.manifest)}
-    count = _Count()
-    logging.getLogger(dense.__name__).addHandler(count)
-    logging.getLogger(dense.__name__).setLevel(logging.DEBUG)
+    count = Int8Report()
     bias = model.prior.logit_bias() if model.prior is not None else None
     print(f"model {args.model}, int8 margin {dense.INT8_MARGIN}, {torch.get_num_threads()} threads")
     print("case   float32 s  int8 s  relabelled voxels (%)   recomputed (%)   max |dDice|  mean Dice fp32 / int8")
@@ -82,6 +69,7 @@ def main() -> None:
                 spatial=inputs.spatial,
                 logit_bias=bias,
                 int8_margin=margin,
+                int8_report=count,
             )
             seconds = time.perf_counter() - start
             native = classes if registered is None else registered.to_native(classes)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from brainseg.inference.dense import _DenseBaseNet, predict_dense
-from brainseg.inference.int8 import Int8Linear
+from brainseg.inference.int8 import Int8Linear, Int8Report
 from brainseg.models.ganaye2018 import BaseNet
 from brainseg.sampling.patches import build_stack
 
@@ -93,10 +93,15 @@ def test_predict_dense_labels_int8_and_float32(rng, fc_widths):
     exact, _ = predict_dense(model, stack, mask, int8_margin=None)
     np.testing.assert_array_equal(exact, float32)
     np.testing.assert_array_equal(exact[mask], probs[:, mask].argmax(0))
-    always, _ = predict_dense(model, stack, mask, int8_margin=float("inf"))  # every voxel recomputed
+    report = Int8Report(voxels=-1, recomputed=-1)
+    always, _ = predict_dense(model, stack, mask, int8_margin=float("inf"), int8_report=report)
     np.testing.assert_array_equal(always, exact)
-    fast, _ = predict_dense(model, stack, mask)  # the default margin
+    assert report == Int8Report(voxels=int(mask.sum()), recomputed=int(mask.sum()))  # every voxel recomputed
+    fast, _ = predict_dense(model, stack, mask, int8_report=report)  # the default margin
     assert (fast[mask] == exact[mask]).mean() > 0.99
+    assert report.voxels == mask.sum() and 0 <= report.recomputed < report.voxels
+    predict_dense(model, stack, mask, int8_margin=None, int8_report=report)
+    assert report == Int8Report()  # float32 throughout: nothing labelled by the int8 head
     assert not fast[~mask].any()
 
 

@@ -30,7 +30,7 @@ from brainseg.allocator import keep_freed_memory, release_freed_memory
 from brainseg.features.spatial import SpatialInputs
 from brainseg.inference.branch_cache import AtlasFeatureTable, DistanceFeatureTable
 from brainseg.inference.dense_priors import BrainRows, Dense3dBranch, DenseAtlas, fold_batch_norm
-from brainseg.inference.int8 import Int8Linear, int8_available
+from brainseg.inference.int8 import Int8Linear, Int8Report, int8_available
 from brainseg.models.ganaye2018 import ConvBranch, GanayeNet
 from brainseg.sampling.patches import (
     HALF,
@@ -312,6 +312,7 @@ def predict_dense(
     progress: bool = False,
     logit_bias: np.ndarray | None = None,
     int8_margin: float | None = INT8_MARGIN,
+    int8_report: Int8Report | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Classify every brain voxel of a volume with a fully convolutional pass per slice.
 
@@ -340,6 +341,9 @@ def predict_dense(
         run in int8 (:meth:`_DenseBaseNet.classes`), and every voxel whose two largest logits lie less
         than this far apart is computed again in float32; None: float32 throughout (so too where
         :func:`~brainseg.inference.int8.int8_available` is False). The probabilities are always float32's.
+    int8_report : Int8Report, optional
+        Filled in with the brain voxels the int8 head labelled and those it computed again in float32
+        (left at zero where the pass ran in float32 throughout).
 
     Returns
     -------
@@ -437,6 +441,8 @@ def predict_dense(
                     probs[c0 + k][mask] = values
     if labels_in_int8:
         log.debug("int8 head: %d of %d brain voxels computed again in float32", recomputed, offset)
+    if int8_report is not None:
+        int8_report.voxels, int8_report.recomputed = (offset, recomputed) if labels_in_int8 else (0, 0)
     return np.ascontiguousarray(from_plane(classes, stack.plane)), probs
 
 

@@ -8,10 +8,29 @@ float32 (docs/speed.md, "Lower precision").
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Int8Linear", "int8_available"]
+__all__ = ["Int8Linear", "Int8Report", "int8_available"]
+
+
+@dataclass
+class Int8Report:
+    """What a dense pass with the int8 head did, filled in by :func:`~brainseg.inference.dense.predict_dense`.
+
+    Attributes
+    ----------
+    voxels : int
+        Brain voxels labelled (0 when the pass ran in float32 throughout: probabilities asked for, no
+        ``int8_margin``, or no int8 product on this machine).
+    recomputed : int
+        Of those, voxels whose two largest int8 logits lay less than the margin apart, computed again
+        in float32.
+    """
+
+    voxels: int = 0
+    recomputed: int = 0
 
 
 @functools.cache
