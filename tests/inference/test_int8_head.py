@@ -102,6 +102,8 @@ def test_predict_dense_labels_int8_and_float32(rng, fc_widths):
     assert report.voxels == mask.sum() and 0 <= report.recomputed < report.voxels
     predict_dense(model, stack, mask, int8_margin=None, int8_report=report)
     assert report == Int8Report()  # float32 throughout: nothing labelled by the int8 head
+    predict_dense(model, stack, mask, probabilities=True, int8_report=report)
+    assert report == Int8Report() and _DenseBaseNet(model, int8=False).int8 is None  # probabilities: float32
     assert not fast[~mask].any()
 
 

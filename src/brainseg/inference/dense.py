@@ -132,9 +132,10 @@ class _DenseBaseNet:
     weight split by input block, so that no ``torch.cat`` copies the blocks
     (``W [x; d] = W_x x + W_d d``), and the first layer's columns reordered to
     the gathered cells' cell-major order, so that no permute copies them either.
+    ``int8=False`` skips building the int8 layers (:attr:`int8` None), for passes that never use them.
     """
 
-    def __init__(self, model: GanayeNet) -> None:
+    def __init__(self, model: GanayeNet, *, int8: bool = True) -> None:
         self.model = model
         self.scales = model.scales
         self.branches = [[fold_batch_norm(conv, norm) for conv, norm in _layers(b)] for b in model.branches]
@@ -160,7 +161,7 @@ class _DenseBaseNet:
         second_bias = (self.biases[1:] + [self.out_bias])[0]  # the output layer's, with one hidden layer
         self.int8 = (
             (Int8Linear(self.w2d, self.biases[0]), Int8Linear(self.hidden[0][0], second_bias))
-            if int8_available()
+            if int8 and int8_available()
             else None
         )
 
@@ -365,7 +366,8 @@ def predict_dense(
         # volume order, background 1 outside the brain; filled class by class after the slices (below)
         probs = np.zeros((model.num_classes,) + mask.shape, probability_dtype)
         probs[0] = 1
-    net = _DenseBaseNet(model)
+    # int8 only for labels without probabilities (the probabilities are always float32's)
+    net = _DenseBaseNet(model, int8=not probabilities and int8_margin is not None)
     bias = _bias(model, logit_bias)
     has_support = spatial is not None and spatial.support is not None and bool(mask.any())
     table = prob_table = None
@@ -407,7 +409,7 @@ def predict_dense(
     # (about 30 s for a 1 mm brain's 135 classes).
     compact = None if probs is None else np.empty((model.num_classes, int(mask_p.sum())), probs.dtype)
     offset = recomputed = 0
-    labels_in_int8 = compact is None and int8_margin is not None and net.int8 is not None
+    labels_in_int8 = net.int8 is not None
     for i in tqdm(slices, desc="slices", unit="slice", disable=not progress, leave=False):
         rows, cols = np.nonzero(mask_p[i])
         n = len(rows)
@@ -483,7 +485,7 @@ def predict_dense_at(
     _check_spatial(model, spatial)
     indices = np.asarray(indices, dtype=np.int64).reshape(-1, 3)
     out = np.zeros((len(indices), model.num_classes), np.float32)
-    net = _DenseBaseNet(model)
+    net = _DenseBaseNet(model, int8=False)
     bias = _bias(model, logit_bias)
     dense_3d = None
     if model.branch_3d is not None and len(indices):
