@@ -78,6 +78,8 @@ from brainseg.families import Family
 from brainseg.features.atlas import ProbabilisticAtlas
 from brainseg.features.coordinates import deepnat_coordinates
 from brainseg.inference.dense3d import segment_dense3d
+from brainseg.inference.dense3d_int8 import segment_dense3d_int8
+from brainseg.inference.int8 import int8_available
 from brainseg.models.wachinger2018 import (
     PAPER_PARAMETER_COUNTS,
     PATCH_PADDING,
@@ -298,10 +300,25 @@ class DeepNATFamily(Family):
         One step: ``logit_bias`` is added to every head's logits before its softmax. Hierarchy: both
         networks run over every mask voxel, their outputs are combined head by head into
         ``P(bg) = P1(bg)``, ``P(c) = P1(fg) P2(c | fg)``, ``logit_bias`` is added to these
-        log-probabilities and renormalised; then Eq. 3 averages the heads in both variants.
+        log-probabilities and renormalised; then Eq. 3 averages the heads in both variants. Without
+        ``probabilities``, the labels come from int8 fully connected layers with every doubtful voxel
+        checked in float32 (:func:`~brainseg.inference.dense3d_int8.segment_dense3d_int8`), where this
+        torch has an int8 product on the CPU and the network runs there.
         """
         network_: DeepNATModel = network  # type: ignore[assignment]
         coordinates = inputs.coordinates if len(inputs.coordinates) else None
+        on_cpu = next(network_.parameters()).device.type == "cpu"
+        if not probabilities and on_cpu and int8_available():
+            classes = segment_dense3d_int8(
+                network_,
+                inputs.image,
+                mask,
+                coordinates,
+                background=inputs.background,
+                progress=progress,
+                logit_bias=logit_bias,
+            )
+            return classes, None
         return segment_dense3d(
             network_,
             inputs.image,

@@ -1,0 +1,236 @@
+"""DeepNAT's labels with int8 fully connected layers, Eq. 3 tile by tile, doubtful voxels checked in float32.
+
+The fully connected layers of DeepNAT (Wachinger et al. 2018, Table 1: 1,728 -> 1,024 -> 512 -> the heads)
+are about 80 % of a dense pass's multiply-adds (:mod:`brainseg.inference.dense3d`). Where only the class
+map is wanted, :func:`segment_dense3d_int8` runs the first two of them in int8
+(:class:`~brainseg.inference.int8.Int8Linear`, as the default model's head does, docs/speed.md) and then
+checks in float32 every voxel whose label the int8 rounding could have changed:
+
+1. Tile by tile (the tiles of :mod:`~brainseg.inference.dense3d`), the conv stage runs over the tile
+   grown by the heads' reach ``r`` (1 voxel for 7 and 27 tasks) on every side, and the int8 head over
+   the brain voxels of that grown box (the *sources*), so that every head pointing at a brain voxel of
+   the tile (a *target*) is at hand: Eq. 3 is then a gather over the tile's own sources, with no sums
+   carried from tile to tile.
+2. A target whose two largest Eq. 3 probabilities ``m1 >= m2`` satisfy ``log m1 - log m2 < margin``
+   is *doubtful*: every source pointing at it is computed again in float32 (both networks of a
+   hierarchy: their conv maps are kept for the tile), and its mean recomputed from those.
+
+Why this keeps float32's labels: if int8 moves no logit of a head by more than ``delta``, each head's
+log-softmax moves by at most ``2 delta`` (a hierarchy's combined log-probabilities by ``4 delta``), so
+every Eq. 3 mean moves by a factor within ``exp(+-2 delta)`` (``exp(+-4 delta)``) and the order of two
+classes cannot change while ``log m1 - log m2 > 4 delta`` (``8 delta``). :data:`INT8_MARGIN` is chosen
+from the largest ``delta`` measured on a validation subject (``benchmarks/bench_deepnat_int8.py``).
+
+The output layers (512 -> ``T C``), the coordinates' columns of the second layer and the convolutions
+stay float32. The probabilities are never computed in int8: :func:`~brainseg.inference.dense3d.segment_dense3d`
+asked for probabilities runs the float32 pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from brainseg.inference.dense3d import _ConvCells, _Runner
+from brainseg.inference.int8 import Int8Linear, Int8Report
+from brainseg.models.wachinger2018 import PATCH_SIZE, DeepNAT, DeepNATModel
+
+__all__ = ["INT8_MARGIN", "Int8DeepNATHead", "segment_dense3d_int8"]
+
+#: Gap of the log Eq. 3 probabilities below which a voxel's label is checked in float32 (see the module
+#: docstring; tested on a validation subject by ``benchmarks/bench_deepnat_int8.py``).
+INT8_MARGIN = 0.5
+
+
+class Int8DeepNATHead:
+    """The fully connected stage of a :class:`DeepNAT` (eval mode), its first two layers in int8.
+
+    Batch normalisation after the second layer is folded into it; the second layer's columns that read
+    the coordinates (which can be negative) stay float32, as do the heads (stacked into one product).
+
+    Parameters
+    ----------
+    network : DeepNAT
+        In eval mode.
+    """
+
+    def __init__(self, network: DeepNAT) -> None:
+        self.network = network
+        fc1, fc2, norm = network.fc1, network.fc2, network.norm_fc2
+        self.fc1 = Int8Linear(fc1.weight.detach(), fc1.bias.detach())
+        scale = (norm.weight / torch.sqrt(norm.running_var + norm.eps)).detach()
+        weight = fc2.weight.detach() * scale[:, None]
+        bias = (norm.bias - norm.running_mean * scale).detach()
+        width = fc1.out_features
+        self.fc2 = Int8Linear(weight[:, :width].contiguous(), bias)
+        self.fc2_coordinates = weight[:, width:].T.contiguous() if network.coordinates else None  # (K, f2)
+        self.heads_weight = torch.cat([h.weight.detach() for h in network.heads]).T.contiguous()  # (f2, T C)
+        self.heads_bias = torch.cat([h.bias.detach() for h in network.heads])
+
+    def __call__(self, features: torch.Tensor, coordinates: torch.Tensor | None) -> torch.Tensor:
+        """Per-task logits ``(N, T, C)`` float32 of conv features ``(N, c3 * 27)`` and coordinates ``(N, K)``."""
+        x = torch.relu_(self.fc1(features))
+        x = self.fc2(x)
+        if self.fc2_coordinates is not None:
+            x.addmm_(coordinates, self.fc2_coordinates)  # type: ignore[arg-type]
+        x = torch.relu_(x)
+        logits = torch.addmm(self.heads_bias, x, self.heads_weight)
+        return logits.view(len(features), self.network.tasks, self.network.num_classes)
+
+
+def _tiles(runner: _Runner) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(lo, hi)`` of each tile's mask bounding box, in the order of :meth:`_Runner.slab`."""
+    assert runner.box is not None
+    for z0, z1 in runner.slabs():
+        for y in range(runner.box[1][0], runner.box[1][1], runner.tile):
+            block = runner.mask[z0:z1, y : y + runner.tile]
+            if block.any():
+                where = np.nonzero(block)
+                lo = np.array([z0, y, 0]) + [int(i.min()) for i in where]
+                hi = np.array([z0, y, 0]) + [int(i.max()) + 1 for i in where]
+                yield lo, hi
+
+
+class _Tile:
+    """One grown tile: its sources, their conv maps per network, and Eq. 3's gather indices for its targets."""
+
+    def __init__(self, runner: _Runner, lo: np.ndarray, hi: np.ndarray, reach: int) -> None:
+        shape = np.array(runner.mask.shape)
+        self.runner = runner
+        self.start, stop = np.maximum(lo - reach, 0), np.minimum(hi + reach, shape)
+        box = tuple(slice(a, b) for a, b in zip(self.start, stop))
+        region = runner.padded[tuple(slice(a, b + PATCH_SIZE - 1) for a, b in zip(self.start, stop))]
+        x = torch.from_numpy(np.ascontiguousarray(region))[None, None].to(runner.device)
+        self.cells = [_ConvCells(stage(x)) for stage in runner.stages]
+        inside = runner.mask[box]
+        self.local = np.argwhere(inside)  # sources, box-local
+        index = np.full(inside.shape, -1, np.int64)
+        index[inside] = np.arange(len(self.local))
+        # targets: the mask voxels of the tile itself; source of head t at target v is v - offsets[t]
+        target_box = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, self.start))
+        self.targets = np.argwhere(inside[target_box]) + (lo - self.start)  # box-local
+        offsets = runner.model.offsets
+        source = self.targets[:, None, :] - offsets[None]  # (n, T, 3)
+        valid = ((source >= 0) & (source < inside.shape)).all(axis=2)
+        rows = np.full(valid.shape, -1, np.int64)
+        rows[valid] = index[tuple(source[valid].T)]
+        self.sources = rows  # (n, T): row of the source voxel, -1 where none (outside the mask or volume)
+
+    def logits(self, heads: list, rows: np.ndarray) -> torch.Tensor:
+        """Combined per-task logits ``(n, T, C)`` (bias added) of the sources ``rows``, by the given heads."""
+        runner = self.runner
+        local = torch.from_numpy(self.local[rows]).to(runner.device)
+        coords = None
+        if runner.coordinates is not None:
+            voxels = self.local[rows] + self.start
+            values = runner.coordinates[:, voxels[:, 0], voxels[:, 1], voxels[:, 2]].T
+            coords = torch.from_numpy(np.asarray(values, np.float32)).to(runner.device)
+        outputs = [head(cells.features(local), coords) for head, cells in zip(heads, self.cells)]
+        logits = runner.combine(*outputs) if runner.combine is not None else outputs[0]
+        return logits + runner.bias if runner.bias is not None else logits
+
+    def means(self, probs: torch.Tensor, targets: np.ndarray) -> torch.Tensor:
+        """Eq. 3 means ``(n, C)`` of the targets ``targets`` (indices into :attr:`targets`) from probs ``(S, T, C)``."""
+        num_tasks = probs.shape[1]
+        flat = torch.cat([probs.reshape(-1, probs.shape[2]), probs.new_zeros((1, probs.shape[2]))])
+        rows = self.sources[targets]
+        index = np.where(rows >= 0, rows * num_tasks + np.arange(num_tasks), len(flat) - 1)
+        total = flat[torch.from_numpy(index.reshape(-1))].view(len(targets), num_tasks, -1).sum(dim=1)
+        return total / torch.from_numpy((rows >= 0).sum(axis=1)).to(total)[:, None]
+
+
+@torch.no_grad()
+def segment_dense3d_int8(
+    model: DeepNATModel,
+    image: np.ndarray,
+    mask: np.ndarray,
+    coordinates: np.ndarray | None = None,
+    *,
+    margin: float = INT8_MARGIN,
+    tile_size: int | None = None,
+    memory_bytes: int = 1024 * 2**20,
+    background: float = 0.0,
+    voxel_batch: int = 4096,
+    progress: bool = False,
+    logit_bias: np.ndarray | None = None,
+    report: Int8Report | None = None,
+) -> np.ndarray:
+    """Class map of a volume (arg-max of the Eq. 3 probabilities) with int8 fully connected layers.
+
+    Parameters
+    ----------
+    model : DeepNAT or DeepNATCascade
+        In eval mode.
+    image, mask, coordinates, tile_size, memory_bytes, background, progress, logit_bias
+        As for :func:`~brainseg.inference.dense3d.segment_dense3d`.
+    margin : float
+        Voxels whose two largest Eq. 3 probabilities lie less than this apart in log are computed again
+        in float32 (``inf``: every voxel, float32's labels exactly).
+    voxel_batch : int
+        Targets per gather of Eq. 3.
+    report : Int8Report, optional
+        Filled in with the brain voxels labelled and those checked in float32.
+
+    Returns
+    -------
+    ndarray of uint8, shape (D, H, W)
+        Class indices; 0 (background) outside the mask. Equal to ``segment_dense3d(...)[0]`` wherever
+        int8 moved no logit by more than ``margin / 4`` (``margin / 8`` for a hierarchy).
+
+    Raises
+    ------
+    ValueError
+        If the model is in training mode, the shapes disagree, or the model has more than 256 classes.
+    """
+    if model.num_classes > 256:
+        raise ValueError(f"the class map is uint8: at most 256 classes, the network has {model.num_classes}")
+    runner = _Runner(model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, logit_bias)
+    reach = int(np.abs(model.offsets).max())
+    if tile_size is None:
+        # the grown tile's conv stage within the budget, and its sources' per-task probabilities (float32) too
+        width = runner.box[2][1] - runner.box[2][0] + 2 * reach if runner.box else 1
+        most = memory_bytes // (4 * model.tasks * model.num_classes * width)
+        runner.tile = max(min(runner.tile, int(np.sqrt(most))) - 2 * reach, 1)
+    int8_heads = [Int8DeepNATHead(member) for member in runner.members]
+    float_heads = [member.head for member in runner.members]
+    classes = np.zeros(runner.mask.shape, np.uint8)
+    labelled = checked = 0
+    tiles = list(_tiles(runner)) if runner.box is not None else []
+    for lo, hi in tqdm(tiles, desc="tiles", unit="tile", disable=not progress, leave=False):
+        tile = _Tile(runner, lo, hi, reach)
+        sources = np.arange(len(tile.local))
+        probs = torch.cat(
+            [
+                torch.softmax(tile.logits(int8_heads, sources[s : s + voxel_batch]), dim=2)
+                for s in range(0, len(sources), voxel_batch)
+            ]
+        )
+        labels = np.empty(len(tile.targets), np.uint8)
+        doubtful = []
+        for s in range(0, len(tile.targets), voxel_batch):
+            which = np.arange(s, min(s + voxel_batch, len(tile.targets)))
+            means = tile.means(probs, which)
+            top = means.topk(2, dim=1).values
+            gap = torch.log(top[:, 0]) - torch.log(top[:, 1])  # inf where m2 = 0
+            labels[which] = means.argmax(dim=1).numpy()
+            doubtful.append(which[(gap < margin).numpy()])
+        doubt = np.concatenate(doubtful)
+        if len(doubt):
+            again = np.unique(tile.sources[doubt])
+            again = again[again >= 0]
+            for s in range(0, len(again), voxel_batch):
+                rows = again[s : s + voxel_batch]
+                probs[torch.from_numpy(rows)] = torch.softmax(tile.logits(float_heads, rows), dim=2)
+            for s in range(0, len(doubt), voxel_batch):
+                which = doubt[s : s + voxel_batch]
+                labels[which] = tile.means(probs, which).argmax(dim=1).numpy()
+        voxels = tile.targets + tile.start
+        classes[voxels[:, 0], voxels[:, 1], voxels[:, 2]] = labels
+        labelled, checked = labelled + len(labels), checked + len(doubt)
+        del tile
+    if report is not None:
+        report.voxels, report.recomputed = labelled, checked
+    return classes
