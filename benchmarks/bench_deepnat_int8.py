@@ -11,7 +11,7 @@ labels are safe where ``delta`` stays under ``INT8_MARGIN / 4``, ``/ 8`` for a h
 Issue H's rule for a lower precision: faster, at most 0.1 % of brain voxels relabelled and no
 structure's Dice moved by more than 0.002.
 
-Usage: OMP_NUM_THREADS=2 python benchmarks/bench_deepnat_int8.py [MODEL_DIR] [--cases 1000 1008 ...]
+Usage: OMP_NUM_THREADS=2 python benchmarks/bench_deepnat_int8.py [MODEL_DIR] [--cases 1000 1008 ...] [--sweep 0 0.1 0.5]
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import time
 import numpy as np
 import torch
 
-from brainseg.inference.dense3d import extract_patches3d, segment_dense3d
-from brainseg.inference.dense3d_int8 import INT8_MARGIN, Int8DeepNATHead, segment_dense3d_int8
+from brainseg.inference.dense3d import DenseHead, extract_patches3d, segment_dense3d
+from brainseg.inference.dense3d_int8 import INT8_MARGIN, GrownTile, segment_dense3d_int8, tile_runner, tiles
 from brainseg.inference.int8 import Int8Report
 from brainseg.inference.predictor import Predictor
 from brainseg.io.manifest import read_manifest
@@ -53,10 +53,39 @@ def logit_error(network, image, mask, coordinates, background, n=20_000) -> np.n
         for member in members:
             features = member.features(patches)
             exact = member.head(features, coords)
-            fast = Int8DeepNATHead(member)(features, coords)
+            fast = DenseHead(member, int8=True)(features, coords)
             worst = torch.maximum(worst, (fast - exact).abs().amax(dim=(1, 2)))
         errors.append(worst.numpy())
     return np.concatenate(errors)
+
+
+@torch.no_grad()
+def sweep(network, image, mask, coordinates, background, bias, margins) -> list[tuple[float, int, int, int]]:
+    """Per margin: targets checked in float32, sources computed again, labels that would differ from float32's.
+
+    One pass computes both the int8 and the float32 per-task probabilities of every source, so the
+    figures for every margin come from the same numbers (a label differs where int8's arg-max is not
+    float32's and the int8 gap is at least the margin).
+    """
+    runner, reach = tile_runner(network, image, mask, coordinates, None, 1024 * 2**20, background, bias)
+    int8_heads = [DenseHead(member, int8=True) for member in runner.members]
+    counts = np.zeros((len(margins), 3), np.int64)
+    for lo, hi in tiles(runner):
+        tile = GrownTile(runner, lo, hi, reach)
+        fast, exact = tile.probabilities(int8_heads, 4096), tile.probabilities(runner.heads, 4096)
+        gaps, differ = [], []
+        for start in range(0, len(tile.targets), 4096):
+            which = np.arange(start, min(start + 4096, len(tile.targets)))
+            means = tile.means(fast, which)
+            top = means.topk(2, dim=1).values
+            gaps.append((torch.log(top[:, 0]) - torch.log(top[:, 1])).numpy())
+            differ.append((means.argmax(1) != tile.means(exact, which).argmax(1)).numpy())
+        gap, changed = np.concatenate(gaps), np.concatenate(differ)
+        for k, margin in enumerate(margins):
+            doubt = gap < margin
+            again = np.unique(tile.sources[doubt])
+            counts[k] += (doubt.sum(), (again >= 0).sum(), (changed & ~doubt).sum())
+    return [(m, *map(int, c)) for m, c in zip(margins, counts)]
 
 
 def main() -> None:
@@ -64,6 +93,9 @@ def main() -> None:
     parser.add_argument("model", nargs="?", default="deepnat", help="model folder or shipped model name")
     parser.add_argument("--cases", nargs="*", help="case ids (default: the model's validation cases)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--sweep", type=float, nargs="*", help="also print, for these margins, voxels checked and relabelled"
+    )
     args = parser.parse_args()
     predictor = Predictor.from_model_dir(resolve_model_dir(args.model), args.threads)
     model = predictor.model
@@ -116,6 +148,14 @@ def main() -> None:
             f"   {report.recomputed:8d} ({100 * report.recomputed / brain:.1f} %)"
             f"   {shift:.5f}   {error.max():.3f} / {np.quantile(error, 0.9999):.3f}"
         )
+        if args.sweep:
+            rows = sweep(network, inputs.image, working_mask, coordinates, inputs.background, bias, args.sweep)
+            print("  margin   checked in float32 (%)   sources computed again (%)   relabelled voxels (%)")
+            for margin, checked, again, relabelled in rows:
+                print(
+                    f"  {margin:6.3f}   {checked:9d} ({100 * checked / brain:5.1f} %)"
+                    f"   {again:9d} ({100 * again / brain:5.1f} %)   {relabelled:7d} ({100 * relabelled / brain:.4f} %)"
+                )
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ import torch
 
 from brainseg.config import DeepNATConfig
 from brainseg.families.wachinger2018 import WACHINGER2018
-from brainseg.inference.dense3d import segment_dense3d
-from brainseg.inference.dense3d_int8 import Int8DeepNATHead, segment_dense3d_int8
+from brainseg.inference.dense3d import DenseHead, segment_dense3d
+from brainseg.inference.dense3d_int8 import segment_dense3d_int8
 from brainseg.inference.int8 import Int8Report
 from brainseg.models.wachinger2018 import DeepNAT, DeepNATCascade
 from brainseg.sampling.patches3d import DeepNATInputs
@@ -107,13 +107,16 @@ def test_without_the_check_int8_can_relabel(volume):
     np.testing.assert_array_equal(segment_dense3d_int8(model, image, mask, coordinates, margin=1.0), reference)
 
 
-def test_int8_head_is_the_float_head_within_rounding(rng):
-    model = _model(False, 7)
+@pytest.mark.parametrize("coordinates", [0, 6])
+def test_dense_heads_are_the_network_head(rng, coordinates):
+    model = _model(False, 7, coordinates=coordinates)
     features = torch.from_numpy(rng.uniform(0, 2, (300, model.num_features)).astype(np.float32))
-    coordinates = torch.from_numpy(rng.uniform(-1, 1, (300, 6)).astype(np.float32))
+    coords = torch.from_numpy(rng.uniform(-1, 1, (300, 6)).astype(np.float32)) if coordinates else None
     with torch.no_grad():
-        exact = model.head(features, coordinates)
-        fast = Int8DeepNATHead(model)(features, coordinates)
+        exact = model.head(features, coords)
+        folded = DenseHead(model)(features, coords)
+        fast = DenseHead(model, int8=True)(features, coords)
+    torch.testing.assert_close(folded, exact, rtol=1e-5, atol=1e-4)  # batch norm folded, heads stacked
     assert fast.shape == exact.shape == (300, 7, 5)
     error = (fast - exact).abs()
     assert error.max() < 0.02 * exact.abs().max()  # per-row int8 scales: about 1 % of the logits' range

@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from brainseg.inference.dense_priors import fold_batch_norm, logit_bias_tensor, max_pool3_stride1
+from brainseg.inference.int8 import Int8Linear
 from brainseg.models.wachinger2018 import (
     FEATURE_GRID,
     PATCH_PADDING,
@@ -76,6 +77,7 @@ from brainseg.models.wachinger2018 import (
 )
 
 __all__ = [
+    "DenseHead",
     "choose_tile_size",
     "combine_task_probabilities",
     "conv_stage_bytes",
@@ -273,6 +275,52 @@ def choose_tile_size(
     return best
 
 
+class DenseHead:
+    """The fully connected stage of a :class:`DeepNAT` (eval mode) rearranged for dense inference.
+
+    The batch normalisation after the second layer is folded into it, the second layer's columns that
+    read the coordinates are a separate product (no concatenation copies the first layer's output), and
+    the heads are one stacked product: the same logits as :meth:`DeepNAT.head` up to float32 rounding,
+    about 1.4 times faster (one thread, 4,096 voxels). With ``int8``, the first two layers (96 % of the
+    stage's multiply-adds at the paper's widths) run in int8 (:class:`~brainseg.inference.int8.Int8Linear`,
+    per-row scales; their inputs are ReLU outputs, never negative); the coordinates' columns and the heads
+    stay float32.
+
+    Parameters
+    ----------
+    network : DeepNAT
+        In eval mode.
+    int8 : bool
+        Run the first two layers in int8 (needs :func:`~brainseg.inference.int8.int8_available`).
+    """
+
+    def __init__(self, network: DeepNAT, *, int8: bool = False) -> None:
+        self.tasks, self.num_classes = network.tasks, network.num_classes
+        fc1, fc2, norm = network.fc1, network.fc2, network.norm_fc2
+        scale = (norm.weight / torch.sqrt(norm.running_var + norm.eps)).detach()
+        weight = fc2.weight.detach() * scale[:, None]
+        bias = (norm.bias - norm.running_mean * scale).detach()
+        width = fc1.out_features
+        if int8:
+            self.fc1: Callable[[torch.Tensor], torch.Tensor] = Int8Linear(fc1.weight.detach(), fc1.bias.detach())
+            self.fc2: Callable[[torch.Tensor], torch.Tensor] = Int8Linear(weight[:, :width].contiguous(), bias)
+        else:
+            w1, b1, w2 = fc1.weight.detach().T.contiguous(), fc1.bias.detach(), weight[:, :width].T.contiguous()
+            self.fc1 = lambda x: torch.addmm(b1, x, w1)
+            self.fc2 = lambda x: torch.addmm(bias, x, w2)
+        self.fc2_coordinates = weight[:, width:].T.contiguous() if network.coordinates else None  # (K, f2)
+        self.heads_weight = torch.cat([h.weight.detach() for h in network.heads]).T.contiguous()  # (f2, T C)
+        self.heads_bias = torch.cat([h.bias.detach() for h in network.heads])
+
+    def __call__(self, features: torch.Tensor, coordinates: torch.Tensor | None) -> torch.Tensor:
+        """Per-task logits ``(N, T, C)`` float32 of conv features ``(N, c3 * 27)`` and coordinates ``(N, K)``."""
+        x = self.fc2(torch.relu_(self.fc1(features)))
+        if self.fc2_coordinates is not None:
+            x.addmm_(coordinates, self.fc2_coordinates)  # type: ignore[arg-type]
+        logits = torch.addmm(self.heads_bias, torch.relu_(x), self.heads_weight)
+        return logits.view(len(features), self.tasks, self.num_classes)
+
+
 class _DenseConvStage:
     """DeepNAT's convolutions as a fully convolutional network (eval mode; batch norm folded in)."""
 
@@ -342,6 +390,7 @@ class _Runner:
         self.bias = logit_bias_tensor(model, logit_bias)
         self.members, self.combine = _members(model)
         self.stages = [_DenseConvStage(member) for member in self.members]
+        self.heads = [DenseHead(member) for member in self.members]
         self.padded = np.pad(image, PATCH_PADDING, constant_values=background)
         self.voxel_batch = int(voxel_batch)
         self.box = [(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask)] if mask.any() else None
@@ -383,20 +432,20 @@ class _Runner:
         # All members but the last (a cascade's foreground network: 2 classes) keep their logits of the whole
         # tile, so that only one conv stage is alive at a time; the last one's are combined chunk by chunk.
         earlier = []
-        for stage, member in zip(self.stages[:-1], self.members[:-1]):
+        for stage, head in zip(self.stages[:-1], self.heads[:-1]):
             conv3 = _ConvCells(stage(x))
-            earlier.append([self._head(member, conv3, chunk, lo) for chunk in chunks])
+            earlier.append([self._head(head, conv3, chunk, lo) for chunk in chunks])
             del conv3
         conv3 = _ConvCells(self.stages[-1](x))
         for i, chunk in enumerate(chunks):
-            logits = self._head(self.members[-1], conv3, chunk, lo)
+            logits = self._head(self.heads[-1], conv3, chunk, lo)
             if self.combine is not None:
                 logits = self.combine(*(e[i] for e in earlier), logits)
             if self.bias is not None:
                 logits = logits + self.bias
             yield chunk + lo, torch.softmax(logits, dim=2).float().cpu()
 
-    def _head(self, member: DeepNAT, conv3: _ConvCells, chunk: np.ndarray, lo: np.ndarray) -> torch.Tensor:
+    def _head(self, head: DenseHead, conv3: _ConvCells, chunk: np.ndarray, lo: np.ndarray) -> torch.Tensor:
         # Per-task logits (n, T, C) of one member at the tile's local voxels ``chunk``.
         features = conv3.features(torch.from_numpy(chunk).to(self.device))
         coords = None
@@ -404,7 +453,7 @@ class _Runner:
             voxels = chunk + lo
             values = self.coordinates[:, voxels[:, 0], voxels[:, 1], voxels[:, 2]].T
             coords = torch.from_numpy(np.asarray(values, np.float32)).to(self.device)
-        return member.head(features, coords)
+        return head(features, coords)
 
 
 def _mask_rows(mask: np.ndarray) -> np.ndarray:

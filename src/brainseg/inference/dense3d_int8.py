@@ -34,54 +34,42 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from brainseg.inference.dense3d import _ConvCells, _Runner
-from brainseg.inference.int8 import Int8Linear, Int8Report
-from brainseg.models.wachinger2018 import PATCH_SIZE, DeepNAT, DeepNATModel
+from brainseg.inference.dense3d import DenseHead, _ConvCells, _Runner
+from brainseg.inference.int8 import Int8Report
+from brainseg.models.wachinger2018 import PATCH_SIZE, DeepNATModel
 
-__all__ = ["INT8_MARGIN", "Int8DeepNATHead", "segment_dense3d_int8"]
+__all__ = ["INT8_MARGIN", "GrownTile", "segment_dense3d_int8", "tile_runner", "tiles"]
 
 #: Gap of the log Eq. 3 probabilities below which a voxel's label is checked in float32 (see the module
 #: docstring; tested on a validation subject by ``benchmarks/bench_deepnat_int8.py``).
 INT8_MARGIN = 0.5
 
 
-class Int8DeepNATHead:
-    """The fully connected stage of a :class:`DeepNAT` (eval mode), its first two layers in int8.
+def tile_runner(
+    model: DeepNATModel,
+    image: np.ndarray,
+    mask: np.ndarray,
+    coordinates: np.ndarray | None,
+    tile_size: int | None,
+    memory_bytes: int,
+    background: float,
+    logit_bias: np.ndarray | None,
+) -> tuple[_Runner, int]:
+    """The dense pass's state with tiles sized for grown tiles, and the heads' reach ``r`` in voxels.
 
-    Batch normalisation after the second layer is folded into it; the second layer's columns that read
-    the coordinates (which can be negative) stay float32, as do the heads (stacked into one product).
-
-    Parameters
-    ----------
-    network : DeepNAT
-        In eval mode.
+    Without ``tile_size``, the tile side leaves room for the rim of ``r`` voxels on each side within the
+    conv stage's budget, and for the sources' per-task probabilities (float32, ``T C`` per voxel).
     """
-
-    def __init__(self, network: DeepNAT) -> None:
-        self.network = network
-        fc1, fc2, norm = network.fc1, network.fc2, network.norm_fc2
-        self.fc1 = Int8Linear(fc1.weight.detach(), fc1.bias.detach())
-        scale = (norm.weight / torch.sqrt(norm.running_var + norm.eps)).detach()
-        weight = fc2.weight.detach() * scale[:, None]
-        bias = (norm.bias - norm.running_mean * scale).detach()
-        width = fc1.out_features
-        self.fc2 = Int8Linear(weight[:, :width].contiguous(), bias)
-        self.fc2_coordinates = weight[:, width:].T.contiguous() if network.coordinates else None  # (K, f2)
-        self.heads_weight = torch.cat([h.weight.detach() for h in network.heads]).T.contiguous()  # (f2, T C)
-        self.heads_bias = torch.cat([h.bias.detach() for h in network.heads])
-
-    def __call__(self, features: torch.Tensor, coordinates: torch.Tensor | None) -> torch.Tensor:
-        """Per-task logits ``(N, T, C)`` float32 of conv features ``(N, c3 * 27)`` and coordinates ``(N, K)``."""
-        x = torch.relu_(self.fc1(features))
-        x = self.fc2(x)
-        if self.fc2_coordinates is not None:
-            x.addmm_(coordinates, self.fc2_coordinates)  # type: ignore[arg-type]
-        x = torch.relu_(x)
-        logits = torch.addmm(self.heads_bias, x, self.heads_weight)
-        return logits.view(len(features), self.network.tasks, self.network.num_classes)
+    runner = _Runner(model, image, mask, coordinates, tile_size, memory_bytes, background, 1, logit_bias)
+    reach = int(np.abs(model.offsets).max())
+    if tile_size is None:
+        width = runner.box[2][1] - runner.box[2][0] + 2 * reach if runner.box else 1
+        most = memory_bytes // (4 * model.tasks * model.num_classes * width)
+        runner.tile = max(min(runner.tile, int(np.sqrt(most))) - 2 * reach, 1)
+    return runner, reach
 
 
-def _tiles(runner: _Runner) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def tiles(runner: _Runner) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(lo, hi)`` of each tile's mask bounding box, in the order of :meth:`_Runner.slab`."""
     assert runner.box is not None
     for z0, z1 in runner.slabs():
@@ -94,8 +82,30 @@ def _tiles(runner: _Runner) -> Iterator[tuple[np.ndarray, np.ndarray]]:
                 yield lo, hi
 
 
-class _Tile:
-    """One grown tile: its sources, their conv maps per network, and Eq. 3's gather indices for its targets."""
+class GrownTile:
+    """A tile grown by the heads' reach: its sources, their conv maps (one per network), Eq. 3's gather indices.
+
+    Parameters
+    ----------
+    runner : _Runner
+        The dense pass (:func:`tile_runner`).
+    lo, hi : ndarray of int, shape (3,)
+        The tile's mask bounding box ``[lo, hi)``, voxel indices (:func:`tiles`).
+    reach : int
+        The heads' largest offset along any axis, in voxels.
+
+    Attributes
+    ----------
+    start : ndarray of int, shape (3,)
+        First voxel of the grown box ``[lo - reach, hi + reach)`` clipped to the volume.
+    local : ndarray of int64, shape (S, 3)
+        The sources: brain voxels of the grown box, box-local (``np.argwhere`` order).
+    targets : ndarray of int64, shape (n, 3)
+        The brain voxels of the tile itself, box-local.
+    sources : ndarray of int64, shape (n, T)
+        Row in :attr:`local` of the source of head ``t`` at each target (``target - offsets[t]``), -1
+        where that voxel is outside the brain or the volume (Eq. 3 drops it).
+    """
 
     def __init__(self, runner: _Runner, lo: np.ndarray, hi: np.ndarray, reach: int) -> None:
         shape = np.array(runner.mask.shape)
@@ -132,13 +142,29 @@ class _Tile:
         logits = runner.combine(*outputs) if runner.combine is not None else outputs[0]
         return logits + runner.bias if runner.bias is not None else logits
 
-    def means(self, probs: torch.Tensor, targets: np.ndarray) -> torch.Tensor:
-        """Eq. 3 means ``(n, C)`` of the targets ``targets`` (indices into :attr:`targets`) from probs ``(S, T, C)``."""
-        num_tasks = probs.shape[1]
-        flat = torch.cat([probs.reshape(-1, probs.shape[2]), probs.new_zeros((1, probs.shape[2]))])
+    def probabilities(self, heads: list, voxel_batch: int) -> torch.Tensor:
+        """Per-task softmax of every source by ``heads``, flat ``(S T + 1, C)``: row ``s T + t``, a zero row last."""
+        model = self.runner.model
+        flat = torch.zeros((len(self.local) * model.tasks + 1, model.num_classes))
+        for start in range(0, len(self.local), voxel_batch):
+            rows = np.arange(start, min(start + voxel_batch, len(self.local)))
+            self.replace(flat, rows, heads)
+        return flat
+
+    def replace(self, flat: torch.Tensor, rows: np.ndarray, heads: list) -> None:
+        """Overwrite the sources ``rows``' per-task softmax in ``flat`` with that of ``heads``."""
+        tasks = self.runner.model.tasks
+        probs = torch.softmax(self.logits(heads, rows), dim=2)
+        flat[torch.from_numpy((rows[:, None] * tasks + np.arange(tasks)).reshape(-1))] = probs.reshape(
+            -1, probs.shape[2]
+        )
+
+    def means(self, flat: torch.Tensor, targets: np.ndarray) -> torch.Tensor:
+        """Eq. 3 means ``(n, C)`` of ``targets`` (indices into :attr:`targets`) from :meth:`probabilities`' ``flat``."""
+        tasks = self.runner.model.tasks
         rows = self.sources[targets]
-        index = np.where(rows >= 0, rows * num_tasks + np.arange(num_tasks), len(flat) - 1)
-        total = flat[torch.from_numpy(index.reshape(-1))].view(len(targets), num_tasks, -1).sum(dim=1)
+        index = np.where(rows >= 0, rows * tasks + np.arange(tasks), len(flat) - 1)
+        total = flat[torch.from_numpy(index.reshape(-1))].view(len(targets), tasks, -1).sum(dim=1)
         return total / torch.from_numpy((rows >= 0).sum(axis=1)).to(total)[:, None]
 
 
@@ -187,32 +213,20 @@ def segment_dense3d_int8(
     """
     if model.num_classes > 256:
         raise ValueError(f"the class map is uint8: at most 256 classes, the network has {model.num_classes}")
-    runner = _Runner(model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, logit_bias)
-    reach = int(np.abs(model.offsets).max())
-    if tile_size is None:
-        # the grown tile's conv stage within the budget, and its sources' per-task probabilities (float32) too
-        width = runner.box[2][1] - runner.box[2][0] + 2 * reach if runner.box else 1
-        most = memory_bytes // (4 * model.tasks * model.num_classes * width)
-        runner.tile = max(min(runner.tile, int(np.sqrt(most))) - 2 * reach, 1)
-    int8_heads = [Int8DeepNATHead(member) for member in runner.members]
-    float_heads = [member.head for member in runner.members]
+    runner, reach = tile_runner(model, image, mask, coordinates, tile_size, memory_bytes, background, logit_bias)
+    int8_heads = [DenseHead(member, int8=True) for member in runner.members]
+    float_heads = runner.heads
     classes = np.zeros(runner.mask.shape, np.uint8)
     labelled = checked = 0
-    tiles = list(_tiles(runner)) if runner.box is not None else []
-    for lo, hi in tqdm(tiles, desc="tiles", unit="tile", disable=not progress, leave=False):
-        tile = _Tile(runner, lo, hi, reach)
-        sources = np.arange(len(tile.local))
-        probs = torch.cat(
-            [
-                torch.softmax(tile.logits(int8_heads, sources[s : s + voxel_batch]), dim=2)
-                for s in range(0, len(sources), voxel_batch)
-            ]
-        )
+    boxes = list(tiles(runner)) if runner.box is not None else []
+    for lo, hi in tqdm(boxes, desc="tiles", unit="tile", disable=not progress, leave=False):
+        tile = GrownTile(runner, lo, hi, reach)
+        flat = tile.probabilities(int8_heads, voxel_batch)
         labels = np.empty(len(tile.targets), np.uint8)
         doubtful = []
         for s in range(0, len(tile.targets), voxel_batch):
             which = np.arange(s, min(s + voxel_batch, len(tile.targets)))
-            means = tile.means(probs, which)
+            means = tile.means(flat, which)
             top = means.topk(2, dim=1).values
             gap = torch.log(top[:, 0]) - torch.log(top[:, 1])  # inf where m2 = 0
             labels[which] = means.argmax(dim=1).numpy()
@@ -222,11 +236,10 @@ def segment_dense3d_int8(
             again = np.unique(tile.sources[doubt])
             again = again[again >= 0]
             for s in range(0, len(again), voxel_batch):
-                rows = again[s : s + voxel_batch]
-                probs[torch.from_numpy(rows)] = torch.softmax(tile.logits(float_heads, rows), dim=2)
+                tile.replace(flat, again[s : s + voxel_batch], float_heads)
             for s in range(0, len(doubt), voxel_batch):
                 which = doubt[s : s + voxel_batch]
-                labels[which] = tile.means(probs, which).argmax(dim=1).numpy()
+                labels[which] = tile.means(flat, which).argmax(dim=1).numpy()
         voxels = tile.targets + tile.start
         classes[voxels[:, 0], voxels[:, 1], voxels[:, 2]] = labels
         labelled, checked = labelled + len(labels), checked + len(doubt)
