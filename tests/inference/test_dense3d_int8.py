@@ -9,7 +9,7 @@ import torch
 from brainseg.config import DeepNATConfig
 from brainseg.families.wachinger2018 import WACHINGER2018
 from brainseg.inference.dense3d import DenseHead, segment_dense3d
-from brainseg.inference.dense3d_int8 import segment_dense3d_int8
+from brainseg.inference.dense3d_int8 import INT8_MARGIN, segment_dense3d_int8
 from brainseg.inference.int8 import Int8Report
 from brainseg.models.wachinger2018 import DeepNAT, DeepNATCascade
 from brainseg.sampling.patches3d import DeepNATInputs
@@ -88,7 +88,7 @@ def test_the_margin_checks_only_doubtful_voxels_and_keeps_float32_labels(volume,
     np.testing.assert_array_equal(labels, reference)
     assert not labels[~mask].any()
     top = np.sort(probabilities[:, mask].astype(np.float64), axis=0)[-2:]
-    close = int((np.log(top[1]) - np.log(top[0]) < 0.5).sum())  # voxels whose float32 gap is under the margin
+    close = int((np.log(top[1]) - np.log(top[0]) < INT8_MARGIN).sum())  # float32 gap under the margin
     assert report.voxels == mask.sum() and 0 < report.recomputed < report.voxels
     assert abs(report.recomputed - close) <= 0.02 * mask.sum()  # int8's gaps are float32's, nearly
 
