@@ -42,7 +42,8 @@ def run_one(mask_path: Path, one_step: bool, budget_mib: int) -> None:
     import nibabel as nib
     import torch
 
-    from brainseg.inference.dense3d import choose_tile_size, segment_dense3d
+    from brainseg.inference.dense3d import segment_dense3d
+    from brainseg.inference.dense3d_network import choose_tile_size
     from brainseg.models.wachinger2018 import DeepNAT, DeepNATCascade
 
     mask = np.asanyarray(nib.load(str(mask_path)).dataobj) > 0

@@ -22,8 +22,9 @@ import time
 import numpy as np
 import torch
 
-from brainseg.inference.dense3d import DenseHead, extract_patches3d, segment_dense3d
+from brainseg.inference.dense3d import extract_patches3d, segment_dense3d
 from brainseg.inference.dense3d_int8 import INT8_MARGIN, GrownTile, segment_dense3d_int8, tile_runner, tiles
+from brainseg.inference.dense3d_network import DenseHead
 from brainseg.inference.int8 import Int8Report
 from brainseg.inference.predictor import Predictor
 from brainseg.io.manifest import read_manifest

@@ -7,14 +7,13 @@ import pytest
 import torch
 
 from brainseg.inference.dense3d import (
-    choose_tile_size,
     combine_task_probabilities,
-    conv_stage_bytes,
     extract_patches3d,
     predict_dense3d,
     predict_patches3d,
     predict_task_probabilities3d,
 )
+from brainseg.inference.dense3d_network import choose_tile_size, conv_stage_bytes
 from brainseg.models.wachinger2018 import DeepNAT, average_task_probabilities, task_offsets
 
 SMALL = dict(widths=(4, 8, 8), fc_widths=(16, 16))  # the paper's layer layout, narrow enough for CPU tests

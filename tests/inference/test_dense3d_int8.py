@@ -8,8 +8,9 @@ import torch
 
 from brainseg.config import DeepNATConfig
 from brainseg.families.wachinger2018 import WACHINGER2018
-from brainseg.inference.dense3d import DenseHead, segment_dense3d
+from brainseg.inference.dense3d import segment_dense3d
 from brainseg.inference.dense3d_int8 import INT8_MARGIN, segment_dense3d_int8
+from brainseg.inference.dense3d_network import DenseHead
 from brainseg.inference.int8 import Int8Report
 from brainseg.models.wachinger2018 import DeepNAT, DeepNATCascade
 from brainseg.sampling.patches3d import DeepNATInputs

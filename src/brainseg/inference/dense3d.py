@@ -22,9 +22,9 @@ axes (the tile's mask bounding box along the third) with the patch's halo,
 11 voxels before and 12 after, on each side. The live tensors of the conv
 stage of a tile of ``(t0, t1, t2)`` output voxels take about
 ``4 B x 2 x [c1 V(18) + c2 V(9) + c3 V(5)]``, with ``V(m) = (t0 + m)(t1 +
-m)(t2 + m)`` and the widths ``(c1, c2, c3)`` (:func:`conv_stage_bytes`: each
+m)(t2 + m)`` and the widths ``(c1, c2, c3)`` (:func:`~brainseg.inference.dense3d_network.conv_stage_bytes`: each
 map and one copy of it, the pooling's or the convolution library's);
-:func:`choose_tile_size` picks the largest ``t`` that keeps this under
+:func:`~brainseg.inference.dense3d_network.choose_tile_size` picks the largest ``t`` that keeps this under
 ``memory_bytes``. A larger tile wastes less on the halo, whose
 convolutions are thrown away: conv2 runs on ``(t + 9)^2 / t^2`` times the
 tile's voxels. The fully connected layers run on at most ``voxel_batch``
@@ -61,13 +61,17 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from brainseg.inference.dense_priors import fold_batch_norm, logit_bias_tensor, max_pool3_stride1
-from brainseg.inference.int8 import Int8Linear
+from brainseg.inference.dense3d_network import (
+    DEFAULT_MEMORY_BYTES,
+    ConvCells,
+    DenseConvStage,
+    DenseHead,
+    choose_tile_size,
+)
+from brainseg.inference.dense_priors import logit_bias_tensor
 from brainseg.models.wachinger2018 import (
-    FEATURE_GRID,
     PATCH_PADDING,
     PATCH_SIZE,
     DeepNAT,
@@ -77,20 +81,14 @@ from brainseg.models.wachinger2018 import (
 )
 
 __all__ = [
-    "DenseHead",
-    "choose_tile_size",
+    "DenseRunner",
     "combine_task_probabilities",
-    "conv_stage_bytes",
     "extract_patches3d",
     "predict_dense3d",
     "predict_patches3d",
     "predict_task_probabilities3d",
     "segment_dense3d",
-    "DEFAULT_MEMORY_BYTES",
 ]
-
-#: Default budget of the conv stage of one tile, in bytes.
-DEFAULT_MEMORY_BYTES = 1024 * 2**20
 
 
 def extract_patches3d(image: np.ndarray, indices: np.ndarray, *, background: float = 0.0) -> np.ndarray:
@@ -217,155 +215,35 @@ def predict_patches3d(
     return out
 
 
-def conv_stage_bytes(tile_shape: tuple[int, int, int], widths: tuple[int, int, int] = (32, 64, 64)) -> int:
-    """Estimated peak memory, in bytes, of the dense conv stage on a tile of ``tile_shape`` output voxels.
-
-    ``4 x 2 x [c1 V(18) + c2 V(9) + c3 V(5)]`` with ``V(m)`` the tile grown
-    by ``m`` voxels along each axis: the conv1, conv2 and conv3 maps (float32)
-    with one copy each (the pooling's, or the convolution library's
-    reordered input and output).
-
-    Examples
-    --------
-    >>> round(conv_stage_bytes((16, 16, 180)) / 2**20)
-    153
-    """
-    c1, c2, c3 = widths
-
-    def volume(m: int) -> int:
-        return int(np.prod([n + m for n in tile_shape]))
-
-    return 4 * 2 * (c1 * volume(18) + c2 * volume(9) + c3 * volume(5))
-
-
-def choose_tile_size(
-    width: int,
-    *,
-    memory_bytes: int = DEFAULT_MEMORY_BYTES,
-    widths: tuple[int, int, int] = (32, 64, 64),
-    max_size: int = 64,
-) -> int:
-    """Tile side ``t`` along the first two axes that keeps the conv stage within ``memory_bytes``.
+class DenseRunner:
+    """The state of one dense pass: padded image, mask, tiles; yields per-task probabilities by chunks.
 
     Parameters
     ----------
-    width : int
-        Extent of the tile along the third axis, in voxels (the mask's bounding box).
-    memory_bytes : int
-        Budget for :func:`conv_stage_bytes` of a ``(t, t, width)`` tile.
-    widths : tuple of 3 int
-        The network's convolution widths.
-    max_size : int
-        Upper limit of ``t``.
-
-    Returns
-    -------
-    int
-        The largest ``t <= max_size`` within the budget, and at least 1.
-
-    Examples
-    --------
-    >>> choose_tile_size(180)
-    57
-    """
-    best = 1
-    for t in range(1, max_size + 1):
-        if conv_stage_bytes((t, t, width), widths) <= memory_bytes:
-            best = t
-    return best
-
-
-class DenseHead:
-    """The fully connected stage of a :class:`DeepNAT` (eval mode) rearranged for dense inference.
-
-    The batch normalisation after the second layer is folded into it, the second layer's columns that
-    read the coordinates are a separate product (no concatenation copies the first layer's output), and
-    the heads are one stacked product: the same logits as :meth:`DeepNAT.head` up to float32 rounding,
-    about 1.4 times faster (one thread, 4,096 voxels). With ``int8``, the first two layers (96 % of the
-    stage's multiply-adds at the paper's widths) run in int8 (:class:`~brainseg.inference.int8.Int8Linear`,
-    per-row scales; their inputs are ReLU outputs, never negative); the coordinates' columns and the heads
-    stay float32.
-
-    Parameters
-    ----------
-    network : DeepNAT
+    model : DeepNAT or DeepNATCascade
         In eval mode.
-    int8 : bool
-        Run the first two layers in int8 (needs :func:`~brainseg.inference.int8.int8_available`).
+    image : ndarray of float32, shape (D, H, W)
+        Preprocessed intensities.
+    mask : ndarray of bool, shape (D, H, W)
+        Brain mask: the voxels to classify.
+    coordinates : ndarray of float32, shape (K, D, H, W), or None
+        Per-voxel coordinates; None or empty when the network takes none.
+    tile_size : int or None
+        Tile side along the first two axes, in voxels; None: :func:`~brainseg.inference.dense3d_network.choose_tile_size`.
+    memory_bytes : int
+        Budget of the conv stage of one tile.
+    background : float
+        Value of voxels outside the volume.
+    voxel_batch : int
+        Voxels per pass through the fully connected layers.
+    logit_bias : ndarray of float, shape (C,), optional
+        Added to every head's logits (a cascade's combined log-probabilities) before the softmax.
+
+    Raises
+    ------
+    ValueError
+        If the model is in training mode, the shapes disagree or ``tile_size < 1``.
     """
-
-    def __init__(self, network: DeepNAT, *, int8: bool = False) -> None:
-        self.tasks, self.num_classes = network.tasks, network.num_classes
-        fc1, fc2, norm = network.fc1, network.fc2, network.norm_fc2
-        scale = (norm.weight / torch.sqrt(norm.running_var + norm.eps)).detach()
-        weight = fc2.weight.detach() * scale[:, None]
-        bias = (norm.bias - norm.running_mean * scale).detach()
-        width = fc1.out_features
-        if int8:
-            self.fc1: Callable[[torch.Tensor], torch.Tensor] = Int8Linear(fc1.weight.detach(), fc1.bias.detach())
-            self.fc2: Callable[[torch.Tensor], torch.Tensor] = Int8Linear(weight[:, :width].contiguous(), bias)
-        else:
-            w1, b1, w2 = fc1.weight.detach().T.contiguous(), fc1.bias.detach(), weight[:, :width].T.contiguous()
-            self.fc1 = lambda x: torch.addmm(b1, x, w1)
-            self.fc2 = lambda x: torch.addmm(bias, x, w2)
-        self.fc2_coordinates = weight[:, width:].T.contiguous() if network.coordinates else None  # (K, f2)
-        self.heads_weight = torch.cat([h.weight.detach() for h in network.heads]).T.contiguous()  # (f2, T C)
-        self.heads_bias = torch.cat([h.bias.detach() for h in network.heads])
-
-    def __call__(self, features: torch.Tensor, coordinates: torch.Tensor | None) -> torch.Tensor:
-        """Per-task logits ``(N, T, C)`` float32 of conv features ``(N, c3 * 27)`` and coordinates ``(N, K)``."""
-        x = self.fc2(torch.relu_(self.fc1(features)))
-        if self.fc2_coordinates is not None:
-            x.addmm_(coordinates, self.fc2_coordinates)  # type: ignore[arg-type]
-        logits = torch.addmm(self.heads_bias, torch.relu_(x), self.heads_weight)
-        return logits.view(len(features), self.tasks, self.num_classes)
-
-
-class _DenseConvStage:
-    """DeepNAT's convolutions as a fully convolutional network (eval mode; batch norm folded in)."""
-
-    def __init__(self, model: DeepNAT) -> None:
-        self.w1, self.b1 = model.conv1.weight.detach(), model.conv1.bias.detach()  # type: ignore[union-attr]
-        self.w2, self.b2 = fold_batch_norm(model.conv2, model.norm2)
-        self.w3, self.b3 = fold_batch_norm(model.conv3, model.norm3)
-
-    def __call__(self, region: torch.Tensor) -> torch.Tensor:
-        """Map a padded region ``(1, 1, L + 23)`` to the conv3 map ``(c3, L + 5)``.
-
-        At local position ``u + 2 n`` the map holds the patch network's conv3
-        output cell ``n`` (0..2 per axis) of the patch whose first voxel is
-        region voxel ``u``.
-        """
-        a = torch.relu_(F.conv3d(region, self.w1, self.b1))  # (1, c1, L + 18)
-        a = max_pool3_stride1(a, 1)  # -> (1, c1, L + 17)
-        a = torch.relu_(F.conv3d(a, self.w2, self.b2, dilation=2))  # (1, c2, L + 9)
-        return torch.relu_(F.conv3d(a, self.w3, self.b3, dilation=2))[0]  # (c3, L + 5)
-
-
-class _ConvCells:
-    """A tile's conv3 map as one row of features per voxel, for gathering patches' 3 x 3 x 3 cells.
-
-    ``rows`` is ``(M, c3)`` (voxel-major), so that a cell of many voxels is a
-    gather of whole rows; a channel-major ``(c3, M)`` map would be gathered
-    column by column (about 2.6 times slower, measured on one thread).
-    """
-
-    def __init__(self, conv3: torch.Tensor) -> None:
-        c, d1, d2, d3 = conv3.shape
-        self.channels, self.strides = c, (d2 * d3, d3, 1)
-        self.rows = conv3.reshape(c, -1).T.contiguous()  # (M, c3)
-        cells = torch.tensor(list(np.ndindex(*(FEATURE_GRID,) * 3)), dtype=torch.int64, device=conv3.device)
-        self.cell_offsets = 2 * cells @ torch.tensor(self.strides, device=conv3.device)  # (27,), flat, C order
-
-    def features(self, local: torch.Tensor) -> torch.Tensor:
-        """Flat conv3 features ``(N, c3 * 27)``, channel-major like the patch network, at local voxels ``(N, 3)``."""
-        first = local.to(torch.int64) @ torch.tensor(self.strides, device=local.device)  # (N,)
-        cells = self.rows[(first[:, None] + self.cell_offsets[None]).reshape(-1)]  # (N * 27, c3)
-        return cells.view(len(local), -1, self.channels).transpose(1, 2).reshape(len(local), -1)
-
-
-class _Runner:
-    """The state of one dense pass: padded image, mask, tiles; yields per-task probabilities by chunks."""
 
     def __init__(
         self,
@@ -389,7 +267,7 @@ class _Runner:
         self.device = next(model.parameters()).device
         self.bias = logit_bias_tensor(model, logit_bias)
         self.members, self.combine = _members(model)
-        self.stages = [_DenseConvStage(member) for member in self.members]
+        self.stages = [DenseConvStage(member) for member in self.members]
         self.heads = [DenseHead(member) for member in self.members]
         self.padded = np.pad(image, PATCH_PADDING, constant_values=background)
         self.voxel_batch = int(voxel_batch)
@@ -433,10 +311,10 @@ class _Runner:
         # tile, so that only one conv stage is alive at a time; the last one's are combined chunk by chunk.
         earlier = []
         for stage, head in zip(self.stages[:-1], self.heads[:-1]):
-            conv3 = _ConvCells(stage(x))
+            conv3 = ConvCells(stage(x))
             earlier.append([self._head(head, conv3, chunk, lo) for chunk in chunks])
             del conv3
-        conv3 = _ConvCells(self.stages[-1](x))
+        conv3 = ConvCells(self.stages[-1](x))
         for i, chunk in enumerate(chunks):
             logits = self._head(self.heads[-1], conv3, chunk, lo)
             if self.combine is not None:
@@ -445,7 +323,7 @@ class _Runner:
                 logits = logits + self.bias
             yield chunk + lo, torch.softmax(logits, dim=2).float().cpu()
 
-    def _head(self, head: DenseHead, conv3: _ConvCells, chunk: np.ndarray, lo: np.ndarray) -> torch.Tensor:
+    def _head(self, head: DenseHead, conv3: ConvCells, chunk: np.ndarray, lo: np.ndarray) -> torch.Tensor:
         # Per-task logits (n, T, C) of one member at the tile's local voxels ``chunk``.
         features = conv3.features(torch.from_numpy(chunk).to(self.device))
         coords = None
@@ -528,7 +406,7 @@ def predict_task_probabilities3d(
         when the network has ``K > 0``, None or empty when ``K = 0``.
     tile_size : int, optional
         Tile side along the first two axes, in voxels; by default
-        :func:`choose_tile_size` for ``memory_bytes``.
+        :func:`~brainseg.inference.dense3d_network.choose_tile_size` for ``memory_bytes``.
     memory_bytes : int
         Budget of the conv stage of one tile (see the module docstring).
     background : float
@@ -556,7 +434,7 @@ def predict_task_probabilities3d(
     ValueError
         If the model is in training mode or the shapes disagree.
     """
-    runner = _Runner(model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, logit_bias)
+    runner = DenseRunner(model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, logit_bias)
     rows = _mask_rows(runner.mask)
     out = np.empty((int(runner.mask.sum()), model.tasks, model.num_classes), probability_dtype)
     for z0, z1 in tqdm(runner.slabs(), desc="slabs", unit="slab", disable=not progress, leave=False):
@@ -664,7 +542,7 @@ def predict_dense3d(
     ValueError
         If the model is in training mode or the shapes disagree.
     """
-    runner = _Runner(model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, logit_bias)
+    runner = DenseRunner(model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, logit_bias)
     out = np.zeros((model.num_classes,) + runner.mask.shape, probability_dtype)
     out[0] = 1
     for first, stop, means in _combined(runner, progress):
@@ -721,7 +599,7 @@ def segment_dense3d(
     """
     if model.num_classes > 256:
         raise ValueError(f"the class map is uint8: at most 256 classes, the network has {model.num_classes}")
-    runner = _Runner(model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, logit_bias)
+    runner = DenseRunner(model, image, mask, coordinates, tile_size, memory_bytes, background, voxel_batch, logit_bias)
     classes = np.zeros(runner.mask.shape, np.uint8)
     probs = None
     if probabilities:
@@ -735,7 +613,7 @@ def segment_dense3d(
     return classes, probs
 
 
-def _combined(runner: _Runner, progress: bool) -> Iterator[tuple[int, int, torch.Tensor]]:
+def _combined(runner: DenseRunner, progress: bool) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Eq. 3 means, slab by slab: ``(first, stop, means)`` for the mask voxels of slices ``[first, stop)``.
 
     ``means`` is float32 ``(R, C)`` in ``np.argwhere`` order of those voxels;

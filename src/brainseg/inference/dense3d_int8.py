@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from brainseg.inference.dense3d import DenseHead, _ConvCells, _Runner
+from brainseg.inference.dense3d import DenseRunner
+from brainseg.inference.dense3d_network import DEFAULT_MEMORY_BYTES, ConvCells, DenseHead
 from brainseg.inference.int8 import Int8Report
 from brainseg.models.wachinger2018 import PATCH_SIZE, DeepNATModel
 
@@ -57,13 +58,13 @@ def tile_runner(
     memory_bytes: int,
     background: float,
     logit_bias: np.ndarray | None,
-) -> tuple[_Runner, int]:
+) -> tuple[DenseRunner, int]:
     """The dense pass's state with tiles sized for grown tiles, and the heads' reach ``r`` in voxels.
 
     Without ``tile_size``, the tile side leaves room for the rim of ``r`` voxels on each side within the
     conv stage's budget, and for the sources' per-task probabilities (float32, ``T C`` per voxel).
     """
-    runner = _Runner(model, image, mask, coordinates, tile_size, memory_bytes, background, 1, logit_bias)
+    runner = DenseRunner(model, image, mask, coordinates, tile_size, memory_bytes, background, 1, logit_bias)
     reach = int(np.abs(model.offsets).max())
     if tile_size is None:
         width = runner.box[2][1] - runner.box[2][0] + 2 * reach if runner.box else 1
@@ -72,8 +73,8 @@ def tile_runner(
     return runner, reach
 
 
-def tiles(runner: _Runner) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(lo, hi)`` of each tile's mask bounding box, in the order of :meth:`_Runner.slab`."""
+def tiles(runner: DenseRunner) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(lo, hi)`` of each tile's mask bounding box, in the order of :meth:`DenseRunner.slab`."""
     assert runner.box is not None
     for z0, z1 in runner.slabs():
         for y in range(runner.box[1][0], runner.box[1][1], runner.tile):
@@ -90,7 +91,7 @@ class GrownTile:
 
     Parameters
     ----------
-    runner : _Runner
+    runner : DenseRunner
         The dense pass (:func:`tile_runner`).
     lo, hi : ndarray of int, shape (3,)
         The tile's mask bounding box ``[lo, hi)``, voxel indices (:func:`tiles`).
@@ -110,14 +111,14 @@ class GrownTile:
         where that voxel is outside the brain or the volume (Eq. 3 drops it).
     """
 
-    def __init__(self, runner: _Runner, lo: np.ndarray, hi: np.ndarray, reach: int) -> None:
+    def __init__(self, runner: DenseRunner, lo: np.ndarray, hi: np.ndarray, reach: int) -> None:
         shape = np.array(runner.mask.shape)
         self.runner = runner
         self.start, stop = np.maximum(lo - reach, 0), np.minimum(hi + reach, shape)
         box = tuple(slice(a, b) for a, b in zip(self.start, stop))
         region = runner.padded[tuple(slice(a, b + PATCH_SIZE - 1) for a, b in zip(self.start, stop))]
         x = torch.from_numpy(np.ascontiguousarray(region))[None, None].to(runner.device)
-        self.cells = [_ConvCells(stage(x)) for stage in runner.stages]
+        self.cells = [ConvCells(stage(x)) for stage in runner.stages]
         inside = runner.mask[box]
         self.local = np.argwhere(inside)  # sources, box-local
         index = np.full(inside.shape, -1, np.int64)
@@ -180,7 +181,7 @@ def segment_dense3d_int8(
     *,
     margin: float = INT8_MARGIN,
     tile_size: int | None = None,
-    memory_bytes: int = 1024 * 2**20,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
     background: float = 0.0,
     voxel_batch: int = 4096,
     progress: bool = False,
