@@ -14,10 +14,11 @@ from brainseg.reporting import read_volumes_csv
 DEMO = default_model_dir().parent / "demo"
 
 
-def test_shipped_deepnat_is_the_hierarchy_on_25_structures():
+def test_shipped_deepnat_is_one_step_on_25_structures():
+    # one network over all 26 classes: the Fig. 4 ablation found it better than the hierarchy on our masks
     model = load_model_folder("deepnat")
     cfg = model.config.model
-    assert cfg.name == "deepnat" and cfg.cascade and cfg.tasks == 7 and cfg.coordinates == "both"
+    assert cfg.name == "deepnat" and not cfg.cascade and cfg.tasks == 7 and cfg.coordinates == "both"
     assert model.labels.num_classes == 26 and model.reference is None
     assert (model.path / "model_card.md").is_file() and model.prior is not None
 
@@ -35,6 +36,6 @@ def test_deepnat_segments_the_demo_subject_into_its_25_structures(tmp_path):
     assert set(np.unique(predicted)) <= set(labels.labels)
     reference = labels.to_classes(np.asarray(nib.load(DEMO / "1000_glm.nii.gz").dataobj))
     dice = dice_per_class(labels.to_classes(predicted), reference, labels.num_classes)[1:]
-    assert np.nanmean(dice) > 0.72  # the model card's validation mean, less a margin
+    assert np.nanmean(dice) > 0.84  # the model card's validation mean on this subject (0.867), less a margin
     _, rows = read_volumes_csv(out / "1000_SS_volumes.csv")
     assert len(rows) == 25
