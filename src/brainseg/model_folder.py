@@ -111,7 +111,7 @@ class LoadedModel:
 SHIPPED_MODELS = {
     "default": "default_model",  # the full model of Ganaye et al. (reference space)
     "basenet": "basenet_model",  # BaseNet alone (native space, about 3x faster)
-    "deepnat": "deepnat_model",  # DeepNAT (Wachinger et al. 2018): the hierarchy on 25 aseg structures
+    "deepnat": "deepnat_model",  # DeepNAT (Wachinger et al. 2018), one step, on 25 aseg structures
     "brebisson2015": "brebisson2015_model",  # de Brébisson & Montana (2015): two-stage, 134 structures
 }
 
