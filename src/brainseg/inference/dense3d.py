@@ -288,15 +288,20 @@ class DenseRunner:
         lo, hi = self.box[0]
         return [(z, min(z + self.tile, hi)) for z in range(lo, hi, self.tile)]
 
-    def slab(self, z0: int, z1: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """Per-task probabilities ``(n, T, C)`` float32 of the mask voxels ``(n, 3)`` of a slab, by chunks."""
+    def tile_boxes(self, z0: int, z1: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(lo, hi)``: the mask bounding box ``[lo, hi)`` of each tile of the slab ``[z0, z1)`` that holds brain."""
         assert self.box is not None
         for y in range(self.box[1][0], self.box[1][1], self.tile):
             block = self.mask[z0:z1, y : y + self.tile]
-            if not block.any():
-                continue
-            lo = np.array([z0, y, 0]) + [int(i.min()) for i in np.nonzero(block)]
-            hi = np.array([z0, y, 0]) + [int(i.max()) + 1 for i in np.nonzero(block)]
+            if block.any():
+                where = np.nonzero(block)
+                lo = np.array([z0, y, 0]) + [int(i.min()) for i in where]
+                hi = np.array([z0, y, 0]) + [int(i.max()) + 1 for i in where]
+                yield lo, hi
+
+    def slab(self, z0: int, z1: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Per-task probabilities ``(n, T, C)`` float32 of the mask voxels ``(n, 3)`` of a slab, by chunks."""
+        for lo, hi in self.tile_boxes(z0, z1):
             yield from self._tile(lo, hi)
 
     @torch.no_grad()

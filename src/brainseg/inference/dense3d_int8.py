@@ -42,7 +42,7 @@ from brainseg.inference.dense3d_network import DEFAULT_MEMORY_BYTES, ConvCells, 
 from brainseg.inference.int8 import Int8Report
 from brainseg.models.wachinger2018 import PATCH_SIZE, DeepNATModel
 
-__all__ = ["INT8_MARGIN", "GrownTile", "segment_dense3d_int8", "tile_runner", "tiles"]
+__all__ = ["INT8_MARGIN", "GrownTile", "log_gap", "segment_dense3d_int8", "tile_runner", "tiles"]
 
 #: Gap of the log Eq. 3 probabilities below which a voxel's label is checked in float32 (see the module
 #: docstring; measured on validation subjects by ``benchmarks/bench_deepnat_int8.py --sweep``).
@@ -74,16 +74,15 @@ def tile_runner(
 
 
 def tiles(runner: DenseRunner) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(lo, hi)`` of each tile's mask bounding box, in the order of :meth:`DenseRunner.slab`."""
-    assert runner.box is not None
+    """``(lo, hi)`` of each tile's mask bounding box over the whole volume (:meth:`DenseRunner.tile_boxes`)."""
     for z0, z1 in runner.slabs():
-        for y in range(runner.box[1][0], runner.box[1][1], runner.tile):
-            block = runner.mask[z0:z1, y : y + runner.tile]
-            if block.any():
-                where = np.nonzero(block)
-                lo = np.array([z0, y, 0]) + [int(i.min()) for i in where]
-                hi = np.array([z0, y, 0]) + [int(i.max()) + 1 for i in where]
-                yield lo, hi
+        yield from runner.tile_boxes(z0, z1)
+
+
+def log_gap(means: torch.Tensor) -> torch.Tensor:
+    """``log m1 - log m2`` of each row's two largest probabilities ``(n, C) -> (n,)``; inf where ``m2 = 0``."""
+    top = means.topk(2, dim=1).values
+    return torch.log(top[:, 0]) - torch.log(top[:, 1])
 
 
 class GrownTile:
@@ -222,7 +221,7 @@ def segment_dense3d_int8(
     float_heads = runner.heads
     classes = np.zeros(runner.mask.shape, np.uint8)
     labelled = checked = 0
-    boxes = list(tiles(runner)) if runner.box is not None else []
+    boxes = list(tiles(runner))
     for lo, hi in tqdm(boxes, desc="tiles", unit="tile", disable=not progress, leave=False):
         tile = GrownTile(runner, lo, hi, reach)
         flat = tile.probabilities(int8_heads, voxel_batch)
@@ -231,8 +230,7 @@ def segment_dense3d_int8(
         for s in range(0, len(tile.targets), voxel_batch):
             which = np.arange(s, min(s + voxel_batch, len(tile.targets)))
             means = tile.means(flat, which)
-            top = means.topk(2, dim=1).values
-            gap = torch.log(top[:, 0]) - torch.log(top[:, 1])  # inf where m2 = 0
+            gap = log_gap(means)
             labels[which] = means.argmax(dim=1).numpy()
             doubtful.append(which[(gap < margin).numpy()])
         doubt = np.concatenate(doubtful)
