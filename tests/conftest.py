@@ -49,6 +49,14 @@ def tiny_images_allowed(request, monkeypatch):
 
 
 @pytest.fixture
+def float32_mixnet(monkeypatch):
+    """MixNet inference in float32 even where the CPU multiplies bfloat16 natively (exact comparisons)."""
+    from brainseg.inference import dense_mixnet
+
+    monkeypatch.setattr(dense_mixnet, "BFLOAT16", False)
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     """A seeded generator; every test gets the same stream."""
     return np.random.default_rng(20180404)

@@ -238,7 +238,7 @@ def _by_hand(views: MixNetViews, inputs: MixNetInputs, bias: np.ndarray) -> dict
 
 
 @pytest.mark.parametrize("shared", [False, True])
-def test_predict_is_the_views_slice_by_slice_fused_by_the_weights(shared):
+def test_predict_is_the_views_slice_by_slice_fused_by_the_weights(shared, float32_mixnet):
     rng = np.random.default_rng(1)
     _, mask, _ = _case()
     image = np.where(mask, rng.standard_normal(SHAPE), BACKGROUND).astype(np.float32)
@@ -321,7 +321,7 @@ def test_mixnet_trains_segments_evaluates_and_is_described(tmp_path, tiny_manife
     assert main(["calibrate", str(model_dir), "--strengths", "0,1", "--no-progress", "--no-card"]) == 0
 
 
-def test_channels_last_inference_equals_the_default_memory_format(monkeypatch):
+def test_channels_last_inference_equals_the_default_memory_format(monkeypatch, float32_mixnet):
     from brainseg.inference import dense_mixnet
 
     _, mask, _ = _case()
@@ -333,3 +333,58 @@ def test_channels_last_inference_equals_the_default_memory_format(monkeypatch):
     plain = predict_mixnet(views, inputs, mask, probabilities=True, probability_dtype=np.float32)[1]
     assert np.abs(fast - plain).max() <= 1e-5 and fast[:, mask].std() > 0.01
     assert all(p.is_contiguous() for p in views.parameters())  # the caller's network keeps its format
+
+
+def test_bfloat16_inference_is_float32_to_bfloat16_precision(monkeypatch):
+    from brainseg.inference import dense_mixnet
+
+    _, mask, _ = _case()
+    image = np.where(mask, np.random.default_rng(3).standard_normal(SHAPE), BACKGROUND).astype(np.float32)
+    inputs = CHEN2018.case_inputs(MixNetConfig(), image, mask, np.eye(4), BACKGROUND, None)
+    views = _views(weights=(1, 1, 2)).eval()
+    monkeypatch.setattr(dense_mixnet, "BFLOAT16", False)
+    exact = predict_mixnet(views, inputs, mask, probabilities=True, probability_dtype=np.float32)[1][:, mask]
+    monkeypatch.setattr(dense_mixnet, "BFLOAT16", True)
+    classes, approx = predict_mixnet(views, inputs, mask, probabilities=True, probability_dtype=np.float32)
+    error = np.abs(approx[:, mask] - exact)
+    assert 1e-4 < error.max() < 0.06  # it ran in bfloat16 (not float32), to bfloat16's precision
+    top = np.sort(exact, axis=0)
+    clear = top[-1] - top[-2] > 0.12  # twice the error bound: these labels cannot change
+    assert clear.mean() > 0.5
+    np.testing.assert_array_equal(classes[mask][clear], exact.argmax(axis=0)[clear])
+    assert all(p.dtype == torch.float32 for p in views.parameters())  # the caller's network is untouched
+
+
+def test_bfloat16_copy_keeps_the_image_and_the_init_unit_in_float32():
+    from brainseg.inference import dense_mixnet
+
+    net = _views().for_plane("axial").eval()
+    fast = dense_mixnet._inference_copy(net, True)
+    assert (
+        fast.levels[0][0][0].dilated.weight.dtype == torch.bfloat16 and fast.output.conv.weight.dtype == torch.bfloat16
+    )
+    x = 100 + 3 * torch.randn(2, 1, 10, 12, generator=torch.Generator().manual_seed(0))  # bfloat16 steps: 0.5
+    seen = []
+    fast.inits[0].unit.conv.register_forward_pre_hook(lambda m, args: seen.append((args[0].dtype, m.weight.dtype)))
+    with torch.no_grad():
+        out = fast.inits[0](x)
+        assert seen == [(torch.float32, torch.float32)] and out.dtype == torch.bfloat16
+        torch.testing.assert_close(out.float(), net.inits[0](x), rtol=2**-8, atol=1e-4)
+    assert dense_mixnet._use_bfloat16(torch.device("meta")) is False  # CPU only
+
+
+def test_bfloat16_is_used_where_torch_reports_native_products(monkeypatch):
+    from brainseg.inference import dense_mixnet
+
+    probe = dense_mixnet.bfloat16_available.__wrapped__
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.delattr(torch.cpu, name, raising=False)
+    assert probe() is False  # probes missing: float32
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert probe() is True
+
+    def broken():
+        raise RuntimeError("no cpuinfo")
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", broken, raising=False)
+    assert probe() is False

@@ -100,7 +100,7 @@ def _by_hand(views: MixNetViews, inputs: MixNetInputs, plane: str) -> np.ndarray
     return np.moveaxis(np.stack(out, axis=1), 1, 1 + axis)
 
 
-def test_multi_view_inference_of_two_modalities_equals_slice_by_slice():
+def test_multi_view_inference_of_two_modalities_equals_slice_by_slice(float32_mixnet):
     image, mask, _ = _two_modalities()
     cfg = MixNetConfig(num_classes=3, filters=4, modalities=("flair", "t1c"), view_weights=(1, 2, 5))
     torch.manual_seed(0)
