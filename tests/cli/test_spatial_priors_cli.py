@@ -178,6 +178,7 @@ def test_ablation_prints_table_and_reuses_runs(reference, tmp_path, capsys):
     record = json.loads((out / "dist" / "ablation_row.json").read_text())
     assert set(record["structure_dice"]) == {"c"} and len(record["structure_dice"]["c"]) == 2
     del record["structure_dice"]  # a row recorded before per-structure Dice was kept: read from validation.csv
+    assert record["config"]["training"].pop("precision") == "float32"  # ... and before this setting existed
     (out / "dist" / "ablation_row.json").write_text(json.dumps(record))
     argv = ["ablation", str(base), str(dist), "-o", str(out), "--no-progress", "--reference", "dist"]
     assert main(argv) == 0  # reused, not retrained

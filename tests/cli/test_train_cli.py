@@ -86,8 +86,8 @@ def test_resume_refuses_other_settings(tiny_setup, capsys):
     assert main(["train", str(other), "-o", str(out), "--resume", "--no-progress", "--no-card"]) == 2
     err = capsys.readouterr().err
     assert "model.dropout" in err and "training.learning_rate" in err and "other settings" in err
-    # more epochs or threads are fine
-    longer = _with(tiny_setup, "longer", epochs=2, num_threads=2)
+    # more epochs or threads, or another arithmetic, are fine
+    longer = _with(tiny_setup, "longer", epochs=2, num_threads=2, precision="bfloat16")
     assert main(["train", str(longer), "-o", str(out), "--resume", "--no-progress", "--no-card"]) == 0
 
 
@@ -255,3 +255,28 @@ def test_step_batches_differ_and_repeat():
     assert np.array_equal(first, step_generator(0, 1, 2).integers(1 << 30, size=4))
     for other in ((0, 1, 3), (0, 2, 2), (1, 1, 2)):
         assert not np.array_equal(first, step_generator(*other).integers(1 << 30, size=4))
+
+
+def test_bfloat16_precision_runs_each_step_under_autocast_and_keeps_float32_weights(tiny_setup, monkeypatch):
+    from brainseg.families.ganaye2018 import GanayeFamily
+
+    seen = []
+    loss = GanayeFamily.loss
+
+    def spy(self, network, batch, targets, tc):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        value = loss(self, network, batch, targets, tc)
+        assert value.dtype == torch.float32  # the loss itself stays float32
+        return value
+
+    monkeypatch.setattr(GanayeFamily, "loss", spy)
+    for precision in ("float32", "bfloat16"):
+        config = _with(tiny_setup, precision, epochs=1, precision=precision, validate_every=0)
+        out = tiny_setup.parent / precision
+        assert main(["train", str(config), "-o", str(out), "--no-progress", "--no-card"]) == 0
+        assert all(w.dtype == torch.float32 for w in load_file(str(out / "weights.safetensors")).values())
+    steps = 512 // 64
+    assert [on for on, _ in seen] == [False] * steps + [True] * steps
+    assert all(dtype == torch.bfloat16 for _, dtype in seen[steps:])
+    history = json.loads((tiny_setup.parent / "bfloat16" / "history.json").read_text())
+    assert np.isfinite(history[0]["loss"])

@@ -374,9 +374,9 @@ def test_bfloat16_copy_keeps_the_image_and_the_init_unit_in_float32():
 
 
 def test_bfloat16_is_used_where_torch_reports_native_products(monkeypatch):
-    from brainseg.inference import dense_mixnet
+    from brainseg.inference.bfloat16 import bfloat16_available
 
-    probe = dense_mixnet.bfloat16_available.__wrapped__
+    probe = bfloat16_available.__wrapped__
     for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         monkeypatch.delattr(torch.cpu, name, raising=False)
     assert probe() is False  # probes missing: float32

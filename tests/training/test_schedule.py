@@ -63,12 +63,18 @@ def test_schedule_settings_are_checked_naming_the_setting(tmp_path):
     path.write_text("training:\n  lr_milestones: [0.4, 0.2]\n")
     with pytest.raises(InputError, match="training: lr_milestones must be increasing"):
         load_config(path)
+    path.write_text("training:\n  precision: float16\n")
+    with pytest.raises(InputError, match="c.yaml: training: precision must be one of float32, bfloat16; got 'float16'"):
+        load_config(path)
+    path.write_text("training:\n  precision: bfloat16\n")
+    assert load_config(path).training.precision == "bfloat16" and TrainingConfig().precision == "float32"
 
 
 def test_a_checkpoint_from_before_these_settings_stays_resumable(tmp_path):
     config = Config()
     old = json.loads(resume_settings(config))
     assert "nesterov" not in old["training"] and "lr_milestones" not in old["training"]  # at their defaults
+    assert "precision" not in old["training"]  # may change on a resume
     state = {"settings": json.dumps(old, sort_keys=True)}
     check_resumable(state, resume_settings(config), {}, tmp_path / "checkpoint.pt")
     nesterov = Config(training=TrainingConfig(nesterov=True, lr_milestones=(0.5,)))

@@ -220,7 +220,8 @@ class MixNetViews(nn.Module):
 
         ``plane`` names the plane of every slice (a name or an index into :attr:`planes`), or is a
         ``(B,)`` int64 tensor of indices, one per slice: each slice then goes through its plane's
-        network (a network sees only, and all of, its plane's slices: its batch norm's batch).
+        network (a network sees only, and all of, its plane's slices: its batch norm's batch). Under a
+        bfloat16 autocast the logits are bfloat16.
         """
         if not isinstance(plane, torch.Tensor):
             return self.for_plane(plane)(slices)
@@ -228,11 +229,9 @@ class MixNetViews(nn.Module):
             raise ValueError(f"need one plane index per slice: {tuple(plane.shape)} for {tuple(slices.shape)}")
         if self.shared:
             return self.nets["shared"](slices)
-        out = slices.new_empty((slices.shape[0], self.num_classes) + tuple(slices.shape[-2:]))
-        for k in torch.unique(plane).tolist():
-            rows = plane == k
-            out[rows] = self.for_plane(int(k))(slices[rows])
-        return out
+        order = torch.argsort(plane, stable=True)  # the slices grouped by plane, their order kept inside a plane
+        parts = [self.for_plane(int(k))(slices[plane == k]) for k in torch.unique(plane).tolist()]
+        return torch.cat(parts)[torch.argsort(order)]
 
 
 class MixNetFamily(Family):

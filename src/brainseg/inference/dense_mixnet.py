@@ -25,7 +25,6 @@ and ``N`` brain voxels (about 0.8 GB for 135 classes and 1.5 million voxels).
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,6 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from brainseg.families.chen2018 import PLANE_AXIS, MixNetInputs, MixNetViews, slice_along
+from brainseg.inference.bfloat16 import bfloat16_available
 from brainseg.inference.dense_priors import logit_bias_tensor
 
 __all__ = ["BFLOAT16", "CHANNELS_LAST", "SLICE_BATCH", "bfloat16_available", "predict_mixnet", "view_probabilities"]
@@ -45,24 +45,6 @@ CHANNELS_LAST = True
 #: Run the networks in bfloat16 on the CPU: True, False, or None for "where the CPU multiplies bfloat16
 #: natively" (:func:`bfloat16_available`; ``benchmarks/bench_mixnet.py`` compares).
 BFLOAT16: bool | None = None
-
-
-@functools.cache
-def bfloat16_available() -> bool:
-    """Whether this CPU has native bfloat16 products (AVX-512 BF16 or AMX), where bfloat16 convolutions pay.
-
-    Without them oneDNN emulates bfloat16 and runs slower than float32 (docs/speed.md, "Lower precision").
-
-    Returns
-    -------
-    bool
-        False where torch cannot tell (its private ``torch.cpu`` probes are missing).
-    """
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    try:
-        return any(bool(getattr(torch.cpu, name)()) for name in probes if hasattr(torch.cpu, name))
-    except RuntimeError:
-        return False
 
 
 def _use_bfloat16(device: torch.device) -> bool:

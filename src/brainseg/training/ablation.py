@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainseg.config import Config, config_to_dict, load_config
+from brainseg.config import Config, config_from_dict, config_to_dict, load_config
 from brainseg.errors import InputError
 from brainseg.families import family_of
 from brainseg.io.atomic import atomic_write_text
@@ -104,11 +104,17 @@ def _row_settings(config: Config) -> dict:
 def _find_result(result: Path, output: Path, settings: dict) -> tuple[Path, dict] | None:
     # A finished row with exactly these settings: this run's, or one in a sibling study folder
     # (Table 2's distance + conv row is Table 1's +Dist row).
+    # Records are compared after reading them back as configs, so that a setting added since a row was
+    # recorded (absent from its record) counts as its default.
     candidates = [result] + sorted(output.parent.glob("*/*/ablation_row.json"))
     for path in candidates:
         if path.is_file():
             record = json.loads(path.read_text())
-            if record.get("config") == settings:
+            try:
+                recorded = _row_settings(config_from_dict(record.get("config") or {}, str(path)))
+            except InputError:  # a record from another brainseg: not this row
+                continue
+            if recorded == settings:
                 return path, record
     return None
 

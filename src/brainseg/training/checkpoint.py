@@ -62,8 +62,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-#: Settings a resumed run may change: how long it runs, and on how many threads.
-RESUMABLE_CHANGES = ("epochs", "num_threads", "stop_min_gain", "stop_epochs")
+#: Settings a resumed run may change: how long it runs, on how many threads, in which arithmetic (a run
+#: begun in float32 on a CPU may go on in bfloat16 on a GPU).
+RESUMABLE_CHANGES = ("epochs", "num_threads", "stop_min_gain", "stop_epochs", "precision")
 #: Training settings added after checkpoints recorded their settings, with their defaults: left out of
 #: :func:`resume_settings` while at them, so that a checkpoint written before they existed stays resumable.
 LATER_SETTINGS: dict[str, object] = {"nesterov": False, "lr_milestones": []}

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from brainseg.config import Config, save_config
 from brainseg.errors import InputError
 from brainseg.families import Family, family_of
+from brainseg.inference.bfloat16 import bfloat16_available
 from brainseg.io.atomic import atomic_write_text
 from brainseg.io.manifest import read_manifest
 from brainseg.metrics.overlap import dice_per_class
@@ -144,6 +145,8 @@ def train(
     output.mkdir(parents=True, exist_ok=True)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
+    if tc.precision == "bfloat16" and on.type == "cpu" and not bfloat16_available():
+        log.warning("training.precision: bfloat16 on a CPU without native bfloat16 products: slower than float32")
 
     normalization = IntensityNormalization()
     by_id = {c.case_id: c for c in read_manifest(tc.manifest)}
@@ -234,7 +237,8 @@ def train(
                 if on.type != "cpu":
                     batch = {name: value.to(on, non_blocking=True) for name, value in batch.items()}
                     targets = targets.to(on, non_blocking=True)
-                loss = family.loss(network, batch, targets, tc)
+                with torch.autocast(on.type, dtype=torch.bfloat16, enabled=tc.precision == "bfloat16"):
+                    loss = family.loss(network, batch, targets, tc)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
