@@ -44,3 +44,11 @@ def test_per_case_records_the_error_rate_when_given():
     got = _per_case(scores, {"a": 0.125})
     assert got["a"]["error_rate"] == 0.125 and got["a"]["dice"] == 0.6
     assert "error_rate" not in _per_case(scores)["a"]
+
+
+def test_row_label_names_bfloat16_steps():
+    from brainseg.config import Config, TrainingConfig
+    from brainseg.training.ablation import row_label
+
+    assert row_label(Config()) == "BaseNet"
+    assert row_label(Config(training=TrainingConfig(precision="bfloat16"))) == "BaseNet, bfloat16 steps"

@@ -75,8 +75,15 @@ class AblationRow:
 
 
 def row_label(config: Config) -> str:
-    """The name of a configuration's row in its paper's ablation table (its family's :meth:`~brainseg.families.Family.row_label`)."""
-    return family_of(config.model).row_label(config)
+    """The name of a configuration's row in its paper's ablation table.
+
+    Its family's :meth:`~brainseg.families.Family.row_label`, with ``", bfloat16 steps"`` appended when
+    ``training.precision`` is not float32 (a setting of every family).
+    """
+    label = family_of(config.model).row_label(config)
+    if config.training.precision != "float32":
+        label += f", {config.training.precision} steps"
+    return label
 
 
 def _per_case(
@@ -216,7 +223,10 @@ def run_ablation(
         if found is not None:
             where, cached = found
             dice = _cached_structure_dice(where, cached)
-            row = AblationRow(name, cached["label"], cached["per_case"], cached["parameters"], cached["minutes"], dice)
+            # the label from the config, so that rows recorded by an older brainseg read as today's table names them
+            row = AblationRow(
+                name, row_label(config), cached["per_case"], cached["parameters"], cached["minutes"], dice
+            )
             rows.append(row)
             continue
         if (run / "config.yaml").is_file():
