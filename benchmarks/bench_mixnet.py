@@ -33,6 +33,7 @@ def main() -> None:
     """Prepare the scan, run every view both ways and print the figures."""
     from brainseg.families.chen2018 import CHEN2018, MixNetViews
     from brainseg.inference import dense_mixnet
+    from brainseg.inference.bfloat16 import bfloat16_available
     from brainseg.io import load_volume
     from brainseg.model_configs import MixNetConfig
     from brainseg.model_folder import load_model_folder
@@ -62,7 +63,7 @@ def main() -> None:
         f"threads {torch.get_num_threads()}; MixNetv{cfg.version}, {network.num_classes} classes; brain box "
         f"{inputs.image.shape[1:]} ({int(prepared.mask.sum()):,} brain voxels)"
     )
-    print(f"native bfloat16 products on this CPU: {dense_mixnet.bfloat16_available()}")
+    print(f"native bfloat16 products on this CPU: {bfloat16_available()}")
     totals, labels = {}, {}
     ways = {"bfloat16": (True, True), "channels-last": (True, False), "contiguous": (False, False)}
     for label, (channels_last, bf16) in ways.items():

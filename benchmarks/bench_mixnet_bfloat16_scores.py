@@ -22,6 +22,7 @@ from pathlib import Path
 def main() -> None:
     """Score the validation cases in both precisions and print the figures."""
     from brainseg.inference import dense_mixnet
+    from brainseg.inference.bfloat16 import bfloat16_available
     from brainseg.metrics.report import summarize
     from brainseg.model_folder import load_model_folder
     from brainseg.training.model_card import evaluate_validation
@@ -30,7 +31,7 @@ def main() -> None:
     parser.add_argument("model", type=Path, help="a mixnet model folder with validation cases")
     args = parser.parse_args()
     model = load_model_folder(args.model)
-    print(f"native bfloat16 products on this CPU: {dense_mixnet.bfloat16_available()}")
+    print(f"native bfloat16 products on this CPU: {bfloat16_available()}")
     dice = {}
     for bf16 in (False, True):
         dense_mixnet.BFLOAT16 = bf16

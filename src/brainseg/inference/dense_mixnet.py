@@ -12,11 +12,11 @@ third of a slice cropped to the brain's box), and the softmax probabilities ther
 brain voxels (volume order) over the views with the fusion weights. The networks are fully convolutional,
 so nothing needs converting: what the training crops went through is what a whole slice goes through.
 
-Precision: where the CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX; :func:`bfloat16_available`),
+Precision: where the CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX; :func:`~brainseg.inference.bfloat16.bfloat16_available`),
 each plane's network runs on a bfloat16 copy of its weights, the InitUnit excepted (it reads the image in
-float32), and the logits are turned to float32 before the softmax: about twice as fast as float32 on such a
-CPU, with about 0.3 % of brain voxels relabelled against float32, all at near ties (docs/mixnet.md,
-"bfloat16"). Elsewhere, and with ``BFLOAT16 = False``, everything is float32.
+float32), and the logits are turned to float32 before the softmax: 0.6-0.8 of float32's time for three
+views on such a CPU, with 0.19 % of brain voxels relabelled against float32 for the IBSR tissue model,
+at near ties (docs/mixnet.md, "bfloat16"). Elsewhere, and with ``BFLOAT16 = False``, everything is float32.
 
 Memory: the fused probabilities are kept at the brain voxels only, ``4 C N`` bytes for ``C`` classes
 and ``N`` brain voxels (about 0.8 GB for 135 classes and 1.5 million voxels).
@@ -36,14 +36,14 @@ from brainseg.families.chen2018 import PLANE_AXIS, MixNetInputs, MixNetViews, sl
 from brainseg.inference.bfloat16 import bfloat16_available
 from brainseg.inference.dense_priors import logit_bias_tensor
 
-__all__ = ["BFLOAT16", "CHANNELS_LAST", "SLICE_BATCH", "bfloat16_available", "predict_mixnet", "view_probabilities"]
+__all__ = ["BFLOAT16", "CHANNELS_LAST", "SLICE_BATCH", "predict_mixnet", "view_probabilities"]
 
 #: Slices per network pass.
 SLICE_BATCH = 8
 #: Run the convolutions in channels-last (NHWC) memory format (``benchmarks/bench_mixnet.py`` compares).
 CHANNELS_LAST = True
 #: Run the networks in bfloat16 on the CPU: True, False, or None for "where the CPU multiplies bfloat16
-#: natively" (:func:`bfloat16_available`; ``benchmarks/bench_mixnet.py`` compares).
+#: natively" (:func:`~brainseg.inference.bfloat16.bfloat16_available`; ``benchmarks/bench_mixnet.py`` compares).
 BFLOAT16: bool | None = None
 
 
@@ -56,8 +56,9 @@ def _use_bfloat16(device: torch.device) -> bool:
 class _Float32Init(nn.Module):
     """An InitUnit kept in float32 in a bfloat16 network: the image is not rounded, its output is.
 
-    bfloat16's 8-bit significand would round the z-scored intensities themselves (to about 1 %); the
-    unit is one small convolution, so keeping it in float32 costs nothing measurable.
+    bfloat16's 8-bit significand would round the z-scored intensities themselves (by up to 0.4 %): with
+    it, 0.42 % of one IBSR view's voxels changed label against float32, without it 0.33 %. The unit is
+    one small convolution, so keeping it in float32 costs nothing measurable.
     """
 
     def __init__(self, unit: nn.Module) -> None:
