@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from network_helpers import randomise_batch_norm
 
 from brainseg.cli.main import main
 from brainseg.config import DeepNATConfig, TrainingConfig
@@ -106,12 +107,8 @@ def test_structure_targets_mask_background_and_outside():
 
 
 def _randomise_batch_norm(network: torch.nn.Module) -> None:
-    g = torch.Generator().manual_seed(1)
+    randomise_batch_norm(network, torch.Generator().manual_seed(1))
     with torch.no_grad():
-        for m in network.modules():
-            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm3d)):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 2 + 0.2)
         for member in (network.foreground, network.structures):
             for head in member.heads:
                 head.weight.mul_(5.0)

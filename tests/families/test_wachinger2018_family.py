@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from network_helpers import randomise_batch_norm
 
 from brainseg.cli.main import main
 from brainseg.config import (
@@ -192,13 +193,8 @@ def _tiny_network(cfg: DeepNATConfig) -> DeepNAT:
     """A random tiny DeepNAT in eval mode with non-trivial batch-norm statistics and spread-out logits."""
     torch.manual_seed(0)
     network = build_model(cfg)
-    g = torch.Generator().manual_seed(1)
+    randomise_batch_norm(network, torch.Generator().manual_seed(1))
     with torch.no_grad():
-        for m in network.modules():
-            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm3d)):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.2)
         for head in network.heads:
             head.weight.mul_(5.0)
     return network.eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from network_helpers import randomise_batch_norm
 
 from brainseg.inference.dense import predict_dense, predict_patches
 from brainseg.models.ganaye2018 import BaseNet
@@ -22,15 +23,8 @@ def _model(batch_norm: bool = False, gain: float = 2.0, **widths) -> BaseNet:
             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
                 m.weight.mul_(gain)  # keep the narrow test widths' activations from shrinking
         model.out.weight.mul_(30.0)  # spread the logits so probabilities vary
-        if batch_norm:
-            g = torch.Generator().manual_seed(1)
-            for m in model.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    n = m.num_features
-                    m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
-                    m.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.2)
-                    m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                    m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+    if batch_norm:
+        randomise_batch_norm(model, torch.Generator().manual_seed(1), affine=True)
     return model.eval()
 
 
@@ -140,12 +134,7 @@ def _full_model(representation: str = "images") -> torch.nn.Module:
             if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)):
                 m.weight.mul_(2.0)
         model.out.weight.mul_(30.0)
-        g = torch.Generator().manual_seed(1)
-        for m in model.modules():
-            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.2)
+    randomise_batch_norm(model, torch.Generator().manual_seed(1))
     return model.eval()
 
 

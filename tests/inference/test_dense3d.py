@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from network_helpers import randomise_batch_norm
 
 from brainseg.inference.dense3d import (
     combine_task_probabilities,
@@ -28,15 +29,8 @@ def _model(num_classes: int = 5, tasks: int = 7, coordinates: int = 0, **widths)
     """A random network in eval mode with non-trivial batch-norm statistics and spread-out logits."""
     torch.manual_seed(0)
     model = DeepNAT(num_classes, tasks=tasks, coordinates=coordinates, **(widths or SMALL))
-    g = torch.Generator().manual_seed(1)
+    randomise_batch_norm(model, torch.Generator().manual_seed(1), affine=True)
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm3d)):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.2)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
         for head in model.heads:
             head.weight.mul_(5.0)  # probabilities far from uniform
     return model.eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from network_helpers import randomise_batch_norm
 
 from brainseg.config import DeepNATConfig
 from brainseg.families.wachinger2018 import WACHINGER2018
@@ -23,14 +24,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _spread(network: DeepNAT, g: torch.Generator) -> None:
     # non-trivial batch-norm statistics and spread-out logits, so that labels vary and some are doubtful
+    randomise_batch_norm(network, g, affine=True)
     with torch.no_grad():
-        for m in network.modules():
-            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm3d)):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.2)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
         for head in network.heads:
             head.weight.mul_(8.0)
 
