@@ -49,10 +49,12 @@ a single network; time is about twice.
 
 Speed: the fully connected layers dominate (2.3 M multiply-adds per voxel
 and network, against about 0.6 M for the convolutions with the halo); see
-``benchmarks/deepnat_segment.py`` for measured figures. bfloat16 is not
-offered: this machine's PyTorch runs bfloat16 matrix products at 0.7
-GFLOP/s against 57 for float32 (no AVX-512 exposed), and its bfloat16
-``conv3d`` was slower still.
+``benchmarks/bench_deepnat_dense.py`` for measured figures. bfloat16 is not
+offered: on the days this machine's CPU reported AVX2 only, PyTorch ran
+bfloat16 matrix products at 0.7 GFLOP/s against 57 for float32, and its
+bfloat16 ``conv3d`` was slower still. Some days it reports AVX-512 BF16
+(:mod:`brainseg.inference.bfloat16`); DeepNAT has not been re-measured on
+those, and its labels take the int8 path (:mod:`brainseg.inference.dense3d_int8`).
 """
 
 from __future__ import annotations
