@@ -15,37 +15,11 @@ conv stage then needs eight corrected variants of the conv2 and conv3 maps
 (built, tested and measured 5-7 times slower; see
 :mod:`brainseg.models.wachinger2018`).
 
-Tiles and memory
-----------------
-The volume is processed in tiles of ``t x t`` voxels along the first two
-axes (the tile's mask bounding box along the third) with the patch's halo,
-11 voxels before and 12 after, on each side. The live tensors of the conv
-stage of a tile of ``(t0, t1, t2)`` output voxels take about
-``4 B x 2 x [c1 V(18) + c2 V(9) + c3 V(5)]``, with ``V(m) = (t0 + m)(t1 +
-m)(t2 + m)`` and the widths ``(c1, c2, c3)`` (:func:`~brainseg.inference.dense3d_network.conv_stage_bytes`: each
-map and one copy of it, the pooling's or the convolution library's);
-:func:`~brainseg.inference.dense3d_network.choose_tile_size` picks the largest ``t`` that keeps this under
-``memory_bytes``. A larger tile wastes less on the halo, whose
-convolutions are thrown away: conv2 runs on ``(t + 9)^2 / t^2`` times the
-tile's voxels. The fully connected layers run on at most ``voxel_batch``
-voxels at a time. :func:`predict_dense3d` combines the heads by Eq. 3 on the
-fly, keeping float32 sums only for the mask voxels of the ``t + 2`` slices a
-slab of tiles points at; :func:`segment_dense3d` also reduces each finished
-slab to its arg-max, so that a class map never needs the ``(C, D, H, W)``
-array.
-
-The hierarchy
--------------
-A :class:`~brainseg.models.wachinger2018.DeepNATCascade` runs both of its
-networks densely over every mask voxel, tile by tile, one conv stage at a
-time: the foreground network's per-task logits of the tile's voxels are kept
-(2 classes each), then the structure network's conv stage runs and its logits
-are combined with them chunk by chunk
-(:func:`~brainseg.models.wachinger2018.cascade_log_probabilities`). The
-combined log-probabilities then take the place of one network's logits: the
-``logit_bias`` is added to them, the softmax renormalises (``P exp(b) /
-sum``), and Eq. 3 averages the heads. Peak memory is one conv stage's, as for
-a single network; time is about twice.
+The tiling, its memory budget and how a hierarchy runs are :class:`~brainseg.inference.dense3d_runner.DenseRunner`'s
+(:mod:`brainseg.inference.dense3d_runner`). :func:`predict_dense3d` combines the heads by Eq. 3 on the
+fly, keeping float32 sums only for the mask voxels of the ``t + 2`` slices a slab of tiles points at;
+:func:`segment_dense3d` also reduces each finished slab to its arg-max, so that a class map never needs
+the ``(C, D, H, W)`` array.
 
 Speed: the fully connected layers dominate (2.3 M multiply-adds per voxel
 and network, against about 0.6 M for the convolutions with the halo); see
@@ -59,31 +33,18 @@ those, and its labels take the int8 path (:mod:`brainseg.inference.dense3d_int8`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from brainseg.inference.dense3d_network import (
-    DEFAULT_MEMORY_BYTES,
-    ConvCells,
-    DenseConvStage,
-    DenseHead,
-    choose_tile_size,
-)
+from brainseg.inference.dense3d_network import DEFAULT_MEMORY_BYTES
+from brainseg.inference.dense3d_runner import DenseRunner, as_coordinates, check_deepnat_inputs
 from brainseg.inference.dense_priors import logit_bias_tensor
-from brainseg.models.wachinger2018 import (
-    PATCH_PADDING,
-    PATCH_SIZE,
-    DeepNAT,
-    DeepNATCascade,
-    DeepNATModel,
-    cascade_log_probabilities,
-)
+from brainseg.models.wachinger2018 import PATCH_PADDING, PATCH_SIZE, DeepNATModel
 
 __all__ = [
-    "DenseRunner",
     "combine_task_probabilities",
     "extract_patches3d",
     "predict_dense3d",
@@ -125,31 +86,6 @@ def extract_patches3d(image: np.ndarray, indices: np.ndarray, *, background: flo
     padded = np.pad(image, PATCH_PADDING, constant_values=background)
     windows = np.lib.stride_tricks.sliding_window_view(padded, (PATCH_SIZE,) * 3)
     return np.ascontiguousarray(windows[indices[:, 0], indices[:, 1], indices[:, 2]])[:, None]
-
-
-def _coordinates(coordinates: np.ndarray | None) -> np.ndarray | None:
-    # No coordinate channels (K = 0, as brainseg.features.coordinates returns them) means none.
-    return None if coordinates is None or len(coordinates) == 0 else coordinates
-
-
-def _members(model: DeepNATModel) -> tuple[list[DeepNAT], Callable[..., torch.Tensor] | None]:
-    """The networks whose convolutions run densely, and how their logits combine (None: the only one's)."""
-    if isinstance(model, DeepNATCascade):
-        return [model.foreground, model.structures], cascade_log_probabilities
-    return [model], None
-
-
-def _check_inputs(model: DeepNATModel, image: np.ndarray, coordinates: np.ndarray | None) -> None:
-    if model.training:
-        raise ValueError("call model.eval() before inference")
-    if image.ndim != 3:
-        raise ValueError(f"expected a 3-D image, got shape {image.shape}")
-    if model.coordinates == 0:
-        if coordinates is not None:
-            raise ValueError("this network takes no coordinates (coordinates=0)")
-    elif coordinates is None or coordinates.shape != (model.coordinates,) + image.shape:
-        got = None if coordinates is None else coordinates.shape
-        raise ValueError(f"this network needs coordinates of shape {(model.coordinates,) + image.shape}, got {got}")
 
 
 @torch.no_grad()
@@ -197,8 +133,8 @@ def predict_patches3d(
     ValueError
         If the model is in training mode or the shapes are wrong.
     """
-    image, coordinates = np.asarray(image, np.float32), _coordinates(coordinates)
-    _check_inputs(model, image, coordinates)
+    image, coordinates = np.asarray(image, np.float32), as_coordinates(coordinates)
+    check_deepnat_inputs(model, image, coordinates)
     indices = np.asarray(indices, dtype=np.int64).reshape(-1, 3)
     device = next(model.parameters()).device
     bias = logit_bias_tensor(model, logit_bias)
@@ -215,130 +151,6 @@ def predict_patches3d(
             logits = logits + bias
         out[start : start + len(batch)] = torch.softmax(logits, dim=2).cpu().numpy()
     return out
-
-
-class DenseRunner:
-    """The state of one dense pass: padded image, mask, tiles; yields per-task probabilities by chunks.
-
-    Parameters
-    ----------
-    model : DeepNAT or DeepNATCascade
-        In eval mode.
-    image : ndarray of float32, shape (D, H, W)
-        Preprocessed intensities.
-    mask : ndarray of bool, shape (D, H, W)
-        Brain mask: the voxels to classify.
-    coordinates : ndarray of float32, shape (K, D, H, W), or None
-        Per-voxel coordinates; None or empty when the network takes none.
-    tile_size : int or None
-        Tile side along the first two axes, in voxels; None: :func:`~brainseg.inference.dense3d_network.choose_tile_size`.
-    memory_bytes : int
-        Budget of the conv stage of one tile.
-    background : float
-        Value of voxels outside the volume.
-    voxel_batch : int
-        Voxels per pass through the fully connected layers.
-    logit_bias : ndarray of float, shape (C,), optional
-        Added to every head's logits (a cascade's combined log-probabilities) before the softmax.
-
-    Raises
-    ------
-    ValueError
-        If the model is in training mode, the shapes disagree or ``tile_size < 1``.
-    """
-
-    def __init__(
-        self,
-        model: DeepNATModel,
-        image: np.ndarray,
-        mask: np.ndarray,
-        coordinates: np.ndarray | None,
-        tile_size: int | None,
-        memory_bytes: int,
-        background: float,
-        voxel_batch: int,
-        logit_bias: np.ndarray | None = None,
-    ) -> None:
-        image, mask, coordinates = np.asarray(image, np.float32), np.asarray(mask, bool), _coordinates(coordinates)
-        _check_inputs(model, image, coordinates)
-        if mask.shape != image.shape:
-            raise ValueError(f"mask shape {mask.shape} differs from the image shape {image.shape}")
-        if tile_size is not None and tile_size < 1:
-            raise ValueError(f"tile_size must be >= 1, got {tile_size}")
-        self.model, self.mask, self.coordinates = model, mask, coordinates
-        self.device = next(model.parameters()).device
-        self.bias = logit_bias_tensor(model, logit_bias)
-        self.members, self.combine = _members(model)
-        self.stages = [DenseConvStage(member) for member in self.members]
-        self.heads = [DenseHead(member) for member in self.members]
-        self.padded = np.pad(image, PATCH_PADDING, constant_values=background)
-        self.voxel_batch = int(voxel_batch)
-        self.box = [(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask)] if mask.any() else None
-        if tile_size is None:
-            width = self.box[2][1] - self.box[2][0] if self.box else 1
-            # the members' conv stages run one after the other: the widest sets the budget
-            widths = tuple(
-                max(getattr(m, name).out_channels for m in self.members) for name in ("conv1", "conv2", "conv3")
-            )
-            tile_size = choose_tile_size(width, memory_bytes=memory_bytes, widths=widths)
-        self.tile = int(tile_size)
-
-    def slabs(self) -> list[tuple[int, int]]:
-        """Ranges ``[z0, z1)`` of the slabs of tiles along the first axis, covering the mask."""
-        if self.box is None:
-            return []
-        lo, hi = self.box[0]
-        return [(z, min(z + self.tile, hi)) for z in range(lo, hi, self.tile)]
-
-    def tile_boxes(self, z0: int, z1: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(lo, hi)``: the mask bounding box ``[lo, hi)`` of each tile of the slab ``[z0, z1)`` that holds brain."""
-        assert self.box is not None
-        for y in range(self.box[1][0], self.box[1][1], self.tile):
-            block = self.mask[z0:z1, y : y + self.tile]
-            if block.any():
-                where = np.nonzero(block)
-                lo = np.array([z0, y, 0]) + [int(i.min()) for i in where]
-                hi = np.array([z0, y, 0]) + [int(i.max()) + 1 for i in where]
-                yield lo, hi
-
-    def slab(self, z0: int, z1: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """Per-task probabilities ``(n, T, C)`` float32 of the mask voxels ``(n, 3)`` of a slab, by chunks."""
-        for lo, hi in self.tile_boxes(z0, z1):
-            yield from self._tile(lo, hi)
-
-    @torch.no_grad()
-    def _tile(self, lo: np.ndarray, hi: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        # Region of the padded image: padded index of voxel v is v + 11, its patch padded[v : v + 24].
-        region = self.padded[tuple(slice(a, b + PATCH_SIZE - 1) for a, b in zip(lo, hi))]
-        x = torch.from_numpy(np.ascontiguousarray(region))[None, None].to(self.device)
-        inside = self.mask[tuple(slice(a, b) for a, b in zip(lo, hi))]
-        local = np.argwhere(inside)
-        chunks = [local[start : start + self.voxel_batch] for start in range(0, len(local), self.voxel_batch)]
-        # All members but the last (a cascade's foreground network: 2 classes) keep their logits of the whole
-        # tile, so that only one conv stage is alive at a time; the last one's are combined chunk by chunk.
-        earlier = []
-        for stage, head in zip(self.stages[:-1], self.heads[:-1]):
-            conv3 = ConvCells(stage(x))
-            earlier.append([self._head(head, conv3, chunk, lo) for chunk in chunks])
-            del conv3
-        conv3 = ConvCells(self.stages[-1](x))
-        for i, chunk in enumerate(chunks):
-            logits = self._head(self.heads[-1], conv3, chunk, lo)
-            if self.combine is not None:
-                logits = self.combine(*(e[i] for e in earlier), logits)
-            if self.bias is not None:
-                logits = logits + self.bias
-            yield chunk + lo, torch.softmax(logits, dim=2).float().cpu()
-
-    def _head(self, head: DenseHead, conv3: ConvCells, chunk: np.ndarray, lo: np.ndarray) -> torch.Tensor:
-        # Per-task logits (n, T, C) of one member at the tile's local voxels ``chunk``.
-        features = conv3.features(torch.from_numpy(chunk).to(self.device))
-        coords = None
-        if self.coordinates is not None:
-            voxels = chunk + lo
-            values = self.coordinates[:, voxels[:, 0], voxels[:, 1], voxels[:, 2]].T
-            coords = torch.from_numpy(np.asarray(values, np.float32)).to(self.device)
-        return head(features, coords)
 
 
 def _mask_rows(mask: np.ndarray) -> np.ndarray:

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from brainseg.inference.dense3d import DenseRunner
 from brainseg.inference.dense3d_network import DEFAULT_MEMORY_BYTES, ConvCells, DenseHead
+from brainseg.inference.dense3d_runner import DenseRunner
 from brainseg.inference.int8 import Int8Report
 from brainseg.models.wachinger2018 import PATCH_SIZE, DeepNATModel
 
