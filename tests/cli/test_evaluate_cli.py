@@ -53,6 +53,13 @@ def test_single_pair_scores(tmp_path, pair, capsys):
     assert "Dice 0.4000" in capsys.readouterr().out
 
 
+def test_no_distances_says_so(pair, capsys):
+    assert main(["evaluate", str(pair[0]), str(pair[1]), "--no-distances"]) == 0
+    out = capsys.readouterr().out
+    assert "Dice 0.4000, distances not computed (--no-distances), VS" in out
+    assert "nan" not in out
+
+
 def test_missing_on_one_side_counts(tmp_path, capsys):
     reference = np.zeros((5, 5, 5), np.int16)
     reference[2, 2, 2] = 4

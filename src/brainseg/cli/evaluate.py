@@ -97,10 +97,14 @@ def run(args: argparse.Namespace) -> int:
             prediction.data, reference.data, labels, reference.spacing, case_id=case_id, distances=not args.no_distances
         )
     mean = summarize(scores)
+    distances = (
+        "distances not computed (--no-distances)"
+        if args.no_distances
+        else f"HD {mean['hausdorff']:.2f} mm, HD95 {mean['hd95']:.2f} mm, MSD {mean['msd']:.3f} mm"
+    )
     print(
-        f"mean over {mean['structures']} structure scores: Dice {mean['dice']:.4f}, HD {mean['hausdorff']:.2f} mm, "
-        f"HD95 {mean['hd95']:.2f} mm, MSD {mean['msd']:.3f} mm, VS {mean['volumetric_similarity']:.4f}"
-        f" ({mean['missing']} missing from one side)"
+        f"mean over {mean['structures']} structure scores: Dice {mean['dice']:.4f}, {distances}, "
+        f"VS {mean['volumetric_similarity']:.4f} ({mean['missing']} missing from one side)"
     )
     if args.output:
         write_scores_csv(args.output, scores)
