@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from brainseg.inference.dense import _DenseBaseNet, predict_dense
+from brainseg.inference.dense import predict_dense
+from brainseg.inference.dense_network import DenseBaseNet
 from brainseg.inference.int8 import Int8Linear, Int8Report
 from brainseg.models.ganaye2018 import BaseNet
 from brainseg.sampling.patches import build_stack
@@ -37,12 +38,12 @@ def test_int8_linear_error_is_within_the_rounding_bound(rng):
 
 
 @pytest.fixture
-def net() -> _DenseBaseNet:
+def net() -> DenseBaseNet:
     torch.manual_seed(0)
     model = BaseNet(num_classes=9, branch_widths=(4, 8), mix_channels=8, fc_widths=(32, 16)).eval()
     with torch.no_grad():
         model.out.weight.mul_(20.0)  # logits a few units apart, so that margins vary
-    return _DenseBaseNet(model)
+    return DenseBaseNet(model)
 
 
 def _inputs(rng, n: int = 400) -> torch.Tensor:
@@ -103,20 +104,20 @@ def test_predict_dense_labels_int8_and_float32(rng, fc_widths):
     predict_dense(model, stack, mask, int8_margin=None, int8_report=report)
     assert report == Int8Report()  # float32 throughout: nothing labelled by the int8 head
     predict_dense(model, stack, mask, probabilities=True, int8_report=report)
-    assert report == Int8Report() and _DenseBaseNet(model, int8=False).int8 is None  # probabilities: float32
+    assert report == Int8Report() and DenseBaseNet(model, int8=False).int8 is None  # probabilities: float32
     assert not fast[~mask].any()
 
 
 def test_without_an_int8_product_labels_stay_float32(rng, monkeypatch):
-    import brainseg.inference.dense as dense
+    import brainseg.inference.dense_network as dense_network
 
-    assert dense.int8_available()  # torch 2.13 on x86-64 has it: the fast path is what the other tests test
-    monkeypatch.setattr(dense, "int8_available", lambda: False)
+    assert dense_network.int8_available()  # torch 2.13 on x86-64 has it: the fast path is what the other tests test
+    monkeypatch.setattr(dense_network, "int8_available", lambda: False)
     torch.manual_seed(2)
     model = BaseNet(num_classes=5, branch_widths=(4, 8), mix_channels=8, fc_widths=(16, 16)).eval()
     with torch.no_grad():
         model.out.weight.mul_(30.0)
-    assert dense._DenseBaseNet(model).int8 is None
+    assert dense_network.DenseBaseNet(model).int8 is None
     image = rng.standard_normal((5, 11, 9)).astype(np.float32)
     mask = rng.random(image.shape) < 0.7
     stack = build_stack(image, "axial", (1, 2, 3), background=-0.7)

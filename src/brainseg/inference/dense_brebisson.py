@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from brainseg.families.brebisson2015 import CUBE, HALF, BrebissonInputs
 from brainseg.features.centroids import RegionCentroids
+from brainseg.inference.dense_network import max_pool2_dilated
 from brainseg.inference.dense_priors import logit_bias_tensor
 from brainseg.inference.two_stage import TwoStageResult, iterate_centroids
 from brainseg.models.brebisson2015 import BrebissonNet, BrebissonTwoStage, PlanarPathway
@@ -60,13 +61,6 @@ __all__ = ["brebisson_probabilities", "predict_brebisson"]
 
 #: Block size of each 2-D pathway kind (the compressed patches' is the paper's 3).
 _SCALES = {"patch_2d": 1, "orthogonal": 1, "compressed": 3}
-
-
-def _max_pool2(x: torch.Tensor, dilation: int) -> torch.Tensor:
-    # 2 x 2 max pooling with stride 1 and the given dilation, as two pairwise maxima.
-    d = dilation
-    x = torch.maximum(x[..., :-d, :], x[..., d:, :])
-    return torch.maximum(x[..., :, :-d], x[..., :, d:])
 
 
 class _DenseNet:
@@ -163,8 +157,10 @@ class _DenseNet:
             if s > 1:  # block means in float64, as the patches take them: x_s[t] is centred at a0 - 14 s + t
                 x = F.avg_pool2d(x, s, stride=1)
             x = x.float().to(self.bias.device)
-            x = _max_pool2(torch.relu_(F.conv2d(x, path.first.weight, path.first.bias, dilation=s)), s)
-            x = _max_pool2(torch.relu_(F.conv2d(x, path.second.weight, path.second.bias, dilation=2 * s)), 2 * s)[0]
+            x = max_pool2_dilated(torch.relu_(F.conv2d(x, path.first.weight, path.first.bias, dilation=s)), s)
+            x = max_pool2_dilated(
+                torch.relu_(F.conv2d(x, path.second.weight, path.second.bias, dilation=2 * s)), 2 * s
+            )[0]
             c2, _, width = x.shape
             maps.append(x.permute(1, 2, 0).reshape(-1, c2))  # (A' B', c2): E at a0 - 14 s + t
             firsts.append(torch.from_numpy((ua - a0) * width + (ub - b0)))
