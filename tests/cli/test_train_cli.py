@@ -50,6 +50,24 @@ def test_train_writes_model_folder_and_resumes(tiny_setup, capsys):
     assert "Neuromorphometrics" not in card  # the MICCAI credit only for the MICCAI protocol
 
 
+def test_card_of_an_unfinished_run_says_so(tiny_setup):
+    """A run stopped before its last epoch (no training.json yet) gets a card with the epochs and minutes so far."""
+    from brainseg.training.model_card import write_model_card
+
+    out = tiny_setup.parent / "unfinished"
+    config = _with(tiny_setup, "two_epochs", epochs=2)
+    assert main(["train", str(config), "-o", str(out), "--no-progress", "--no-card"]) == 0
+    # the folder as a run stopped after its first epoch leaves it: one epoch of history, no training.json
+    (out / "training.json").unlink()
+    history = json.loads((out / "history.json").read_text())[:1]
+    (out / "history.json").write_text(json.dumps(history))
+    minutes = history[-1]["elapsed_s"] / 60
+    card = write_model_card(out).read_text()
+    assert "- 1 of 2 epochs (unfinished run" in card
+    assert f"- Training time: {minutes:.1f} min so far (history.json)" in card
+    assert "nan" not in card.split("## Validation")[0]
+
+
 def _with(config_path, name, **training_or_model):
     config = yaml.safe_load(config_path.read_text())
     for key, value in training_or_model.items():

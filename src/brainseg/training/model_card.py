@@ -153,7 +153,7 @@ def write_model_card(
         "",
         "## Training",
         f"- Parameters: {count_parameters(model.network):,} ({family_of(cfg).paper_parameters})",
-        f"- {training.get('epochs', tc.epochs)} epochs x {tc.samples_per_epoch:,} patches, batch {tc.batch_size}, "
+        f"- {_epochs_done(training, history, tc.epochs)} x {tc.samples_per_epoch:,} patches, batch {tc.batch_size}, "
         f"sampling '{tc.sampling}'"
         + (
             f"; stopped when validation mean Dice gained less than {tc.stop_min_gain:g} over {tc.stop_epochs} epochs"
@@ -173,7 +173,7 @@ def write_model_card(
         )
         + f", weight decay {tc.weight_decay}, dropout {cfg.dropout}, batch norm {cfg.batch_norm}, seed {tc.seed}",
         f"- Intensities: {model.normalization.method}",
-        f"- Training time: {training.get('elapsed_s', float('nan')) / 60:.1f} min on {training.get('machine', 'unknown')}",
+        f"- Training time: {_training_time(training, history)}",
     ]
     if model.prior is not None:
         lines.append(
@@ -255,6 +255,22 @@ def write_model_card(
 
 #: Sections of a model card written by people, carried over when the card is rewritten.
 HAND_WRITTEN_SECTIONS = ("## Known limitations", "## Lineage")
+
+
+def _epochs_done(training: dict, history: list[dict], epochs: int) -> str:
+    """``'E epochs'`` of a finished run (``training.json``), ``'N of E epochs (unfinished run)'`` otherwise."""
+    if training or not history:
+        return f"{training.get('epochs', epochs)} epochs"
+    return f"{history[-1]['epoch']} of {epochs} epochs (unfinished run: training.json is written at its end)"
+
+
+def _training_time(training: dict, history: list[dict]) -> str:
+    """Minutes and machine of a finished run; minutes so far from ``history.json`` for an unfinished one."""
+    if training:
+        return f"{training.get('elapsed_s', float('nan')) / 60:.1f} min on {training.get('machine', 'unknown')}"
+    if history and "elapsed_s" in history[-1]:
+        return f"{history[-1]['elapsed_s'] / 60:.1f} min so far (history.json)"
+    return "not recorded"
 
 
 def _hand_written_sections(card: Path) -> list[str]:
