@@ -48,6 +48,7 @@ def test_train_writes_model_folder_and_resumes(tiny_setup, capsys):
     card = (out / "model_card.md").read_text()
     assert "Validation cases (1): c" in card and "label table auto" in card
     assert "Neuromorphometrics" not in card  # the MICCAI credit only for the MICCAI protocol
+    assert "- 1 epoch x " in card and "unfinished" not in card and " min on " in card  # the first run's card
 
 
 def test_card_of_an_unfinished_run_says_so(tiny_setup):
@@ -63,7 +64,7 @@ def test_card_of_an_unfinished_run_says_so(tiny_setup):
     (out / "history.json").write_text(json.dumps(history))
     minutes = history[-1]["elapsed_s"] / 60
     card = write_model_card(out).read_text()
-    assert "- 1 of 2 epochs (unfinished run" in card
+    assert "- 1 of 2 epochs x " in card and "; an unfinished run (training.json is written at its end)" in card
     assert f"- Training time: {minutes:.1f} min so far (history.json)" in card
     assert "nan" not in card.split("## Validation")[0]
 

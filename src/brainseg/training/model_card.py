@@ -155,6 +155,7 @@ def write_model_card(
         f"- Parameters: {count_parameters(model.network):,} ({family_of(cfg).paper_parameters})",
         f"- {_epochs_done(training, history, tc.epochs)} x {tc.samples_per_epoch:,} patches, batch {tc.batch_size}, "
         f"sampling '{tc.sampling}'"
+        + ("; an unfinished run (training.json is written at its end)" if history and not training else "")
         + (
             f"; stopped when validation mean Dice gained less than {tc.stop_min_gain:g} over {tc.stop_epochs} epochs"
             if tc.stop_min_gain
@@ -258,10 +259,11 @@ HAND_WRITTEN_SECTIONS = ("## Known limitations", "## Lineage")
 
 
 def _epochs_done(training: dict, history: list[dict], epochs: int) -> str:
-    """``'E epochs'`` of a finished run (``training.json``), ``'N of E epochs (unfinished run)'`` otherwise."""
+    """``'E epochs'`` of a finished run (``training.json``), ``'N of E epochs'`` of an unfinished one."""
     if training or not history:
-        return f"{training.get('epochs', epochs)} epochs"
-    return f"{history[-1]['epoch']} of {epochs} epochs (unfinished run: training.json is written at its end)"
+        done = training.get("epochs", epochs)
+        return f"{done} epoch{'' if done == 1 else 's'}"
+    return f"{history[-1]['epoch']} of {epochs} epoch{'' if epochs == 1 else 's'}"
 
 
 def _training_time(training: dict, history: list[dict]) -> str:
