@@ -138,6 +138,7 @@ def write_model_card(
         by_structure[(s.label, s.name)].append(s)
     training = json.loads((model_dir / "training.json").read_text()) if (model_dir / "training.json").exists() else {}
     history = json.loads((model_dir / "history.json").read_text()) if (model_dir / "history.json").exists() else []
+    unfinished = bool(history) and not training  # stopped before its end, where training.json is written
     cfg, tc = model.config.model, model.config.training
     lines = [
         f"# Model card: {cfg.name} ({model_dir.name})",
@@ -153,9 +154,9 @@ def write_model_card(
         "",
         "## Training",
         f"- Parameters: {count_parameters(model.network):,} ({family_of(cfg).paper_parameters})",
-        f"- {_epochs_done(training, history, tc.epochs)} x {tc.samples_per_epoch:,} patches, batch {tc.batch_size}, "
-        f"sampling '{tc.sampling}'"
-        + ("; an unfinished run (training.json is written at its end)" if history and not training else "")
+        f"- {_epochs(history[-1]['epoch'], tc.epochs) if unfinished else _epochs(training.get('epochs', tc.epochs))}"
+        f" x {tc.samples_per_epoch:,} patches, batch {tc.batch_size}, sampling '{tc.sampling}'"
+        + ("; an unfinished run (training.json is written at its end)" if unfinished else "")
         + (
             f"; stopped when validation mean Dice gained less than {tc.stop_min_gain:g} over {tc.stop_epochs} epochs"
             if tc.stop_min_gain
@@ -174,7 +175,12 @@ def write_model_card(
         )
         + f", weight decay {tc.weight_decay}, dropout {cfg.dropout}, batch norm {cfg.batch_norm}, seed {tc.seed}",
         f"- Intensities: {model.normalization.method}",
-        f"- Training time: {_training_time(training, history)}",
+        "- Training time: "
+        + (
+            f"{history[-1]['elapsed_s'] / 60:.1f} min so far (history.json)"
+            if unfinished
+            else f"{training.get('elapsed_s', float('nan')) / 60:.1f} min on {training.get('machine', 'unknown')}"
+        ),
     ]
     if model.prior is not None:
         lines.append(
@@ -258,21 +264,10 @@ def write_model_card(
 HAND_WRITTEN_SECTIONS = ("## Known limitations", "## Lineage")
 
 
-def _epochs_done(training: dict, history: list[dict], epochs: int) -> str:
-    """``'E epochs'`` of a finished run (``training.json``), ``'N of E epochs'`` of an unfinished one."""
-    if training or not history:
-        done = training.get("epochs", epochs)
-        return f"{done} epoch{'' if done == 1 else 's'}"
-    return f"{history[-1]['epoch']} of {epochs} epoch{'' if epochs == 1 else 's'}"
-
-
-def _training_time(training: dict, history: list[dict]) -> str:
-    """Minutes and machine of a finished run; minutes so far from ``history.json`` for an unfinished one."""
-    if training:
-        return f"{training.get('elapsed_s', float('nan')) / 60:.1f} min on {training.get('machine', 'unknown')}"
-    if history and "elapsed_s" in history[-1]:
-        return f"{history[-1]['elapsed_s'] / 60:.1f} min so far (history.json)"
-    return "not recorded"
+def _epochs(done: int, of: int | None = None) -> str:
+    """``'1 epoch'``, ``'8 epochs'``, or with ``of``: ``'46 of 150 epochs'``."""
+    total = done if of is None else of
+    return f"{done}{'' if of is None else f' of {of}'} epoch{'' if total == 1 else 's'}"
 
 
 def _hand_written_sections(card: Path) -> list[str]:
