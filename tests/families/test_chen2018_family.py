@@ -216,6 +216,31 @@ def test_loss_routes_each_planes_slices_to_its_network():
     torch.testing.assert_close(shared(slices, plane), shared.nets["shared"](slices))
 
 
+def test_loss_puts_the_network_in_channels_last_with_the_same_loss_and_gradients():
+    import copy
+
+    views = _views(shared=True).train()
+    default = copy.deepcopy(views)
+    rng = np.random.default_rng(1)
+    slices = torch.from_numpy(rng.standard_normal((4, 1, 16, 12)).astype(np.float32))  # non-square
+    targets = torch.from_numpy(rng.integers(-1, 3, size=(4, 16, 12)))
+    batch = {"slices": slices, "plane": torch.tensor([0, 1, 2, 2])}
+    loss = CHEN2018.loss(views, batch, targets, TrainingConfig())
+    loss.backward()
+    kernels = [p for p in views.parameters() if p.dim() == 4]
+    assert kernels and all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
+    assert all(p.is_contiguous() for p in default.parameters())  # a 3x3 or 5x5 kernel is not both
+    expected = F.cross_entropy(default.nets["shared"](slices), targets, ignore_index=-1)
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    for (name, p), q in zip(views.named_parameters(), default.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+    # a second call leaves the same parameter objects (the optimiser holds them) in the same format
+    before = [id(p) for p in views.parameters()]
+    CHEN2018.loss(views, batch, targets, TrainingConfig())
+    assert [id(p) for p in views.parameters()] == before
+
+
 # -- multi-view inference -------------------------------------------------------------------------
 
 

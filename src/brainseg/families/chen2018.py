@@ -332,8 +332,15 @@ class MixNetFamily(Family):
     def loss(
         self, network: nn.Module, batch: dict[str, torch.Tensor], targets: torch.Tensor, tc: TrainingConfig
     ) -> torch.Tensor:
-        """Cross-entropy over the labelled pixels (targets -1 ignored), each slice through its plane's network."""
-        logits = network(batch["slices"], batch["plane"])
+        """Cross-entropy over the labelled pixels (targets -1 ignored), each slice through its plane's network.
+
+        The network and the slices are put in channels-last format (the network once: ``Module.to`` leaves
+        tensors already in it unchanged). Same loss; on this project's 2-core AVX-512 CPU one bfloat16 step
+        of 8 crops of 128² with 135 classes took 1.65 s instead of 2.06 s (``benchmarks/bench_mixnet_step.py``).
+        """
+        network.to(memory_format=torch.channels_last)
+        slices = batch["slices"].contiguous(memory_format=torch.channels_last)
+        logits = network(slices, batch["plane"])
         total = F.cross_entropy(logits, targets, ignore_index=-1, reduction="sum")
         return total / (targets >= 0).sum().clamp(min=1)
 
