@@ -1,9 +1,13 @@
-"""Exceptions that mean "the user's input is wrong", reported by the CLI in one line."""
+"""Exceptions the CLI reports in one line: bad user input (exit status 2) and a diverged training run (1)."""
 
 from __future__ import annotations
 
-__all__ = ["InputError"]
+__all__ = ["InputError", "TrainingDiverged"]
 
 
 class InputError(ValueError):
     """Bad user input (file, image or argument): the message says what, where and what to do."""
+
+
+class TrainingDiverged(RuntimeError):
+    """A training step's loss was not finite; the run stopped before writing that epoch's checkpoint."""

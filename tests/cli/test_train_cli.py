@@ -299,3 +299,66 @@ def test_bfloat16_precision_runs_each_step_under_autocast_and_keeps_float32_weig
     assert all(dtype == torch.bfloat16 for _, dtype in seen[steps:])
     history = json.loads((tiny_setup.parent / "bfloat16" / "history.json").read_text())
     assert np.isfinite(history[0]["loss"])
+
+
+class _NaNGradient(torch.autograd.Function):
+    """Zero forward, NaN gradient backward: a finite loss whose step makes the weights NaN."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return x.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.new_full(ctx.shape, float("nan"))
+
+
+@pytest.mark.parametrize("poison", ["loss", "weights"])
+def test_a_diverged_run_stops_in_one_line_and_keeps_the_last_finite_checkpoint(tiny_setup, monkeypatch, capsys, poison):
+    """A NaN loss, or NaN weights after an epoch's last step with a finite loss (NaN gradients), stop the run
+    before that epoch's checkpoint: exit status 1, one line, and ``--resume`` continues from the kept epoch."""
+    from brainseg.families.ganaye2018 import GanayeFamily
+
+    out = tiny_setup.parent / poison
+    config = _with(tiny_setup, f"diverge_{poison}", epochs=3, validate_every=0)
+    assert main(["train", str(config), "-o", str(out), "--no-progress", "--no-card", "--epochs", "1"]) == 0
+    kept = load_checkpoint(out / "checkpoint.pt")
+    loss, steps = GanayeFamily.loss, []
+
+    def nan_in_epoch_2(self, network, batch, targets, tc):
+        steps.append(1)
+        value = loss(self, network, batch, targets, tc)
+        if poison == "loss" and len(steps) == 3:
+            return value * float("nan")
+        if poison == "weights" and len(steps) == 512 // 64:  # the epoch's last step: finite loss, NaN gradients
+            return value + _NaNGradient.apply(next(network.parameters()))
+        return value
+
+    monkeypatch.setattr(GanayeFamily, "loss", nan_in_epoch_2)
+    capsys.readouterr()
+    assert main(["train", str(config), "-o", str(out), "--resume", "--no-progress", "--no-card"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    where = "epoch 2, step 3: the loss is nan" if poison == "loss" else "epoch 2: the weights are not finite"
+    assert where in err[0] and "the checkpoint of epoch 1" in err[0] and "--resume" in err[0]
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["epoch"] == 1
+    for name, value in state["network"].items():
+        torch.testing.assert_close(value, kept["network"][name], msg=name)
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1]
+    monkeypatch.setattr(GanayeFamily, "loss", loss)
+    assert main(["train", str(config), "-o", str(out), "--resume", "--no-progress", "--no-card"]) == 0
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2, 3]
+
+
+def test_a_run_diverging_in_its_first_epoch_says_no_checkpoint_was_written(tiny_setup, monkeypatch, capsys):
+    from brainseg.families.ganaye2018 import GanayeFamily
+
+    loss = GanayeFamily.loss
+    monkeypatch.setattr(GanayeFamily, "loss", lambda *a: loss(*a) * float("inf"))
+    out = tiny_setup.parent / "first"
+    assert main(["train", str(tiny_setup), "-o", str(out), "--no-progress", "--no-card"]) == 1
+    err = capsys.readouterr().err
+    assert "epoch 1, step 1: the loss is inf" in err and "no checkpoint was written" in err
+    assert not (out / "checkpoint.pt").exists()

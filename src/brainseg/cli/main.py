@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from brainseg import __version__
 from brainseg.cli import ablation, atlas, calibrate, evaluate, info, labels, manifest, segment, train, tune_crf
-from brainseg.errors import InputError
+from brainseg.errors import InputError, TrainingDiverged
 
 __all__ = ["main"]
 
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 bad input)."""
+    """Run the command line; returns the exit status (0 ok, 1 training diverged, 2 bad input)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
@@ -49,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as err:
         print(f"brainseg {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except TrainingDiverged as err:
+        print(f"brainseg {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("brainseg: interrupted", file=sys.stderr)
         return 130

@@ -334,13 +334,12 @@ class MixNetFamily(Family):
     ) -> torch.Tensor:
         """Cross-entropy over the labelled pixels (targets -1 ignored), each slice through its plane's network.
 
-        The network and the slices are put in channels-last format (the network once: ``Module.to`` leaves
-        tensors already in it unchanged). Same loss; on this project's 2-core AVX-512 CPU one bfloat16 step
-        of 8 crops of 128² with 135 classes took 1.65 s instead of 2.06 s (``benchmarks/bench_mixnet_step.py``).
+        In PyTorch's default memory format: channels-last steps are faster here (1.7 s against 2.1 s for 8 crops
+        of 128² with 135 classes on 2 threads) but under bfloat16 autocast torch 2.13's CPU kernels give NaN
+        weight gradients for the dilated convolutions of dilation 4 and 8 (``benchmarks/bench_mixnet_step.py``
+        checks every way's gradients; a run that used them turned NaN in its 4th epoch).
         """
-        network.to(memory_format=torch.channels_last)
-        slices = batch["slices"].contiguous(memory_format=torch.channels_last)
-        logits = network(slices, batch["plane"])
+        logits = network(batch["slices"], batch["plane"])
         total = F.cross_entropy(logits, targets, ignore_index=-1, reduction="sum")
         return total / (targets >= 0).sum().clamp(min=1)
 

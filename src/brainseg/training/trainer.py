@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from brainseg.config import Config, save_config
-from brainseg.errors import InputError
+from brainseg.errors import InputError, TrainingDiverged
 from brainseg.families import Family, family_of
 from brainseg.inference.bfloat16 import bfloat16_available
 from brainseg.io.atomic import atomic_write_text
@@ -87,6 +87,15 @@ def validate(
     }
 
 
+def _diverged(what: str, epoch: int, output: Path) -> TrainingDiverged:
+    """The one-line error of a run whose loss or weights stopped being finite during ``epoch`` (0-based)."""
+    kept = f"the checkpoint of epoch {epoch} in {output} is kept" if epoch else "no checkpoint was written"
+    return TrainingDiverged(
+        f"{what}; stopped before writing this epoch ({kept}); lower training.learning_rate or set "
+        "training.precision: float32, then train again (--resume from a kept checkpoint)"
+    )
+
+
 def train(
     config: Config,
     output: str | Path,
@@ -127,6 +136,9 @@ def train(
     InputError
         If the output folder already holds a run and ``resume`` is False, if
         there is no checkpoint to resume, or if the data are unusable.
+    TrainingDiverged
+        If a step's loss is NaN or infinite: raised before the step's update and before that epoch's
+        checkpoint, so ``checkpoint.pt`` and ``history.json`` keep the last finite epoch.
     """
     output = Path(output)
     tc = config.training
@@ -239,6 +251,12 @@ def train(
                     targets = targets.to(on, non_blocking=True)
                 with torch.autocast(on.type, dtype=torch.bfloat16, enabled=tc.precision == "bfloat16"):
                     loss = family.loss(network, batch, targets, tc)
+                if not torch.isfinite(loss.detach()):
+                    raise _diverged(
+                        f"epoch {epoch + 1}, step {len(losses) + 1}: the loss is {float(loss.detach()):g}",
+                        epoch,
+                        output,
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -248,6 +266,8 @@ def train(
             record = {"epoch": epoch + 1, "lr": lr, "loss": float(np.mean(losses)), "train_s": time.time() - t0}
             last = epoch + 1 == tc.epochs
             network.to("cpu")
+            if not all(bool(torch.isfinite(p).all()) for p in network.parameters()):  # NaN gradients, finite loss
+                raise _diverged(f"epoch {epoch + 1}: the weights are not finite after its last step", epoch, output)
             if val_cases and tc.validate_every and ((epoch + 1) % tc.validate_every == 0 or last):
                 t1 = time.time()
                 scores = validate(network, val_cases, config.model.num_classes, family, progress=progress)
