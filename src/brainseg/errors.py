@@ -10,4 +10,4 @@ class InputError(ValueError):
 
 
 class TrainingDiverged(RuntimeError):
-    """A training step's loss was not finite; the run stopped before writing that epoch's checkpoint."""
+    """A step's loss, or an epoch's weights, were not finite; the run stopped before that epoch's checkpoint."""

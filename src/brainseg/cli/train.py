@@ -12,7 +12,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a model from a YAML config",
         description="Train a model on the cases of a manifest and write a model folder "
-        "(config.yaml, labels.tsv, normalization.json, weights.safetensors, model_card.md).",
+        "(config.yaml, labels.tsv, normalization.json, weights.safetensors, model_card.md). Exit status: 0 done, "
+        "1 the loss or weights stopped being finite (the last finite epoch's checkpoint is kept), 2 bad input.",
     )
     p.add_argument("config", type=Path, help="YAML config with model: and training: sections")
     p.add_argument("-o", "--output", type=Path, required=True, help="model folder to write")

@@ -137,7 +137,8 @@ def train(
         If the output folder already holds a run and ``resume`` is False, if
         there is no checkpoint to resume, or if the data are unusable.
     TrainingDiverged
-        If a step's loss is NaN or infinite: raised before the step's update and before that epoch's
+        If a step's loss is NaN or infinite (raised before that step's update), or the weights are not
+        finite after an epoch's last step (NaN gradients behind a finite loss): raised before that epoch's
         checkpoint, so ``checkpoint.pt`` and ``history.json`` keep the last finite epoch.
     """
     output = Path(output)
