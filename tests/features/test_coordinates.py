@@ -10,12 +10,9 @@ import pytest
 from scipy import ndimage
 
 from brainseg.features import coordinates
-from brainseg.features.coordinates import (
-    cartesian_coordinates,
-    deepnat_coordinates,
-    laplacian,
-    spectral_coordinates,
-)
+from brainseg.features import laplacian as laplacian_module
+from brainseg.features.coordinates import cartesian_coordinates, deepnat_coordinates, spectral_coordinates
+from brainseg.features.laplacian import block_mask
 
 MICCAI = Path(__file__).resolve().parents[3] / "shared" / "data" / "miccai2012"
 
@@ -46,35 +43,6 @@ def oblique_affine() -> np.ndarray:
     affine[:3, :3] = rotation @ np.diag([1.0, 1.2, 1.5])
     affine[:3, 3] = [-20.0, 35.0, 4.0]
     return affine
-
-
-# --- Laplacian (Eq. 4) --------------------------------------------------------------------------------------------
-
-
-def test_laplacian_of_a_2x2x1_square_by_hand():
-    # voxels (0,0), (0,1), (1,0), (1,1) in C order: each has two face neighbours, the diagonal pairs none
-    lap = laplacian(np.ones((2, 2, 1), bool))
-    assert lap.format == "csr" and lap.shape == (4, 4)
-    np.testing.assert_array_equal(lap.toarray(), [[2, -1, -1, 0], [-1, 2, 0, -1], [-1, 0, 2, -1], [0, -1, -1, 2]])
-
-
-def test_laplacian_of_a_path_and_a_ring():
-    line = np.zeros((1, 5, 1), bool)
-    line[0, 1:4, 0] = True  # three voxels in a row, along the middle axis
-    np.testing.assert_array_equal(laplacian(line).toarray(), [[1, -1, 0], [-1, 2, -1], [0, -1, 1]])
-    ring = np.ones((3, 3, 1), bool)
-    ring[1, 1, 0] = False  # 8 voxels around a hole: every voxel has exactly two neighbours
-    lap = laplacian(ring)
-    np.testing.assert_array_equal(lap.diagonal(), np.full(8, 2.0))
-    assert lap.nnz == 8 + 16
-
-
-def test_laplacian_invariants(brain_like):
-    lap = laplacian(brain_like)
-    assert lap.shape == (brain_like.sum(),) * 2
-    assert abs(lap - lap.T).max() == 0
-    np.testing.assert_allclose(lap @ np.ones(lap.shape[0]), 0.0)  # the constant is in the kernel
-    assert set(np.unique(lap.data)) <= {-1.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0}
 
 
 # --- spectral coordinates on boxes: analytic cosines ----------------------------------------------------------------
@@ -206,7 +174,7 @@ def test_coarse_grid_makes_the_result_nearly_independent_of_the_voxel_size():
     aniso_affine, iso_affine = np.diag([0.5, 1.0, 2.0, 1.0]), np.eye(4)
     aniso = _ellipsoid((72, 30, 13), centre / [0.5, 1.0, 2.0], radii / [0.5, 1.0, 2.0])
     iso = _ellipsoid((36, 30, 26), centre, radii)
-    assert coordinates._block_mask(aniso, (4, 2, 1)).shape == (18, 15, 13)
+    assert block_mask(aniso, (4, 2, 1)).shape == (18, 15, 13)
     c_aniso = spectral_coordinates(aniso, aniso_affine, grid_mm=2.0)
     c_iso = spectral_coordinates(iso, iso_affine, grid_mm=2.0)
     sampled, inside = _sample(c_aniso, aniso_affine, np.argwhere(iso).astype(float))
@@ -214,24 +182,6 @@ def test_coarse_grid_makes_the_result_nearly_independent_of_the_voxel_size():
     assert inside.mean() > 0.9
     for k in range(3):
         assert _corr(c_iso[k][iso][inside], sampled[k][inside]) > 0.95
-
-
-def test_block_mask_by_hand():
-    mask = np.zeros((4, 2, 3), bool)
-    mask[0:2, :, 0] = True  # 4 voxels (axis 2, of 3 voxels, is zero-padded to 4)
-    mask[2, 0, 2] = True  # a quarter of a block
-    coarse = coordinates._block_mask(mask, (2, 2, 2))
-    assert coarse.shape == (2, 1, 2)
-    # block (0, 0, 0) holds 4 of 8 voxels (half: brain); block (1, 0, 1) holds 1 of 8 (padded) voxels
-    np.testing.assert_array_equal(coarse, [[[True, False]], [[False, False]]])
-
-
-def test_interpolation_rule_hits_coarse_centres():
-    # with factor 2, fine voxels 2I and 2I+1 straddle coarse centre I at fine index 2I + 0.5
-    coarse = np.arange(4.0).reshape(1, 4, 1, 1) * np.ones((1, 4, 1, 1))
-    fine = np.stack([np.arange(8), np.zeros(8), np.zeros(8)], axis=1)
-    values = coordinates._interpolate(coarse, fine, (2, 1, 1))[:, 0]
-    np.testing.assert_allclose(values, [0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3])
 
 
 @pytest.mark.parametrize("grid_mm", [None, 2.0])
@@ -260,7 +210,7 @@ def test_seed_changes_nothing_beyond_the_solver_tolerance(brain_like, oblique_af
 def test_cascade_start_gives_the_same_solution(brain_like, monkeypatch):
     # Solves above _CASCADE_MIN_NODES start from the solution on a grid twice as coarse.
     direct = spectral_coordinates(brain_like, np.eye(4), grid_mm=None)
-    monkeypatch.setattr(coordinates, "_CASCADE_MIN_NODES", 5_000)
+    monkeypatch.setattr(laplacian_module, "_CASCADE_MIN_NODES", 5_000)
     cascaded = spectral_coordinates(brain_like, np.eye(4), grid_mm=None)
     np.testing.assert_allclose(cascaded, direct, atol=0.02)
 
