@@ -49,6 +49,7 @@ def test_train_writes_model_folder_and_resumes(tiny_setup, capsys):
     assert "Validation cases (1): c" in card and "label table auto" in card
     assert "Neuromorphometrics" not in card  # the MICCAI credit only for the MICCAI protocol
     assert "- 1 epoch x " in card and "unfinished" not in card and " min on " in card  # the first run's card
+    assert " patches, batch " in card  # a patch family's epochs count patches
 
 
 def test_card_of_an_unfinished_run_says_so(tiny_setup):

@@ -323,6 +323,7 @@ def test_mixnet_trains_segments_evaluates_and_is_described(tmp_path, tiny_manife
     assert isinstance(model.network, MixNetViews) and sorted(model.network.nets) == sorted(PLANES)
     card = (model_dir / "model_card.md").read_text()
     assert "Chen and Merhof (2018) MixNetv2, 3 views (sagittal, coronal, axial) fused 1:1:1" in card
+    assert " slice crops, batch " in card and " patches, batch " not in card  # what an epoch counts
 
     image = tmp_path / "data" / "c_SS.nii.gz"
     assert main(["segment", str(image), "-o", str(tmp_path / "seg"), "--model", str(model_dir), "--no-progress"]) == 0

@@ -79,6 +79,8 @@ class Family(ABC):
         Short citation for model cards (``'Ganaye et al. (2018)'``).
     paper_parameters : str
         The paper's parameter count, for model cards and ``info`` (``"paper's BaseNet: 1,249,415"``).
+    training_examples : str
+        What one of ``training.samples_per_epoch`` is, plural, for model cards (``'patches'``, ``'slice crops'``).
     paper_results : dict of str to tuple
         The paper's ablation figures by row label (:meth:`row_label`): mean Dice, mean Hausdorff
         distance (mm), mean surface distance (mm), parameters; None where the paper has none.
@@ -90,6 +92,7 @@ class Family(ABC):
     name: str = ""
     paper: str = ""
     paper_parameters: str = ""
+    training_examples: str = "patches"
     paper_results: dict[str, tuple[float | None, float | None, float | None, int | None]] = {}
     paper_error_rates: dict[str, float] = {}
 

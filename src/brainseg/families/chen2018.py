@@ -239,6 +239,7 @@ class MixNetFamily(Family):
 
     name = "chen2018"
     paper = "Chen and Merhof (2018)"
+    training_examples = "slice crops"
     paper_parameters = "the paper gives none; per network for T1, T1-IR, FLAIR and 11 classes: " + ", ".join(
         f"v{v} {PARAMETER_COUNTS[(v, 3)]:,}" for v in (1, 2, 3)
     )

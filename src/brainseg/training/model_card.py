@@ -155,7 +155,7 @@ def write_model_card(
         "## Training",
         f"- Parameters: {count_parameters(model.network):,} ({family_of(cfg).paper_parameters})",
         f"- {_epochs(history[-1]['epoch'], tc.epochs) if unfinished else _epochs(training.get('epochs', tc.epochs))}"
-        f" x {tc.samples_per_epoch:,} patches, batch {tc.batch_size}, sampling '{tc.sampling}'"
+        f" x {tc.samples_per_epoch:,} {family_of(cfg).training_examples}, batch {tc.batch_size}, sampling '{tc.sampling}'"
         + ("; an unfinished run (training.json is written at its end)" if unfinished else "")
         + (
             f"; stopped when validation mean Dice gained less than {tc.stop_min_gain:g} over {tc.stop_epochs} epochs"
