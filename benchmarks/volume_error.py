@@ -8,15 +8,17 @@ predicted and reference voxel counts) and prints, over the structures scored in 
   mean over the cases: a model that predicts each structure at its usual size, whatever the subject,
   makes exactly these errors;
 - the median slope of log(predicted volume) on log(manual volume) within a structure across cases
-  (1: the prediction follows the subject; 0: it is the same volume for everyone).
+  (1: the prediction follows the subject; 0: it is the same volume for everyone);
+- how many structures, their volumes summed over the cases, lie within 0.8-1.25x the manual volume,
+  and the structures furthest from it either way.
 
 Usage: python benchmarks/volume_error.py [MODEL_DIR]   (default: the shipped default model)
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from brainseg.model_folder import default_model_dir
 
 def main(model_dir: Path) -> None:
     with open(model_dir / "validation.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r["case_id"] != "mean"]
+        rows = [r for r in csv.DictReader(f) if r["case_id"] != "mean" and r["name"] != "all"]
     volumes: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for r in rows:
         predicted, reference = float(r["prediction_voxels"]), float(r["reference_voxels"])
@@ -53,7 +55,22 @@ def main(model_dir: Path) -> None:
     print("  volume is below that structure's geometric mean over the cases")
     print(f"less than 0.8x: {small}; {small_above} of them where the manual volume is above it")
     print(f"median slope of log predicted on log manual volume within a structure: {np.median(slopes):.2f}")
+    summed: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for r in rows:
+        summed[r["name"]][0] += float(r["prediction_voxels"])
+        summed[r["name"]][1] += float(r["reference_voxels"])
+    ratios = {name: p / m for name, (p, m) in summed.items() if m > 0}
+    within = sum(0.8 <= q <= 1.25 for q in ratios.values())
+    ordered = sorted(ratios, key=ratios.get)
+    print(f"summed over the cases: {within} of {len(ratios)} structures within 0.8-1.25x their manual volume")
+    print("  smallest ratios: " + ", ".join(f"{n} {ratios[n]:.2f}x" for n in ordered[:4]))
+    print("  largest ratios: " + ", ".join(f"{n} {ratios[n]:.2f}x" for n in ordered[::-1][:4]))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else default_model_dir())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "model_dir", nargs="?", type=Path, help="a model folder with validation.csv (default: the shipped default)"
+    )
+    args = parser.parse_args()
+    main(args.model_dir or default_model_dir())
