@@ -31,10 +31,13 @@ def main(model_dir: Path) -> None:
     with open(model_dir / "validation.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["case_id"] != "mean" and r["name"] != "all"]
     volumes: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    summed: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # predicted, manual over all cases
     for r in rows:
         predicted, reference = float(r["prediction_voxels"]), float(r["reference_voxels"])
         if reference > 0 and predicted > 0:
             volumes[r["name"]].append((predicted, reference))
+        summed[r["name"]][0] += predicted
+        summed[r["name"]][1] += reference
     cases = max(len(v) for v in volumes.values())
     large = large_below = small = small_above = 0
     slopes = []
@@ -55,10 +58,6 @@ def main(model_dir: Path) -> None:
     print("  volume is below that structure's geometric mean over the cases")
     print(f"less than 0.8x: {small}; {small_above} of them where the manual volume is above it")
     print(f"median slope of log predicted on log manual volume within a structure: {np.median(slopes):.2f}")
-    summed: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for r in rows:
-        summed[r["name"]][0] += float(r["prediction_voxels"])
-        summed[r["name"]][1] += float(r["reference_voxels"])
     ratios = {name: p / m for name, (p, m) in summed.items() if m > 0}
     within = sum(0.8 <= q <= 1.25 for q in ratios.values())
     ordered = sorted(ratios, key=ratios.get)

@@ -173,14 +173,15 @@ def spectral_coordinates(
         raise ValueError(f"grid_mm must be positive or None, got {grid_mm}")
     rng = np.random.default_rng(seed)
     spacing = np.asarray(voxel_spacing(affine))
+    indices = np.argwhere(mask)
     if grid_mm is None:
         values = eigenvector_images(mask, spacing, rng, bounded_to=mask)[:3, mask].T
     else:
         factors = tuple(max(1, round(grid_mm / s)) for s in spacing)
         coarse = block_mask(mask, factors)
         extended = eigenvector_images(coarse, spacing * factors, rng)[:3]
-        values = coarse_to_fine(extended, np.argwhere(mask), factors)
-    values = _orient(values, _world_mm(np.argwhere(mask), affine))
+        values = coarse_to_fine(extended, indices, factors)
+    values = _orient(values, _world_mm(indices, affine))
     values /= np.abs(values).max(axis=0)
     out = np.zeros((3, *mask.shape), dtype=np.float32)
     out[:, mask] = values.T

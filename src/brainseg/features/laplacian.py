@@ -216,8 +216,8 @@ def _eigenvectors(component: np.ndarray, spacing: np.ndarray, rng: np.random.Gen
     if n <= _DENSE_MAX_NODES:
         return eigh(lap.toarray())[1][:, 1 : 1 + _BLOCK]
     if n > _CASCADE_MIN_NODES:
-        coarse = largest_component(block_mask(component, (2, 2, 2)))
-        start = coarse_to_fine(eigenvector_images(coarse, 2 * spacing, rng), np.argwhere(component), (2, 2, 2))
+        coarse = eigenvector_images(block_mask(component, (2, 2, 2)), 2 * spacing, rng)  # its largest component's
+        start = coarse_to_fine(coarse, np.argwhere(component), (2, 2, 2))
     else:
         start = rng.standard_normal((n, _BLOCK))
     start = start / np.maximum(np.linalg.norm(start, axis=0), 1e-300)
