@@ -14,7 +14,27 @@ __all__ = ["segment", "__version__"]
 
 
 def segment(*args: Any, **kwargs: Any) -> Any:
-    """Segment image files; see :func:`brainseg.inference.segment.segment`."""
+    """Segment image files; see :func:`brainseg.inference.segment.segment`.
+
+    Parameters
+    ----------
+    *args : Any
+        Its positional arguments: ``images`` (image files, glob patterns, manifest ``.csv`` or ``.txt``
+        lists) and ``output_dir``.
+    **kwargs : Any
+        Its keyword arguments (``model``, ``probabilities``, ``skull_strip``, ``overwrite``, ...).
+
+    Returns
+    -------
+    list of brainseg.inference.batch.CaseResult
+        One per input, in order.
+
+    Raises
+    ------
+    InputError
+        As :func:`brainseg.inference.segment.segment`: on bad arguments, an unusable model or output
+        folder, and on a failed case when not ``keep_going`` (by default, a single input).
+    """
     from brainseg.inference.segment import segment as _segment
 
     return _segment(*args, **kwargs)

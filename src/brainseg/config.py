@@ -173,6 +173,17 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         """Refuse schedule and precision settings the trainer cannot take, naming the setting."""
+        for name, least in (
+            ("epochs", 1),
+            ("samples_per_epoch", 1),
+            ("batch_size", 1),
+            ("stop_epochs", 1),
+            ("validate_every", 0),
+            ("num_threads", 0),
+        ):  # 0: never validate; torch's default
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise InputError(f"{name} must be a whole number >= {least}, got {value!r}")
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if not isinstance(self.nesterov, bool):
@@ -196,6 +207,15 @@ class Config:
     A config's ``crf:`` section (optional) is read into
     :class:`~brainseg.postprocessing.dense_crf.CRFParameters`; a model folder carries it, and
     ``brainseg segment --crf`` uses it unless ``--crf-param`` overrides a value.
+
+    Attributes
+    ----------
+    model : AnyModelConfig
+        The ``model:`` section, in the dataclass of its family (:func:`model_config_class`).
+    training : TrainingConfig
+        The ``training:`` section.
+    crf : CRFParameters
+        The ``crf:`` section.
     """
 
     model: AnyModelConfig = field(default_factory=ModelConfig)
@@ -284,6 +304,12 @@ def load_config(
         The file is a model folder's ``config.yaml``: an unknown setting is
         reported as coming from a newer brainseg.
 
+    Returns
+    -------
+    Config
+        Settings the files leave out take their defaults; relative paths of :data:`PATH_SETTINGS` are
+        made absolute (relative to the file naming them).
+
     Raises
     ------
     InputError
@@ -317,6 +343,11 @@ def config_from_dict(sections: dict[str, Any], where: str = "config") -> Config:
     where : str
         Named in error messages (a file, a record).
 
+    Returns
+    -------
+    Config
+        The settings, with defaults for those left out.
+
     Raises
     ------
     InputError
@@ -344,6 +375,11 @@ def model_config_class(name: Any) -> type:
         :class:`ModelConfig` default. Names not in :data:`MODEL_CONFIGS` are
         read as :class:`ModelConfig` (a family registered elsewhere).
 
+    Returns
+    -------
+    type
+        :class:`ModelConfig`, :class:`DeepNATConfig`, :class:`BrebissonConfig` or :class:`MixNetConfig`.
+
     Examples
     --------
     >>> model_config_class("deepnat").__name__, model_config_class(None).__name__
@@ -353,7 +389,19 @@ def model_config_class(name: Any) -> type:
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
-    """Plain-type dictionary of a config (tuples as lists) for YAML."""
+    """Plain-type dictionary of a config (tuples as lists) for YAML.
+
+    Parameters
+    ----------
+    config : Config
+        The config.
+
+    Returns
+    -------
+    dict of str to dict
+        ``{'model': {...}, 'training': {...}, 'crf': {...}}``, every setting by name, which
+        :func:`config_from_dict` reads back.
+    """
 
     def plain(obj: Any) -> Any:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(obj).items()}
@@ -362,6 +410,19 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    """Write a config as YAML (atomically), with the current :data:`FORMAT_VERSION`."""
+    """Write a config as YAML (atomically), with the current :data:`FORMAT_VERSION`.
+
+    Parameters
+    ----------
+    config : Config
+        The config.
+    path : str or Path
+        The YAML file to write (missing parent folders are created).
+
+    Raises
+    ------
+    OSError
+        If the file cannot be written (:func:`brainseg.io.atomic.atomic_write_text`).
+    """
     text = yaml.safe_dump({"format_version": FORMAT_VERSION, **config_to_dict(config)}, sort_keys=False)
     atomic_write_text(path, text)

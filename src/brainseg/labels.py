@@ -90,7 +90,18 @@ class LabelTable:
         return len(self.labels)
 
     def sources(self, c: int) -> tuple[int, ...]:
-        """Every label number a reference label map may hold for class ``c`` (its own first)."""
+        """Every label number a reference label map may hold for class ``c`` (its own first).
+
+        Parameters
+        ----------
+        c : int
+            A class index, ``0 .. num_classes - 1``.
+
+        Returns
+        -------
+        tuple of int
+            ``labels[c]``, then the label numbers merged into class ``c``.
+        """
         return (self.labels[c], *(self.merged[c] if self.merged else ()))
 
     @classmethod
@@ -99,11 +110,22 @@ class LabelTable:
 
         Other columns (``voxels``, ``cases`` written by ``brainseg labels``) are ignored.
 
+        Parameters
+        ----------
+        path : str or Path
+            The TSV (e.g. a model folder's ``labels.tsv``).
+
+        Returns
+        -------
+        LabelTable
+            One class per row.
+
         Raises
         ------
         InputError
             If the file is missing, columns are missing, class indices are not
-            ``0 .. C-1`` in order, or a number or colour does not parse.
+            ``0 .. C-1`` in order, a number or colour does not parse, or the rows do not make a valid
+            table (class 0 not background, a label number repeated or negative).
         """
         path = Path(path)
         if not path.is_file():
@@ -132,12 +154,33 @@ class LabelTable:
 
         Label numbers the challenge ignored are not classes; :meth:`to_classes`
         maps them to background.
+
+        Returns
+        -------
+        LabelTable
+            The shipped ``miccai2012`` table.
         """
         return cls.shipped("miccai2012")
 
     @classmethod
     def shipped(cls, name: str) -> LabelTable:
-        """A table shipped inside the package (:data:`SHIPPED_TABLES`)."""
+        """A table shipped inside the package (:data:`SHIPPED_TABLES`).
+
+        Parameters
+        ----------
+        name : str
+            A key of :data:`SHIPPED_TABLES` (``'miccai2012'``).
+
+        Returns
+        -------
+        LabelTable
+            The table.
+
+        Raises
+        ------
+        KeyError
+            If ``name`` is not a shipped table (:func:`resolve_label_table` checks the name first).
+        """
         ref = resources.files("brainseg.data").joinpath(SHIPPED_TABLES[name])
         with resources.as_file(ref) as path:
             return cls.from_tsv(path)
@@ -198,7 +241,23 @@ class LabelTable:
         return lut[label_map.astype(np.int64)].astype(dtype)
 
     def to_labels(self, classes: np.ndarray) -> np.ndarray:
-        """Map class indices to protocol label numbers, as int32."""
+        """Map class indices to protocol label numbers, as int32.
+
+        Parameters
+        ----------
+        classes : ndarray of int, any shape
+            Class indices, ``0 .. num_classes - 1``.
+
+        Returns
+        -------
+        ndarray of int32, same shape
+            ``labels[classes]``.
+
+        Raises
+        ------
+        IndexError
+            If a class index is ``num_classes`` or more.
+        """
         return np.asarray(self.labels, dtype=np.int32)[np.asarray(classes, dtype=np.int64)]
 
 
@@ -281,7 +340,18 @@ class LabelCounts:
 
     @classmethod
     def count(cls, label_maps: Iterable[np.ndarray]) -> LabelCounts:
-        """Count the label numbers of some label maps (arrays of int >= 0)."""
+        """Count the label numbers of some label maps (arrays of int >= 0).
+
+        Parameters
+        ----------
+        label_maps : iterable of ndarray of int
+            The label maps, any shape (read one at a time, so a generator keeps one in memory).
+
+        Returns
+        -------
+        LabelCounts
+            Voxels and label maps per label number present.
+        """
         voxels: dict[int, int] = {}
         cases: dict[int, int] = {}
         for label_map in label_maps:
@@ -361,6 +431,11 @@ def resolve_label_table(spec: str | Path, *, base: Path | None = None) -> LabelT
         ``'miccai2012'`` (:data:`SHIPPED_TABLES`) or the path of a TSV.
     base : Path, optional
         Folder that relative paths are relative to.
+
+    Returns
+    -------
+    LabelTable
+        The shipped table (when no file of that name exists) or the TSV's table.
 
     Raises
     ------

@@ -40,8 +40,16 @@ class ModelConfig:
         Plane of the 2-D patches: ``'axial'``, ``'coronal'`` or ``'sagittal'``.
     scales : tuple of int
         Patch scale factors (1 = 25 mm, 2 = 50 mm, 3 = 75 mm wide).
-    branch_widths, mix_channels, fc_widths, dropout, batch_norm
-        Layer sizes and regularisation.
+    branch_widths : tuple of 2 int
+        Filters of each 2-D branch's two convolutions.
+    mix_channels : int
+        Output channels of the 1 x 1 convolution over the concatenated branches.
+    fc_widths : tuple of int
+        Units of the hidden fully connected layers.
+    dropout : float
+        Dropout probability after each hidden fully connected layer.
+    batch_norm : bool
+        Batch normalisation in the convolutional branches (a deviation from the paper).
     reference_space : bool
         Register every scan affinely to the reference template and segment
         there (needed by the spatial priors; Ganaye et al. 2018, section 3.1).
@@ -138,6 +146,13 @@ class DeepNATConfig:
         numbers) whose cap is ``2 * per_structure``: the paper doubles it for
         cerebral white matter and cortex, e.g. ``[1, 2, 15, 16]`` with
         ``configs/deepnat25_labels.tsv``. Background (0) cannot be listed.
+
+    Raises
+    ------
+    InputError
+        On construction, naming the setting, for a value the network cannot take: ``tasks``,
+        ``coordinates``, ``spectral_grid_mm``, the widths' lengths, ``cascade`` (not a bool, or with 1 or 2
+        classes), the caps, or ``double_classes`` that are not structure class indices.
     """
 
     name: str = "deepnat"
@@ -233,6 +248,13 @@ class BrebissonConfig:
         The iterative inference stops once a pass changes at most this fraction of brain voxels.
     reference_space : bool
         Register every scan to the reference template and segment there (not in the paper).
+
+    Raises
+    ------
+    InputError
+        On construction, naming the setting, for a value the network cannot take: unknown or repeated
+        pathways, a ``first_stage`` with ``centroids`` or without the centroid pathway, widths that are not
+        positive integers, a negative ``noise_sigma``, ``max_iterations`` < 1 or ``tolerance`` outside [0, 1).
     """
 
     name: str = "brebisson2015"
@@ -334,6 +356,14 @@ class MixNetConfig:
         Default T1 alone. Only on the scan's own grid (``reference_space: false``).
     reference_space : bool
         Register every scan to the reference template and segment there (not in the paper).
+
+    Raises
+    ------
+    InputError
+        On construction, naming the setting, for a value the networks cannot take: ``num_classes`` 1 or
+        negative, an unknown ``version``, a negative ``filters``, a non-bool switch, unknown or repeated
+        planes, ``view_weights`` of the wrong length or sign, ``crop`` < 8, bad modality names, or several
+        modalities in the reference space.
     """
 
     name: str = "mixnet"

@@ -91,7 +91,25 @@ RECORDS = (
 
 @dataclass
 class LoadedModel:
-    """A model folder read into memory; the network is in eval mode on CPU."""
+    """A model folder read into memory; the network is in eval mode on CPU.
+
+    Attributes
+    ----------
+    config : Config
+        ``config.yaml``.
+    labels : LabelTable
+        ``labels.tsv``: class index <-> protocol label number.
+    normalization : IntensityNormalization
+        ``normalization.json``: applied to images before the network.
+    network : torch.nn.Module
+        The network of ``config.model`` with the weights of ``weights.safetensors``.
+    path : Path
+        The folder.
+    reference : Reference or None
+        ``reference/`` (template, atlas) of a reference-space model; None for native-space models.
+    prior : ClassPrior or None
+        ``class_prior.json``; None for a folder without one.
+    """
 
     config: Config
     labels: LabelTable
@@ -125,6 +143,11 @@ def shipped_model_dir(name: str = "default") -> Path:
     name : str
         A key of :data:`SHIPPED_MODELS`.
 
+    Returns
+    -------
+    Path
+        The folder inside the installed package (its contents are not checked here).
+
     Raises
     ------
     InputError
@@ -136,7 +159,13 @@ def shipped_model_dir(name: str = "default") -> Path:
 
 
 def default_model_dir() -> Path:
-    """The default model folder shipped inside the package (``brainseg/data/default_model``)."""
+    """The default model folder shipped inside the package (``brainseg/data/default_model``).
+
+    Returns
+    -------
+    Path
+        The folder (its contents are not checked here).
+    """
     return shipped_model_dir("default")
 
 
@@ -145,6 +174,16 @@ def resolve_model_dir(model: str | Path | None) -> Path:
 
     A name of :data:`SHIPPED_MODELS` means the shipped model unless a folder of
     that name exists in the working directory (a path always wins).
+
+    Parameters
+    ----------
+    model : str or Path or None
+        What ``--model`` gave.
+
+    Returns
+    -------
+    Path
+        The folder; a path is returned as given, not checked (:func:`verify_model_folder` does that).
     """
     if model is None:
         return default_model_dir()
@@ -169,13 +208,29 @@ def save_model_folder(
     ----------
     path : str or Path
         Folder to write.
-    config, labels, normalization, network
-        What the folder holds.
+    config : Config
+        Written to ``config.yaml``.
+    labels : LabelTable
+        Written to ``labels.tsv``.
+    normalization : IntensityNormalization
+        Written to ``normalization.json``.
+    network : torch.nn.Module
+        Its state dict is written to ``weights.safetensors``.
     reference : str or Path, optional
         Reference folder (``brainseg atlas build``) whose template, atlas and
         build record are copied to ``path/reference`` (once).
     prior : ClassPrior, optional
         Class frequencies of the brain and the sampler (``class_prior.json``).
+
+    Returns
+    -------
+    Path
+        ``path``, with ``checksums.sha256`` written last.
+
+    Raises
+    ------
+    InputError
+        If ``reference`` is to be copied and is not a reference folder (no template).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -287,6 +342,22 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     Version 0.1 kept BaseNet's fully connected layers in one ``classifier``
     sequence (linear layers at indices 0, 3, 6, ...); they are now ``fc.k``
     and ``out``.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``weights.safetensors`` file.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        The network's state dict, by today's layer names.
+
+    Raises
+    ------
+    safetensors.SafetensorError, OSError
+        If the file is missing or not a safetensors file (:func:`load_model_folder` reports these as
+        :class:`~brainseg.errors.InputError`).
     """
     state = load_file(str(path))
     linear = sorted({int(k.split(".")[1]) for k in state if k.startswith("classifier.")})
@@ -305,6 +376,18 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_model_folder(path: str | Path | None = None) -> LoadedModel:
     """Read a model folder: a path, a shipped model's name (``'basenet'``) or None for the default.
+
+    The folder is checked first (:func:`verify_model_folder`).
+
+    Parameters
+    ----------
+    path : str or Path or None
+        As :func:`resolve_model_dir` takes it.
+
+    Returns
+    -------
+    LoadedModel
+        Every file inference reads, with the network in eval mode on the CPU.
 
     Raises
     ------

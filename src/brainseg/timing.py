@@ -27,7 +27,18 @@ _open: list[dict[str, float]] = []
 
 @contextmanager
 def stage(name: str) -> Iterator[None]:
-    """Add the block's wall seconds to ``name`` in every open :func:`record` (none open: no cost)."""
+    """Add the block's wall seconds to ``name`` in every open :func:`record` (none open: no cost).
+
+    Parameters
+    ----------
+    name : str
+        The stage; its seconds add to those of earlier blocks of the same name.
+
+    Yields
+    ------
+    None
+        Once, for the block's duration; the seconds are added also when the block raises.
+    """
     if not _open:
         yield
         return
@@ -42,7 +53,13 @@ def stage(name: str) -> Iterator[None]:
 
 @contextmanager
 def record() -> Iterator[dict[str, float]]:
-    """Collect stage seconds (a dict filled in the order stages first finish) while the block runs."""
+    """Collect stage seconds (a dict filled in the order stages first finish) while the block runs.
+
+    Yields
+    ------
+    dict of str to float
+        Stage name -> wall seconds, filled while the block runs (and complete after it).
+    """
     times: dict[str, float] = {}
     _open.append(times)
     try:
@@ -53,6 +70,16 @@ def record() -> Iterator[dict[str, float]]:
 
 def format_timings(times: dict[str, float]) -> str:
     """One line, ``name 1.2 s, ...`` in recorded order.
+
+    Parameters
+    ----------
+    times : dict of str to float
+        Stage name -> seconds, as :func:`record` fills it.
+
+    Returns
+    -------
+    str
+        Each stage with its seconds to one decimal, comma-separated; empty for no stages.
 
     Examples
     --------

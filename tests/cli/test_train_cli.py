@@ -363,3 +363,12 @@ def test_a_run_diverging_in_its_first_epoch_says_no_checkpoint_was_written(tiny_
     err = capsys.readouterr().err
     assert "epoch 1, step 1: the loss is inf" in err and "no checkpoint was written" in err
     assert not (out / "checkpoint.pt").exists()
+
+
+def test_epochs_zero_is_refused_not_ignored(tiny_setup, capsys):
+    # `--epochs 0` used to be dropped (a falsy override), training the config's own epoch count
+    out = tiny_setup.parent / "zero"
+    assert main(["train", str(tiny_setup), "-o", str(out), "--epochs", "0", "--no-progress", "--no-card"]) == 2
+    err = capsys.readouterr().err
+    assert "epochs must be a whole number >= 1, got 0" in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())

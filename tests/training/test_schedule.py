@@ -97,3 +97,20 @@ def test_training_with_nesterov_and_milestones_resumes_on_schedule(tiny_setup):
     assert all(g["nesterov"] is True and g["momentum"] == 0.9 for g in groups)
     card = (out / "model_card.md").read_text()
     assert "- SGD Nesterov momentum 0.9, learning rate 0.05 halved at 0.5 of the epochs, weight decay" in card
+
+
+def test_counts_are_checked_naming_the_setting(tmp_path):
+    # epochs: 0 used to train nothing and write an untrained model folder; `--epochs 0` was silently ignored
+    for name, bad in (("epochs", 0), ("epochs", 2.5), ("samples_per_epoch", -1), ("batch_size", 0), ("stop_epochs", 0)):
+        with pytest.raises(InputError, match=f"{name} must be a whole number >= 1, got {bad!r}"):
+            TrainingConfig(**{name: bad})
+    for name in ("validate_every", "num_threads"):
+        assert getattr(TrainingConfig(**{name: 0}), name) == 0  # 0: never validate; torch's default threads
+        with pytest.raises(InputError, match=f"{name} must be a whole number >= 0, got -1"):
+            TrainingConfig(**{name: -1})
+    with pytest.raises(InputError, match="epochs must be a whole number >= 1, got True"):
+        TrainingConfig(epochs=True)
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  epochs: 3\n")
+    with pytest.raises(InputError, match="c.yaml: training: epochs must be a whole number >= 1, got 0"):
+        load_config(path, {"training": {"epochs": 0}})

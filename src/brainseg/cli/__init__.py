@@ -14,5 +14,12 @@ MODEL_HELP = (
 
 
 def add_model_option(parser: argparse.ArgumentParser) -> None:
-    """Add ``--model DIR|NAME`` (a model folder or a shipped model's name; default: the shipped default)."""
+    """Add ``--model DIR|NAME`` (a model folder or a shipped model's name; default: the shipped default).
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        A subcommand's parser; its ``args.model`` is then the string given, or None
+        (:func:`brainseg.model_folder.resolve_model_dir` reads both).
+    """
     parser.add_argument("--model", default=None, metavar="DIR|NAME", help=MODEL_HELP)

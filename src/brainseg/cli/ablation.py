@@ -7,7 +7,14 @@ from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register the subcommand."""
+    """Register the subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The subcommands of the ``brainseg`` parser (``ArgumentParser.add_subparsers()``); the ``ablation`` parser
+        added to it sets ``run`` as the function :func:`brainseg.cli.main.main` calls.
+    """
     p = subparsers.add_parser(
         "ablation",
         help="train and evaluate several configs and print a table like the paper's",
@@ -40,7 +47,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the study and print the table."""
+    """Run the study and print the table.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (the arguments :func:`add_parser` declares).
+
+    Returns
+    -------
+    int
+        The exit status: 0 once the table is printed; 2 if it has no row (no config given).
+
+    Raises
+    ------
+    InputError
+        If a config file does not exist, or as :func:`brainseg.training.ablation.run_ablation` (a run folder
+        trained with other settings, an unusable config, a ``--reference`` that names no config).
+    TrainingDiverged
+        If a row's training stops on a loss or weights that are not finite
+        (:func:`brainseg.training.trainer.train`).
+    """
     from brainseg.errors import InputError
     from brainseg.training.ablation import run_ablation
 

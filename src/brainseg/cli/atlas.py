@@ -7,7 +7,15 @@ from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register the subcommand."""
+    """Register the subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The subcommands of the ``brainseg`` parser (``ArgumentParser.add_subparsers()``); the ``atlas`` parser
+        added to it has one action, ``build``, whose parser sets ``run`` as the function
+        :func:`brainseg.cli.main.main` calls.
+    """
     p = subparsers.add_parser(
         "atlas",
         help="build the reference template and probabilistic atlas",
@@ -45,7 +53,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build and write the reference folder."""
+    """Build and write the reference folder.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (the arguments :func:`add_parser` declares, with its ``build`` action).
+
+    Returns
+    -------
+    int
+        The exit status, 0 (errors are raised).
+
+    Raises
+    ------
+    InputError
+        If ``--iterations`` is below 1, the output folder already holds a reference, ``--cases`` names a case
+        the manifest lacks, or the manifest, a label table or a case's files are unusable.
+    """
     from brainseg.errors import InputError
     from brainseg.io.manifest import read_manifest
     from brainseg.io.nifti import load_volume

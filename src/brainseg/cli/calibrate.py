@@ -17,7 +17,14 @@ def _strengths(text: str) -> list[float]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register the subcommand."""
+    """Register the subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The subcommands of the ``brainseg`` parser (``ArgumentParser.add_subparsers()``); the ``calibrate`` parser
+        added to it sets ``run`` as the function :func:`brainseg.cli.main.main` calls.
+    """
     p = subparsers.add_parser(
         "calibrate",
         help="choose the sampling prior's correction strength on a model's validation cases",
@@ -42,7 +49,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Calibrate and print the table."""
+    """Calibrate and print the table.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (the arguments :func:`add_parser` declares).
+
+    Returns
+    -------
+    int
+        The exit status, 0 (errors are raised).
+
+    Raises
+    ------
+    InputError
+        If the model folder is unusable, its config names no validation cases (and ``--cases`` is not given),
+        a case to score is not a labelled case of its manifest, or, for a folder without ``class_prior.json``,
+        a training case cannot be read (:func:`brainseg.training.calibration.calibrate_prior`).
+    """
     from brainseg.model_folder import write_checksums
     from brainseg.training.calibration import calibrate_prior
     from brainseg.training.model_card import write_model_card

@@ -9,7 +9,14 @@ from brainseg.cli import add_model_option
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register the subcommand."""
+    """Register the subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The subcommands of the ``brainseg`` parser (``ArgumentParser.add_subparsers()``); the ``evaluate`` parser
+        added to it sets ``run`` as the function :func:`brainseg.cli.main.main` calls.
+    """
     p = subparsers.add_parser(
         "evaluate",
         help="score label maps against references",
@@ -63,7 +70,25 @@ def _pairs(args: argparse.Namespace) -> list[tuple[str, Path, Path]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate, print the means and write the tables."""
+    """Evaluate, print the means and write the tables.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (the arguments :func:`add_parser` declares).
+
+    Returns
+    -------
+    int
+        The exit status, 0 (errors are raised).
+
+    Raises
+    ------
+    InputError
+        If ``--output`` or ``--json`` is a folder, the label maps to compare are not given (or a prediction
+        of a manifest case is missing), a prediction is not on its reference's grid, or a label map, the
+        label table or the model folder is unusable.
+    """
     import numpy as np
 
     from brainseg.errors import InputError

@@ -8,14 +8,37 @@ from brainseg.cli import add_model_option
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register the subcommand."""
+    """Register the subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The subcommands of the ``brainseg`` parser (``ArgumentParser.add_subparsers()``); the ``info`` parser
+        added to it sets ``run`` as the function :func:`brainseg.cli.main.main` calls.
+    """
     p = subparsers.add_parser("info", help="describe a model folder", description="Print a model folder's settings.")
     add_model_option(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print architecture, parameter count and classes."""
+    """Print architecture, parameter count and classes.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (the arguments :func:`add_parser` declares).
+
+    Returns
+    -------
+    int
+        The exit status, 0 (errors are raised).
+
+    Raises
+    ------
+    InputError
+        If the model folder is unusable (:func:`brainseg.model_folder.load_model_folder`).
+    """
     from brainseg.families import family_of
     from brainseg.model_folder import load_model_folder
     from brainseg.models import count_parameters

@@ -24,7 +24,14 @@ def _merge(text: str) -> tuple[list[int], int]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register the subcommand."""
+    """Register the subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The subcommands of the ``brainseg`` parser (``ArgumentParser.add_subparsers()``); the ``labels`` parser
+        added to it sets ``run`` as the function :func:`brainseg.cli.main.main` calls.
+    """
     p = subparsers.add_parser(
         "labels",
         help="build a label table from the label maps of a manifest",
@@ -50,7 +57,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Count, build and write the table; print a summary."""
+    """Count, build and write the table; print a summary.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (the arguments :func:`add_parser` declares).
+
+    Returns
+    -------
+    int
+        The exit status, 0 (errors are raised).
+
+    Raises
+    ------
+    InputError
+        If ``--output`` is a folder, ``--cases`` names a case that is not a labelled case of the manifest, no
+        case has a label map, ``--ignore`` and ``--merge`` conflict (:func:`brainseg.labels.build_label_table`),
+        or the manifest, the colour table or a label map is unusable.
+    """
     from tqdm import tqdm
 
     from brainseg.errors import InputError

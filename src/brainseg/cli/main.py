@@ -33,7 +33,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 training diverged, 2 bad input)."""
+    """Run the command line; returns the exit status (0 ok, 1 training diverged, 2 bad input).
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after the program name; None reads ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The subcommand's own status (0 done; ``segment``: 1 when a case of a batch failed), or 1 when it
+        raised :class:`~brainseg.errors.TrainingDiverged`, 2 when it raised
+        :class:`~brainseg.errors.InputError` (the message on stderr, in one line), 130 on Ctrl-C.
+
+    Raises
+    ------
+    SystemExit
+        From :mod:`argparse`: status 2 for arguments it cannot parse (the usage on stderr), 0 after
+        ``--help`` or ``--version``.
+    """
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"

@@ -7,7 +7,14 @@ from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register the subcommand."""
+    """Register the subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The subcommands of the ``brainseg`` parser (``ArgumentParser.add_subparsers()``); the ``manifest`` parser
+        added to it sets ``run`` as the function :func:`brainseg.cli.main.main` calls.
+    """
     p = subparsers.add_parser(
         "manifest",
         help="write a case manifest for a data folder",
@@ -38,7 +45,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Scan and write."""
+    """Scan and write.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (the arguments :func:`add_parser` declares).
+
+    Returns
+    -------
+    int
+        The exit status, 0 (errors are raised).
+
+    Raises
+    ------
+    InputError
+        If ``--output`` is a folder, the arguments mix or lack the ways to name the data (FOLDER, ``--bids``,
+        ``--images``; ``--labels`` or ``--masks`` without ``--images``), or the scan finds no usable cases
+        (:func:`brainseg.io.manifest.scan_folder`, :func:`~brainseg.io.manifest.scan_bids`,
+        :func:`~brainseg.io.manifest.pair_by_patterns`).
+    """
     from brainseg.errors import InputError
     from brainseg.io.manifest import pair_by_patterns, scan_bids, scan_folder, write_manifest
 

@@ -13,7 +13,14 @@ SKULL_STRIP_CHOICES = ("auto", "always", "never")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register the subcommand."""
+    """Register the subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The subcommands of the ``brainseg`` parser (``ArgumentParser.add_subparsers()``); the ``segment`` parser
+        added to it sets ``run`` as the function :func:`brainseg.cli.main.main` calls.
+    """
     p = subparsers.add_parser(
         "segment",
         help="segment T1 images (skull-stripped or whole-head)",
@@ -68,7 +75,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Segment, print the written label maps; 1 if a case of a batch failed."""
+    """Segment, print the written label maps; 1 if a case of a batch failed.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (the arguments :func:`add_parser` declares).
+
+    Returns
+    -------
+    int
+        The exit status: 0 when every case is done (or was already complete), 1 when a case of a batch
+        failed (the others are still written; ``segment_summary.csv`` names the failure).
+
+    Raises
+    ------
+    InputError
+        If a ``--crf-param`` is not ``NAME=VALUE`` or comes without ``--crf``, a ``--modality`` is not
+        ``NAME=PATH`` or is given twice, or as :func:`brainseg.inference.segment.segment` (bad arguments, an
+        unusable model or output folder, or the case of a single input failing).
+    """
     from brainseg.errors import InputError
     from brainseg.inference.segment import segment
 

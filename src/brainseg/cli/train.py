@@ -7,7 +7,14 @@ from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register the subcommand."""
+    """Register the subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The subcommands of the ``brainseg`` parser (``ArgumentParser.add_subparsers()``); the ``train`` parser
+        added to it sets ``run`` as the function :func:`brainseg.cli.main.main` calls.
+    """
     p = subparsers.add_parser(
         "train",
         help="train a model from a YAML config",
@@ -39,15 +46,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train, then evaluate on the validation cases and write the model card."""
+    """Train, then evaluate on the validation cases and write the model card.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (the arguments :func:`add_parser` declares).
+
+    Returns
+    -------
+    int
+        The exit status, 0 (errors are raised).
+
+    Raises
+    ------
+    InputError
+        If the config or the data are unusable, or the output folder already holds a run and ``--resume`` is
+        not given (:func:`brainseg.config.load_config`, :func:`brainseg.training.trainer.train`).
+    TrainingDiverged
+        If a step's loss or an epoch's weights are not finite; the last finite epoch's checkpoint is kept.
+    """
     from brainseg.config import load_config
     from brainseg.training.model_card import write_model_card
     from brainseg.training.trainer import train
 
     overrides: dict = {"training": {}}
-    if args.epochs:
+    if args.epochs is not None:
         overrides["training"]["epochs"] = args.epochs
-    if args.threads:
+    if args.threads is not None:
         overrides["training"]["num_threads"] = args.threads
     config = load_config(args.config, overrides)
     folder = train(

@@ -18,7 +18,14 @@ def _grid_entry(text: str) -> tuple[str, list[float]]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register the subcommand."""
+    """Register the subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The subcommands of the ``brainseg`` parser (``ArgumentParser.add_subparsers()``); the ``tune-crf`` parser
+        added to it sets ``run`` as the function :func:`brainseg.cli.main.main` calls.
+    """
     p = subparsers.add_parser(
         "tune-crf",
         help="choose the dense CRF's settings on a model's validation cases",
@@ -43,7 +50,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Tune and print the table."""
+    """Tune and print the table.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed command line (the arguments :func:`add_parser` declares).
+
+    Returns
+    -------
+    int
+        The exit status, 0 (also when no setting qualifies and ``config.yaml`` is left as it was).
+
+    Raises
+    ------
+    InputError
+        If the model folder is unusable, a ``--grid`` entry names an unknown CRF setting or a refused value,
+        the config names no validation cases (and ``--cases`` is not given), or a case to score is not a
+        labelled case of the manifest (:func:`brainseg.training.crf_tuning.tune_crf`).
+    """
     from brainseg.training.crf_tuning import tune_crf
 
     grid = dict(args.grid) if args.grid else None

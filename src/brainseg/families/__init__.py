@@ -46,7 +46,16 @@ __all__ = ["CaseSampler", "FAMILIES_BY_MODEL", "Family", "family_of"]
 
 
 class CaseSampler(Protocol):
-    """Draws the training batches of one case (see :meth:`Family.case_sampler`)."""
+    """Draws the training batches of one case (see :meth:`Family.case_sampler`).
+
+    A structural type: a family's sampler need not subclass it, only have its two methods.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        None taken: the placeholder constructor of ``typing.Protocol`` (a protocol is never
+        instantiated; ``CaseSampler()`` raises ``TypeError``).
+    """
 
     def draw(self, n: int, rng: np.random.Generator, tc: TrainingConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """``n`` training examples: network inputs by keyword (first axis ``n``) and target classes.
@@ -56,6 +65,22 @@ class CaseSampler(Protocol):
         trainer concatenates inputs and targets along axis 0 and casts the targets to int64, so
         row ``i`` of every array must belong to example ``i`` (negative targets survive the cast,
         e.g. as a family's "masked" marker).
+
+        Parameters
+        ----------
+        n : int
+            Number of examples to draw.
+        rng : numpy.random.Generator
+            The source of every random choice (voxels, slices, augmentation).
+        tc : TrainingConfig
+            The training settings the sampler reads (``sampling``, ``augment`` and its ranges).
+
+        Returns
+        -------
+        inputs : dict of str to ndarray
+            The network's keyword inputs (float32 patches, slices, coordinates...), first axis ``n``.
+        targets : ndarray of int, shape (n,) or (n, ...)
+            Class indices of the examples (see above).
         """
         ...
 
@@ -64,6 +89,19 @@ class CaseSampler(Protocol):
 
         For multi-task targets: those of the examples' own voxels (what the main output predicts).
         For a model of several networks: those of the prior its combined output was trained under.
+
+        Parameters
+        ----------
+        num_classes : int
+            Length of the result (the model's classes, background included).
+        mode : str
+            The sampling mode, ``training.sampling`` (``'uniform'``, ``'balanced'``, ``'mixed'``, DeepNAT's
+            ``'deepnat'``; a family may accept only some).
+
+        Returns
+        -------
+        ndarray of float64, shape (num_classes,)
+            Sums to 1.
         """
         ...
 
@@ -98,11 +136,33 @@ class Family(ABC):
 
     @abstractmethod
     def build_network(self, cfg: AnyModelConfig) -> nn.Module:
-        """The untrained network a model configuration describes (``cfg.num_classes`` filled in)."""
+        """The untrained network a model configuration describes (``cfg.num_classes`` filled in).
+
+        Parameters
+        ----------
+        cfg : AnyModelConfig
+            The model configuration (``config.model``), of this family's dataclass.
+
+        Returns
+        -------
+        torch.nn.Module
+            The network, freshly initialised.
+        """
 
     @abstractmethod
     def describe(self, config: Config) -> str:
-        """One line naming the configuration's network, inputs, losses and augmentation (model cards, ``info``)."""
+        """One line naming the configuration's network, inputs, losses and augmentation (model cards, ``info``).
+
+        Parameters
+        ----------
+        config : Config
+            The whole configuration (its ``model`` and ``training`` sections).
+
+        Returns
+        -------
+        str
+            One line of prose.
+        """
 
     @abstractmethod
     def case_inputs(
@@ -118,18 +178,26 @@ class Family(ABC):
 
         Parameters
         ----------
-        cfg : ModelConfig or DeepNATConfig
+        cfg : AnyModelConfig
+            The model configuration (``config.model``).
         image : ndarray of float32, shape (D, H, W)
-            The normalised image on the working grid (RAS+).
+            The normalised image on the working grid (RAS+); ``(M, D, H, W)`` for a configuration of
+            several modalities (:meth:`modalities`).
         mask : ndarray of bool, shape (D, H, W)
             Brain mask on the working grid (the same as :meth:`case_sampler` and
             :meth:`predict` receive), e.g. for coordinates relative to the brain.
         affine : ndarray of float64, shape (4, 4)
             Voxel -> mm of the working grid (identity on a scan's own 1 mm grid).
-        background : float
-            The normalised intensity outside the brain (padding value).
+        background : float or ndarray of float32, shape (M,)
+            The normalised intensity outside the brain (padding value), one per modality with several.
         atlas : ProbabilisticAtlas or None
             The reference atlas on the working grid, for reference-space models.
+
+        Returns
+        -------
+        object
+            The family's case inputs (e.g. :class:`~brainseg.families.ganaye2018.GanayeInputs`), opaque to
+            the shared code.
         """
 
     @abstractmethod
@@ -138,13 +206,19 @@ class Family(ABC):
 
         Parameters
         ----------
-        cfg : ModelConfig or DeepNATConfig
-        inputs
+        cfg : AnyModelConfig
+            The model configuration (``config.model``).
+        inputs : object
             From :meth:`case_inputs` for the same image.
         classes : ndarray of uint8, shape (D, H, W)
             Reference class indices on the working grid.
         mask : ndarray of bool, shape (D, H, W)
             Brain mask on the working grid.
+
+        Returns
+        -------
+        CaseSampler
+            Draws the case's training batches.
         """
 
     def case_sampler_with_labels(
@@ -155,6 +229,24 @@ class Family(ABC):
         The default is :meth:`case_sampler`, the table unused. A family whose sampler needs to know what
         the classes are overrides this one (MixNet's left-right flips swap each left structure's class
         with its right counterpart, found by name); ``labels`` is the table ``classes`` index.
+
+        Parameters
+        ----------
+        cfg : AnyModelConfig
+            The model configuration (``config.model``).
+        inputs : object
+            From :meth:`case_inputs` for the same image.
+        classes : ndarray of uint8, shape (D, H, W)
+            Reference class indices on the working grid.
+        mask : ndarray of bool, shape (D, H, W)
+            Brain mask on the working grid.
+        labels : LabelTable
+            The run's label table, whose class indices ``classes`` holds.
+
+        Returns
+        -------
+        CaseSampler
+            Draws the case's training batches.
         """
         return self.case_sampler(cfg, inputs, classes, mask)
 
@@ -162,7 +254,25 @@ class Family(ABC):
     def loss(
         self, network: nn.Module, batch: dict[str, torch.Tensor], targets: torch.Tensor, tc: TrainingConfig
     ) -> torch.Tensor:
-        """The training loss of a batch (scalar tensor), auxiliary or multi-task terms included."""
+        """The training loss of a batch (scalar tensor), auxiliary or multi-task terms included.
+
+        Parameters
+        ----------
+        network : torch.nn.Module
+            From :meth:`build_network`, in training mode (possibly under a bfloat16 autocast).
+        batch : dict of str to Tensor
+            The samplers' inputs (:meth:`CaseSampler.draw`) concatenated over cases, on the network's
+            device; first axis ``B``.
+        targets : Tensor of int64, shape (B,) or (B, ...)
+            The samplers' targets, row ``i`` of example ``i``.
+        tc : TrainingConfig
+            The training settings (e.g. auxiliary loss weights).
+
+        Returns
+        -------
+        Tensor
+            Scalar, differentiable with respect to the network's parameters.
+        """
 
     @abstractmethod
     def predict(
@@ -202,7 +312,18 @@ class Family(ABC):
         """
 
     def row_label(self, config: Config) -> str:
-        """The name of a configuration's row in the ablation table (default: its description)."""
+        """The name of a configuration's row in the ablation table (default: its description).
+
+        Parameters
+        ----------
+        config : Config
+            The whole configuration.
+
+        Returns
+        -------
+        str
+            The row label; a key of :attr:`paper_results` where the paper has that row.
+        """
         return self.describe(config)
 
     def modalities(self, cfg: AnyModelConfig) -> tuple[str, ...]:
@@ -213,6 +334,16 @@ class Family(ABC):
         (:attr:`brainseg.preprocessing.pipeline.PreparedImage.network_image`); such a configuration
         works on the scan's own grid. The first is a manifest's ``image`` column, each other ``NAME``
         its ``image_NAME`` column (:class:`brainseg.io.manifest.Case`).
+
+        Parameters
+        ----------
+        cfg : AnyModelConfig
+            The model configuration.
+
+        Returns
+        -------
+        tuple of str
+            Modality names, the first the one masked and segmented on.
         """
         return ("t1",)
 
@@ -221,6 +352,16 @@ class Family(ABC):
 
         Training and model folders of such a configuration refuse a reference
         without ``atlas.npz``, or one whose atlas has another number of classes.
+
+        Parameters
+        ----------
+        cfg : AnyModelConfig
+            The model configuration.
+
+        Returns
+        -------
+        bool
+            True where the configuration reads the atlas.
         """
         return False
 
@@ -231,6 +372,16 @@ FAMILIES_BY_MODEL: dict[str, Family] = {}
 
 def family_of(cfg: AnyModelConfig) -> Family:
     """The family of a model configuration.
+
+    Parameters
+    ----------
+    cfg : AnyModelConfig
+        A model configuration; its ``name`` is looked up in :data:`FAMILIES_BY_MODEL`.
+
+    Returns
+    -------
+    Family
+        The registered family object (one instance per family).
 
     Raises
     ------

@@ -106,12 +106,34 @@ class BrebissonInputs:
     tolerance: float = 1e-3
 
     def coordinates(self, voxels: np.ndarray) -> np.ndarray:
-        """``(N, 3)`` float32: mm from the brain's centre / :data:`COORDINATE_SCALE_MM` of voxels ``(N, 3)``."""
+        """``(N, 3)`` float32: mm from the brain's centre / :data:`COORDINATE_SCALE_MM` of voxels ``(N, 3)``.
+
+        Parameters
+        ----------
+        voxels : ndarray of int, shape (N, 3)
+            Voxel indices on the working grid.
+
+        Returns
+        -------
+        ndarray of float32, shape (N, 3)
+            The ``coordinates`` pathway's input: ``(affine @ voxel - centre_mm) / 100 mm``.
+        """
         mm = np.asarray(voxels, float).reshape(-1, 3) @ self.affine[:3, :3].T + self.affine[:3, 3]
         return ((mm - self.centre_mm) / COORDINATE_SCALE_MM).astype(np.float32)
 
     def points_mm(self, voxels: np.ndarray) -> np.ndarray:
-        """``(N, 3)`` float64: the voxels' positions in mm."""
+        """``(N, 3)`` float64: the voxels' positions in mm.
+
+        Parameters
+        ----------
+        voxels : ndarray of int, shape (N, 3)
+            Voxel indices on the working grid.
+
+        Returns
+        -------
+        ndarray of float64, shape (N, 3)
+            Their positions in mm (:attr:`affine` applied).
+        """
         return np.asarray(voxels, float).reshape(-1, 3) @ self.affine[:3, :3].T + self.affine[:3, 3]
 
 
@@ -195,16 +217,53 @@ class BrebissonSampler:
                 raise InputError(f"centroid distances: {err}") from None
 
     def class_frequencies(self, num_classes: int, mode: str) -> np.ndarray:
-        """See :meth:`VoxelSampler.class_frequencies`."""
+        """See :meth:`VoxelSampler.class_frequencies`.
+
+        Parameters
+        ----------
+        num_classes : int
+            Length of the result.
+        mode : {'uniform', 'balanced', 'mixed'}
+            The sampling mode (``training.sampling``).
+
+        Returns
+        -------
+        ndarray of float64, shape (num_classes,)
+            Exact expected frequencies of the drawn voxels' classes; sums to 1.
+
+        Raises
+        ------
+        ValueError
+            If ``mode`` is unknown.
+        """
         return self.voxels.class_frequencies(num_classes, mode)
 
     def draw(self, n: int, rng: np.random.Generator, tc: TrainingConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """``n`` voxels drawn by ``tc.sampling``: their pathway inputs (:func:`pathway_inputs`) and classes ``(n,)``.
 
+        Parameters
+        ----------
+        n : int
+            Number of voxels to draw (with replacement).
+        rng : numpy.random.Generator
+            Draws the voxels.
+        tc : TrainingConfig
+            Reads ``sampling`` and ``augment``.
+
+        Returns
+        -------
+        inputs : dict of str to ndarray of float32
+            The inputs of :attr:`pathways` at the drawn voxels, first axis ``n`` (shapes in
+            :func:`pathway_inputs`); ``'centroids'`` measured to the reference label map's centroids.
+        classes : ndarray of uint8, shape (n,)
+            The drawn voxels' reference classes.
+
         Raises
         ------
         InputError
             If ``tc.augment`` is on: the paper has no augmentation and this family implements none.
+        ValueError
+            If ``tc.sampling`` is not a mode of :class:`VoxelSampler`.
         """
         if tc.augment:
             raise InputError("brebisson2015 has no augmentation (the paper has none); set training.augment: false")
@@ -214,7 +273,19 @@ class BrebissonSampler:
 
 
 def pathway_label(pathways: tuple[str, ...]) -> str:
-    """The paper's Table 1 row of a pathway set, or the names joined by ``' + '``."""
+    """The paper's Table 1 row of a pathway set, or the names joined by ``' + '``.
+
+    Parameters
+    ----------
+    pathways : tuple of str
+        Names from :data:`brainseg.models.brebisson2015.PATHWAYS`, in any order.
+
+    Returns
+    -------
+    str
+        A key of :data:`PAPER_ERROR_RATES` (e.g. ``'orthogonal + compressed'``), or the names in the
+        canonical order joined by ``' + '``.
+    """
     key = tuple(
         p for p in ("patch_2d", "orthogonal", "compressed", "patch_3d", "coordinates", "centroids") if p in pathways
     )
@@ -234,7 +305,25 @@ class BrebissonFamily(Family):
     paper_error_rates = PAPER_ERROR_RATES
 
     def build_network(self, cfg: BrebissonConfig) -> nn.Module:
-        """A :class:`BrebissonNet`, or a :class:`BrebissonTwoStage` when ``cfg.pathways`` reads the centroids."""
+        """A :class:`BrebissonNet`, or a :class:`BrebissonTwoStage` when ``cfg.pathways`` reads the centroids.
+
+        Parameters
+        ----------
+        cfg : BrebissonConfig
+            The model configuration (``cfg.num_classes`` filled in); the networks read the distances to
+            the centroids of the ``num_classes - 1`` structures.
+
+        Returns
+        -------
+        BrebissonNet or BrebissonTwoStage
+            The two-stage model pairs the full network with a first-stage one reading
+            ``cfg.first_stage`` (default: the other pathways) (section 3.4).
+
+        Raises
+        ------
+        InputError
+            If the centroid distances are the only pathway and ``cfg.first_stage`` is empty.
+        """
         shared = dict(
             num_classes=cfg.num_classes,
             num_centroids=cfg.num_classes - 1,
@@ -257,7 +346,18 @@ class BrebissonFamily(Family):
         return BrebissonTwoStage(full, BrebissonNet(pathways=rest, **shared))  # type: ignore[arg-type]
 
     def describe(self, config: Config) -> str:
-        """The pathways, widths and (with centroids) the iterative inference's settings."""
+        """The pathways, widths and (with centroids) the iterative inference's settings.
+
+        Parameters
+        ----------
+        config : Config
+            The whole configuration (its ``model`` is read).
+
+        Returns
+        -------
+        str
+            One line; widths other than the paper's and the reference space are named too.
+        """
         cfg = config.model
         text = f"de Brébisson & Montana network ({pathway_label(cfg.pathways)}: {', '.join(cfg.pathways)})"
         if (tuple(cfg.widths_2d), tuple(cfg.fc_3d), tuple(cfg.fc)) != _PAPER_WIDTHS:
@@ -278,6 +378,16 @@ class BrebissonFamily(Family):
 
         The widths are not in the label: Table 1 compares inputs, and a CPU-sized ablation narrows
         every row alike (its configs and :meth:`describe` state the widths).
+
+        Parameters
+        ----------
+        config : Config
+            The whole configuration (its ``model.pathways`` is read).
+
+        Returns
+        -------
+        str
+            :func:`pathway_label` of the pathways.
         """
         return pathway_label(config.model.pathways)
 
@@ -292,10 +402,30 @@ class BrebissonFamily(Family):
     ) -> BrebissonInputs:
         """The padded brain crop, the brain's centre and the number of regions (``atlas`` unused).
 
+        Parameters
+        ----------
+        cfg : BrebissonConfig
+            The model configuration (``num_classes``, ``max_iterations``, ``tolerance``).
+        image : ndarray of float32, shape (D, H, W)
+            The normalised image on the working grid (RAS+).
+        mask : ndarray of bool, shape (D, H, W)
+            Brain mask on the working grid: the crop's bounding box and the centre of mass.
+        affine : ndarray of float64, shape (4, 4)
+            Voxel -> mm of the working grid.
+        background : float
+            The normalised intensity outside the brain (padding value).
+        atlas : ProbabilisticAtlas or None
+            Unused.
+
+        Returns
+        -------
+        BrebissonInputs
+            With ``num_regions = cfg.num_classes - 1`` and the brain mask's centre of mass in mm.
+
         Raises
         ------
         InputError
-            If the brain mask is empty.
+            If the brain mask is empty or differs in shape from the image.
         """
         try:
             patches = OrthogonalPatches.of(image, mask, background, HALF, SCALE, CUBE)
@@ -310,13 +440,58 @@ class BrebissonFamily(Family):
     def case_sampler(
         self, cfg: BrebissonConfig, inputs: BrebissonInputs, classes: np.ndarray, mask: np.ndarray
     ) -> BrebissonSampler:
-        """A :class:`BrebissonSampler` of the pathways of both networks (``pathways`` and ``first_stage``)."""
+        """A :class:`BrebissonSampler` of the pathways of both networks (``pathways`` and ``first_stage``).
+
+        Parameters
+        ----------
+        cfg : BrebissonConfig
+            The model configuration.
+        inputs : BrebissonInputs
+            From :meth:`case_inputs` for the same image.
+        classes : ndarray of uint8, shape (D, H, W)
+            Reference class indices on the working grid.
+        mask : ndarray of bool, shape (D, H, W)
+            Brain mask on the working grid.
+
+        Returns
+        -------
+        BrebissonSampler
+            Draws the case's voxels.
+
+        Raises
+        ------
+        InputError
+            If the centroid pathway is read and the label map has fewer than two regions.
+        """
         return BrebissonSampler(inputs, classes, mask, tuple(dict.fromkeys((*cfg.pathways, *cfg.first_stage))))
 
     def loss(
         self, network: nn.Module, batch: dict[str, torch.Tensor], targets: torch.Tensor, tc: TrainingConfig
     ) -> torch.Tensor:
-        """Cross-entropy; for two networks, the sum of both networks' (each on the same batch)."""
+        """Cross-entropy; for two networks, the sum of both networks' (each on the same batch).
+
+        Parameters
+        ----------
+        network : BrebissonNet or BrebissonTwoStage
+            From :meth:`build_network`, in training mode.
+        batch : dict of str to Tensor
+            :meth:`BrebissonSampler.draw`'s inputs, float32, first axis ``B``; each network reads its
+            own pathways.
+        targets : Tensor of int64, shape (B,)
+            Class indices.
+        tc : TrainingConfig
+            Unused.
+
+        Returns
+        -------
+        Tensor
+            Scalar: the mean cross-entropy over the batch, summed over the networks.
+
+        Raises
+        ------
+        ValueError
+            If a network's pathway input is missing or has the wrong shape.
+        """
         if isinstance(network, BrebissonTwoStage):
             return F.cross_entropy(network.full(**batch), targets) + F.cross_entropy(network.first(**batch), targets)
         return F.cross_entropy(network(**batch), targets)
@@ -335,6 +510,36 @@ class BrebissonFamily(Family):
         """Dense inference over the mask; with centroids, the iterative two-stage loop (section 3.4).
 
         See :func:`brainseg.inference.dense_brebisson.predict_brebisson`.
+
+        Parameters
+        ----------
+        network : BrebissonNet or BrebissonTwoStage
+            In eval mode.
+        inputs : BrebissonInputs
+            From :meth:`case_inputs`; its ``max_iterations`` and ``tolerance`` bound the loop.
+        mask : ndarray of bool, shape (D, H, W)
+            Brain mask on the working grid; voxels outside are background (class 0).
+        probabilities : bool
+            Also return the class probabilities (of the last pass).
+        probability_dtype : numpy dtype
+            Their storage type.
+        progress : bool
+            Show progress bars.
+        logit_bias : ndarray of float, shape (num_classes,), optional
+            Added to the logits of every network and pass before the softmax (the sampling prior's correction).
+
+        Returns
+        -------
+        classes : ndarray of uint8, shape (D, H, W)
+            Class indices, 0 outside the mask.
+        probabilities : ndarray of ``probability_dtype``, shape (num_classes, D, H, W), or None
+            Softmax probabilities (background 1 outside the mask), when asked.
+
+        Raises
+        ------
+        ValueError
+            If a network is in training mode, a single network reads the centroid distances, or the
+            shapes disagree.
         """
         from brainseg.inference.dense_brebisson import predict_brebisson
 

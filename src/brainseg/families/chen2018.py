@@ -114,6 +114,22 @@ class MixNetInputs:
 
         ``background`` is one value, or one per modality ``(M,)``.
 
+        Parameters
+        ----------
+        image : ndarray of float32, shape (D, H, W) or (M, D, H, W)
+            The normalised image, or ``M`` co-registered modalities, on the working grid.
+        mask : ndarray of bool, shape (D, H, W)
+            Brain mask: its bounding box is kept.
+        background : float or ndarray of float32, shape (M,)
+            The normalised intensity outside the brain, filled in where the box leaves the volume.
+        margin : int
+            Voxels added to every side of the box (default :data:`MARGIN`).
+
+        Returns
+        -------
+        MixNetInputs
+            ``image`` float32 ``(M, D', H', W')``, ``M`` = 1 for a 3-D ``image``.
+
         Raises
         ------
         ValueError
@@ -143,6 +159,18 @@ class MixNetInputs:
     def crop(self, volume: np.ndarray, fill: float | int | bool) -> np.ndarray:
         """A volume of the full grid ``(D, H, W)`` on the crop's grid ``(D', H', W')``, ``fill`` outside.
 
+        Parameters
+        ----------
+        volume : ndarray, shape (D, H, W)
+            Any dtype (e.g. a bool mask or uint8 classes).
+        fill : float or int or bool
+            The value where the crop's box leaves the volume.
+
+        Returns
+        -------
+        ndarray of the dtype of ``volume``, shape (D', H', W')
+            A new array.
+
         Raises
         ------
         ValueError
@@ -154,7 +182,20 @@ class MixNetInputs:
         return _box(volume, self.origin, self.image.shape[1:], fill)
 
     def slice(self, axis: int, index: int) -> np.ndarray:
-        """Slice ``index`` along volume ``axis`` (0, 1 or 2) of every modality: ``(M, a, b)`` float32, a view."""
+        """Slice ``index`` along volume ``axis`` (0, 1 or 2) of every modality: ``(M, a, b)`` float32, a view.
+
+        Parameters
+        ----------
+        axis : int
+            The axis of the ``(D', H', W')`` grid the slice is normal to (:data:`PLANE_AXIS` of a plane).
+        index : int
+            Slice index on the crop's grid (not the full volume's: subtract ``origin[axis]``).
+
+        Returns
+        -------
+        ndarray of float32, shape (M, a, b)
+            A view of :attr:`image`; ``(a, b)`` the two other axes in array order.
+        """
         return self.image[(slice(None),) * (axis + 1) + (int(index),)]
 
 
@@ -209,7 +250,25 @@ class MixNetViews(nn.Module):
         self.nets = nn.ModuleDict({"shared": make()} if self.shared else {p: make() for p in planes})
 
     def for_plane(self, plane: str | int) -> MixNet:
-        """The network segmenting ``plane`` (a name, or an index into :attr:`planes`)."""
+        """The network segmenting ``plane`` (a name, or an index into :attr:`planes`).
+
+        Parameters
+        ----------
+        plane : str or int
+            ``'sagittal'``, ``'coronal'`` or ``'axial'``, or a Python int indexing :attr:`planes`.
+
+        Returns
+        -------
+        MixNet
+            That plane's network, or the shared one.
+
+        Raises
+        ------
+        ValueError
+            If ``plane`` names no view of this model.
+        IndexError
+            If an index is out of range.
+        """
         name = self.planes[plane] if isinstance(plane, int) else plane
         if name not in self.planes:
             raise ValueError(f"no network for plane {name!r}; the views are {self.planes}")
@@ -222,6 +281,20 @@ class MixNetViews(nn.Module):
         ``(B,)`` int64 tensor of indices, one per slice: each slice then goes through its plane's
         network (a network sees only, and all of, its plane's slices: its batch norm's batch). Under a
         bfloat16 autocast the logits are bfloat16.
+
+        Parameters
+        ----------
+        slices : Tensor of float32, shape (B, M, H, W)
+            Slices or crops (even sides when the InitUnit pools).
+        plane : str or int or Tensor of int64, shape (B,)
+            The plane of every slice, or of each slice.
+
+        Raises
+        ------
+        ValueError
+            If a plane tensor is not one index per slice, or a plane names no view.
+        IndexError
+            If a plane index is out of range.
         """
         if not isinstance(plane, torch.Tensor):
             return self.for_plane(plane)(slices)
@@ -247,7 +320,24 @@ class MixNetFamily(Family):
     paper_results: dict[str, tuple[float | None, float | None, float | None, int | None]] = {}
 
     def build_network(self, cfg: MixNetConfig) -> nn.Module:
-        """A :class:`MixNetViews` of the configuration's planes (one network, with ``shared_views``)."""
+        """A :class:`MixNetViews` of the configuration's planes (one network, with ``shared_views``).
+
+        Parameters
+        ----------
+        cfg : MixNetConfig
+            The model configuration (``cfg.num_classes`` filled in); ``in_channels`` is the number of
+            ``cfg.modalities``.
+
+        Returns
+        -------
+        MixNetViews
+            Untrained, with the normalised ``view_weights``.
+
+        Raises
+        ------
+        ValueError
+            If :class:`MixNetViews` refuses the planes or weights (which :class:`MixNetConfig` checks first).
+        """
         return MixNetViews(
             cfg.planes,
             version=cfg.version,
@@ -260,7 +350,18 @@ class MixNetFamily(Family):
         )
 
     def row_label(self, config: Config) -> str:
-        """Version, views and fusion, e.g. ``'MixNetv2, 3 views (sagittal, coronal, axial) fused 1:1:1'``."""
+        """Version, views and fusion, e.g. ``'MixNetv2, 3 views (sagittal, coronal, axial) fused 1:1:1'``.
+
+        Parameters
+        ----------
+        config : Config
+            The whole configuration (its ``model`` is read).
+
+        Returns
+        -------
+        str
+            The row label; ``', one network for all views'`` appended with ``shared_views``.
+        """
         cfg = config.model
         n = len(cfg.planes)
         text = f"MixNetv{cfg.version}, {n} view{'s' if n > 1 else ''} ({', '.join(cfg.planes)})"
@@ -271,7 +372,18 @@ class MixNetFamily(Family):
         return text
 
     def describe(self, config: Config) -> str:
-        """:meth:`row_label`, with the width, pooling, training crops, loss and augmentation."""
+        """:meth:`row_label`, with the width, pooling, training crops, loss and augmentation.
+
+        Parameters
+        ----------
+        config : Config
+            The whole configuration (``model``; ``training.augment``).
+
+        Returns
+        -------
+        str
+            One line; the modalities and the reference space are named too.
+        """
         cfg = config.model
         names = ", ".join(m.upper() if len(m) <= 2 else m for m in cfg.modalities)
         text = self.row_label(config) + f", {names} slices cropped to the brain"
@@ -289,7 +401,18 @@ class MixNetFamily(Family):
         return text
 
     def modalities(self, cfg: MixNetConfig) -> tuple[str, ...]:
-        """``cfg.modalities`` (section 2.1's ``M`` co-registered inputs; default T1 alone)."""
+        """``cfg.modalities`` (section 2.1's ``M`` co-registered inputs; default T1 alone).
+
+        Parameters
+        ----------
+        cfg : MixNetConfig
+            The model configuration.
+
+        Returns
+        -------
+        tuple of str
+            The modality names in channel order, e.g. ``('t1',)``.
+        """
         return tuple(cfg.modalities)
 
     def case_inputs(
@@ -304,6 +427,26 @@ class MixNetFamily(Family):
         """The image (D, H, W), or the modalities (M, D, H, W), cropped to the brain plus :data:`MARGIN`.
 
         ``affine`` and ``atlas`` are unused.
+
+        Parameters
+        ----------
+        cfg : MixNetConfig
+            The model configuration (its ``modalities``).
+        image : ndarray of float32, shape (D, H, W) or (M, D, H, W)
+            The normalised image, or the ``M`` modalities, on the working grid (RAS+).
+        mask : ndarray of bool, shape (D, H, W)
+            Brain mask on the working grid.
+        affine : ndarray of float64, shape (4, 4)
+            Unused.
+        background : float or ndarray of float32, shape (M,)
+            The normalised intensity outside the brain, one or one per modality.
+        atlas : ProbabilisticAtlas or None
+            Unused.
+
+        Returns
+        -------
+        MixNetInputs
+            The modalities on the brain's bounding box plus :data:`MARGIN` voxels.
 
         Raises
         ------
@@ -321,13 +464,50 @@ class MixNetFamily(Family):
     def case_sampler(
         self, cfg: MixNetConfig, inputs: MixNetInputs, classes: np.ndarray, mask: np.ndarray
     ) -> SliceSampler:
-        """A :class:`SliceSampler` of the configuration's planes and crop (no label table: it flips no crop)."""
+        """A :class:`SliceSampler` of the configuration's planes and crop (no label table: it flips no crop).
+
+        Parameters
+        ----------
+        cfg : MixNetConfig
+            The model configuration (``planes``, ``crop``).
+        inputs : MixNetInputs
+            From :meth:`case_inputs` for the same image.
+        classes : ndarray of uint8, shape (D, H, W)
+            Reference class indices on the working grid.
+        mask : ndarray of bool, shape (D, H, W)
+            Brain mask on the working grid.
+
+        Returns
+        -------
+        SliceSampler
+            Draws the case's slice crops.
+        """
         return SliceSampler(inputs, classes, mask, cfg.planes, cfg.crop)
 
     def case_sampler_with_labels(
         self, cfg: MixNetConfig, inputs: MixNetInputs, classes: np.ndarray, mask: np.ndarray, labels: LabelTable
     ) -> SliceSampler:
-        """A :class:`SliceSampler` that flips crops left-right with the label table's left and right classes swapped."""
+        """A :class:`SliceSampler` that flips crops left-right with the label table's left and right classes swapped.
+
+        Parameters
+        ----------
+        cfg : MixNetConfig
+            The model configuration (``planes``, ``crop``).
+        inputs : MixNetInputs
+            From :meth:`case_inputs` for the same image.
+        classes : ndarray of uint8, shape (D, H, W)
+            Reference class indices on the working grid.
+        mask : ndarray of bool, shape (D, H, W)
+            Brain mask on the working grid.
+        labels : LabelTable
+            The run's label table: its names pair left and right classes
+            (:func:`~brainseg.sampling.slice_augmentation.left_right_permutation`).
+
+        Returns
+        -------
+        SliceSampler
+            Draws the case's slice crops (flips only with ``training.augment``).
+        """
         return SliceSampler(inputs, classes, mask, cfg.planes, cfg.crop, left_right_permutation(labels))
 
     def loss(
@@ -339,6 +519,28 @@ class MixNetFamily(Family):
         of 128² with 135 classes on 2 threads) but under bfloat16 autocast torch 2.13's CPU kernels give NaN
         weight gradients for the dilated convolutions of dilation 4 and 8 (``benchmarks/bench_mixnet_step.py``
         checks every way's gradients; a run that used them turned NaN in its 4th epoch).
+
+        Parameters
+        ----------
+        network : MixNetViews
+            From :meth:`build_network`, in training mode.
+        batch : dict of str to Tensor
+            ``'slices'`` float32 ``(B, M, crop, crop)`` and ``'plane'`` int64 ``(B,)``
+            (:meth:`SliceSampler.draw`).
+        targets : Tensor of int64, shape (B, crop, crop)
+            Class indices, -1 outside the brain mask.
+        tc : TrainingConfig
+            Unused.
+
+        Returns
+        -------
+        Tensor
+            Scalar: the summed cross-entropy over the labelled pixels divided by their number (0 when none).
+
+        Raises
+        ------
+        ValueError
+            If ``batch['plane']`` is not one index per slice.
         """
         logits = network(batch["slices"], batch["plane"])
         total = F.cross_entropy(logits, targets, ignore_index=-1, reduction="sum")
@@ -358,6 +560,36 @@ class MixNetFamily(Family):
         """Every view's slices through its network, fused by the view weights.
 
         See :func:`brainseg.inference.dense_mixnet.predict_mixnet`.
+
+        Parameters
+        ----------
+        network : MixNetViews
+            In eval mode.
+        inputs : MixNetInputs
+            From :meth:`case_inputs`.
+        mask : ndarray of bool, shape (D, H, W)
+            Brain mask on the working grid; voxels outside are background (class 0).
+        probabilities : bool
+            Also return the fused probabilities.
+        probability_dtype : numpy dtype
+            Their storage type.
+        progress : bool
+            Show a progress bar per view.
+        logit_bias : ndarray of float, shape (num_classes,), optional
+            Added to every view's logits before its softmax (the sampling prior's correction).
+
+        Returns
+        -------
+        classes : ndarray of uint8, shape (D, H, W)
+            Arg-max of the fused probabilities in the mask, 0 outside.
+        probabilities : ndarray of ``probability_dtype``, shape (num_classes, D, H, W), or None
+            The fused probabilities (background 1 outside the mask), when asked.
+
+        Raises
+        ------
+        ValueError
+            If the network is in training mode, the mask does not fit the inputs, or ``logit_bias`` has
+            the wrong shape.
         """
         from brainseg.inference.dense_mixnet import predict_mixnet
 

@@ -82,7 +82,25 @@ class GanayeSampler:
         self.voxels = VoxelSampler(self.plane_classes, to_plane(mask, plane))
 
     def class_frequencies(self, num_classes: int, mode: str) -> np.ndarray:
-        """See :meth:`VoxelSampler.class_frequencies`."""
+        """See :meth:`VoxelSampler.class_frequencies`.
+
+        Parameters
+        ----------
+        num_classes : int
+            Length of the result.
+        mode : {'uniform', 'balanced', 'mixed'}
+            The sampling mode (``training.sampling``).
+
+        Returns
+        -------
+        ndarray of float64, shape (num_classes,)
+            Exact expected frequencies of the drawn voxels' classes; sums to 1.
+
+        Raises
+        ------
+        ValueError
+            If ``mode`` is unknown.
+        """
         return self.voxels.class_frequencies(num_classes, mode)
 
     def draw(self, n: int, rng: np.random.Generator, tc: TrainingConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -90,6 +108,29 @@ class GanayeSampler:
 
         With ``tc.augment`` the largest patch is rescaled and rotated at random
         (Ganaye et al. 2018, section 3.3).
+
+        Parameters
+        ----------
+        n : int
+            Number of voxels to draw (with replacement).
+        rng : numpy.random.Generator
+            Draws the voxels and the augmentation's scale factors and angles.
+        tc : TrainingConfig
+            Reads ``sampling``, ``augment``, ``augment_scale`` and ``augment_rotation_deg`` (degrees).
+
+        Returns
+        -------
+        inputs : dict of str to ndarray of float32
+            ``'patches'`` ``(n, S, 25, 25)``, ``S = len(scales)``; with the priors switched on,
+            ``'distances'`` ``(n, L)`` in mm, ``'atlas'`` ``(n, C)`` and ``'patches_3d'``
+            ``(n, 1, 15, 15, 15)`` (:meth:`~brainseg.features.spatial.SpatialInputs.at`).
+        classes : ndarray of uint8, shape (n,)
+            The drawn voxels' reference classes.
+
+        Raises
+        ------
+        ValueError
+            If ``tc.sampling`` is not a mode of :class:`VoxelSampler`.
         """
         stack, spatial = self.inputs.stack, self.inputs.spatial
         idx = self.voxels.sample(n, rng, tc.sampling)
@@ -111,7 +152,24 @@ class GanayeFamily(Family):
     paper_results = PAPER_RESULTS
 
     def build_network(self, cfg: ModelConfig) -> nn.Module:
-        """A :class:`GanayeNet` with the branches ``cfg`` switches on."""
+        """A :class:`GanayeNet` with the branches ``cfg`` switches on.
+
+        Parameters
+        ----------
+        cfg : ModelConfig
+            The model configuration (``cfg.num_classes`` filled in).
+
+        Returns
+        -------
+        GanayeNet
+            BaseNet (section 2.1) with the DistBranch (``cfg.landmarks`` > 0), ProbBranch, 3dBranch and
+            auxiliary classifiers as configured.
+
+        Raises
+        ------
+        ValueError
+            If :class:`GanayeNet` or :class:`DistBranch` refuses a setting (e.g. fewer than 2 classes).
+        """
         dist = None
         if cfg.landmarks > 0:
             dist = DistBranch(
@@ -137,7 +195,18 @@ class GanayeFamily(Family):
         )
 
     def describe(self, config: Config) -> str:
-        """BaseNet's patches and plane, the priors switched on, auxiliary losses and augmentation."""
+        """BaseNet's patches and plane, the priors switched on, auxiliary losses and augmentation.
+
+        Parameters
+        ----------
+        config : Config
+            The whole configuration (``model`` and ``training``).
+
+        Returns
+        -------
+        str
+            E.g. ``'BaseNet (25 x 25 patches at scales [1, 2, 3], axial plane) + ProbBranch (...)'``.
+        """
         cfg, tc = config.model, config.training
         parts = [f"BaseNet (25 x 25 patches at scales {list(cfg.scales)}, {cfg.plane} plane)"]
         if cfg.landmarks:
@@ -166,7 +235,35 @@ class GanayeFamily(Family):
         background: float,
         atlas: ProbabilisticAtlas | None,
     ) -> GanayeInputs:
-        """The multi-scale patch source in ``cfg.plane`` and the spatial priors' inputs (``mask`` unused)."""
+        """The multi-scale patch source in ``cfg.plane`` and the spatial priors' inputs (``mask`` unused).
+
+        Parameters
+        ----------
+        cfg : ModelConfig
+            The model configuration.
+        image : ndarray of float32, shape (D, H, W)
+            The normalised image on the working grid (RAS+).
+        mask : ndarray of bool, shape (D, H, W)
+            Brain mask (unused).
+        affine : ndarray of float64, shape (4, 4)
+            Voxel -> mm of the working grid (the DistBranch's landmarks and distances are in mm).
+        background : float
+            The normalised intensity outside the brain (padding value).
+        atlas : ProbabilisticAtlas or None
+            The reference atlas on the working grid: the ProbBranch's input; with the DistBranch its
+            support tells dense inference where brains land.
+
+        Returns
+        -------
+        GanayeInputs
+            ``spatial`` is None for a BaseNet on the scan's own grid without a 3dBranch.
+
+        Raises
+        ------
+        ValueError
+            If ``image`` is not 3-D, a scale is < 1, the plane is unknown, or the atlas grid differs
+            from the image's.
+        """
         return GanayeInputs(
             build_stack(image, cfg.plane, cfg.scales, background),
             spatial_inputs_for(cfg, image, affine, background, atlas),
@@ -175,13 +272,53 @@ class GanayeFamily(Family):
     def case_sampler(
         self, cfg: ModelConfig, inputs: GanayeInputs, classes: np.ndarray, mask: np.ndarray
     ) -> GanayeSampler:
-        """A :class:`GanayeSampler`."""
+        """A :class:`GanayeSampler`.
+
+        Parameters
+        ----------
+        cfg : ModelConfig
+            The model configuration (unused: ``inputs`` holds its plane).
+        inputs : GanayeInputs
+            From :meth:`case_inputs` for the same image.
+        classes : ndarray of uint8, shape (D, H, W)
+            Reference class indices on the working grid.
+        mask : ndarray of bool, shape (D, H, W)
+            Brain mask on the working grid.
+
+        Returns
+        -------
+        GanayeSampler
+            Draws the case's voxels.
+
+        Raises
+        ------
+        ValueError
+            If ``classes`` and ``mask`` differ in shape.
+        """
         return GanayeSampler(inputs, classes, mask)
 
     def loss(
         self, network: nn.Module, batch: dict[str, torch.Tensor], targets: torch.Tensor, tc: TrainingConfig
     ) -> torch.Tensor:
-        """Cross-entropy of the main output plus the weighted auxiliary losses (paper section 3.3)."""
+        """Cross-entropy of the main output plus the weighted auxiliary losses (paper section 3.3).
+
+        Parameters
+        ----------
+        network : GanayeNet
+            From :meth:`build_network`, in training mode.
+        batch : dict of str to Tensor
+            :meth:`GanayeSampler.draw`'s inputs, float32, first axis ``B``.
+        targets : Tensor of int64, shape (B,)
+            Class indices.
+        tc : TrainingConfig
+            ``tc.auxiliary_weights``: weights of the ``'base'`` and ``'dist'`` auxiliary classifiers'
+            cross-entropies (a zero weight leaves that term out).
+
+        Returns
+        -------
+        Tensor
+            Scalar: the mean cross-entropy over the batch plus the weighted auxiliary ones.
+        """
         logits, auxiliary = network.forward_with_auxiliary(**batch)  # type: ignore[operator]
         loss = F.cross_entropy(logits, targets)
         weights = dict(zip(("base", "dist"), tc.auxiliary_weights))
@@ -201,7 +338,38 @@ class GanayeFamily(Family):
         progress: bool = False,
         logit_bias: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Fully convolutional inference slice by slice (:func:`brainseg.inference.dense.predict_dense`)."""
+        """Fully convolutional inference slice by slice (:func:`brainseg.inference.dense.predict_dense`).
+
+        Parameters
+        ----------
+        network : GanayeNet
+            In eval mode.
+        inputs : GanayeInputs
+            From :meth:`case_inputs`.
+        mask : ndarray of bool, shape (D, H, W)
+            Brain mask on the working grid; voxels outside are background (class 0).
+        probabilities : bool
+            Also return the class probabilities.
+        probability_dtype : numpy dtype
+            Their storage type.
+        progress : bool
+            Show a progress bar over slices.
+        logit_bias : ndarray of float, shape (num_classes,), optional
+            Added to the logits before the softmax (the sampling prior's correction).
+
+        Returns
+        -------
+        classes : ndarray of uint8, shape (D, H, W)
+            Arg-max class index per voxel, 0 outside the mask.
+        probabilities : ndarray of ``probability_dtype``, shape (num_classes, D, H, W), or None
+            Softmax probabilities (background 1 outside the mask), when asked.
+
+        Raises
+        ------
+        ValueError
+            If the network is in training mode, or the mask or spatial inputs do not fit the network
+            and the patch source.
+        """
         return predict_dense(
             network,  # type: ignore[arg-type]
             inputs.stack,
@@ -214,11 +382,34 @@ class GanayeFamily(Family):
         )
 
     def needs_atlas(self, cfg: ModelConfig) -> bool:
-        """Whether the ProbBranch (which reads the atlas) is switched on."""
+        """Whether the ProbBranch (which reads the atlas) is switched on.
+
+        Parameters
+        ----------
+        cfg : ModelConfig
+            The model configuration.
+
+        Returns
+        -------
+        bool
+            ``cfg.prob_branch``.
+        """
         return cfg.prob_branch
 
     def row_label(self, config: Config) -> str:
-        """The paper's row name for a configuration (Tables 1 and 2)."""
+        """The paper's row name for a configuration (Tables 1 and 2).
+
+        Parameters
+        ----------
+        config : Config
+            The whole configuration (``model`` and ``training``).
+
+        Returns
+        -------
+        str
+            A key of :data:`PAPER_RESULTS` (``'BaseNet'``, ``'+Dist+Prob'``, ...); a DistBranch other
+            than the paper's (conv, no rbf) in a combination gets ``' [DistBranch ...]'`` appended.
+        """
         m, t = config.model, config.training
         parts = []
         if m.landmarks:

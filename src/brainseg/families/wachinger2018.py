@@ -25,8 +25,8 @@ The two variants (``DeepNATConfig.cascade``):
 - **hierarchical** (the paper's DeepNAT, section 2.2; the default): one
   :class:`~brainseg.models.wachinger2018.DeepNATCascade` holds network 1 (background / foreground)
   and network 2 (the ``C - 1`` structures, no background class). Each draws its own examples
-  (:class:`~brainseg.sampling.patches3d.DeepNATCascadeSampler`): a draw of ``n`` gives ``n`` examples to each network, row ``i``
-  of ``'patches'`` / ``'coordinates'`` (network 1) and of ``'structure_patches'`` /
+  (:class:`~brainseg.sampling.patches3d.DeepNATCascadeSampler`): a draw of ``n`` gives ``n`` examples
+  to each network, row ``i`` of ``'patches'`` / ``'coordinates'`` (network 1) and of ``'structure_patches'`` /
   ``'structure_coordinates'`` (network 2), with targets ``(n, T, 2)``: ``[..., 0]`` network 1's,
   ``[..., 1]`` network 2's, so the trainer's concatenation over cases keeps them aligned, and
   ``samples_per_epoch`` and ``batch_size`` count examples per network. The loss is network 1's
@@ -123,8 +123,9 @@ def multitask_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torc
     logits : Tensor of float, shape (n, T, C)
         Per-task logits (:meth:`DeepNAT.forward`).
     targets : Tensor of int64, shape (n, T)
-        Class indices (:func:`~brainseg.sampling.patches3d.task_targets`), or :data:`~brainseg.sampling.patches3d.IGNORE` (any negative value) for entries
-        left out (:func:`~brainseg.sampling.patches3d.structure_targets`).
+        Class indices (:func:`~brainseg.sampling.patches3d.task_targets`), or
+        :data:`~brainseg.sampling.patches3d.IGNORE` (any negative value) for entries left out
+        (:func:`~brainseg.sampling.patches3d.structure_targets`).
 
     Returns
     -------
@@ -161,8 +162,9 @@ def cascade_loss(network: DeepNATCascade, batch: dict[str, torch.Tensor], target
         :meth:`~brainseg.sampling.patches3d.DeepNATCascadeSampler.draw` returns them.
     targets : Tensor of int64, shape (n, T, 2)
         ``[..., 0]``: network 1's targets (0 background, 1 foreground) of its example ``i``;
-        ``[..., 1]``: network 2's (structure ``c`` as ``c - 1``, or :data:`~brainseg.sampling.patches3d.IGNORE` where the head's
-        voxel is background: masked) of its example ``i``.
+        ``[..., 1]``: network 2's (structure ``c`` as ``c - 1``, or
+        :data:`~brainseg.sampling.patches3d.IGNORE` where the head's voxel is background: masked) of
+        its example ``i``.
 
     Returns
     -------
@@ -182,7 +184,18 @@ def cascade_loss(network: DeepNATCascade, batch: dict[str, torch.Tensor], target
 
 
 def variant_name(cfg: DeepNATConfig) -> str:
-    """``'hierarchical'`` (the paper's two networks, section 2.2) or ``'one step'`` (``cascade: false``)."""
+    """``'hierarchical'`` (the paper's two networks, section 2.2) or ``'one step'`` (``cascade: false``).
+
+    Parameters
+    ----------
+    cfg : DeepNATConfig
+        The model configuration; its ``cascade`` is read.
+
+    Returns
+    -------
+    str
+        The variant's name.
+    """
     return "hierarchical" if cfg.cascade else "one step"
 
 
@@ -204,6 +217,16 @@ class DeepNATFamily(Family):
 
     def build_network(self, cfg: DeepNATConfig) -> nn.Module:
         """A :class:`DeepNATCascade` (``cfg.cascade``) or a :class:`DeepNAT`, with ``cfg.tasks`` heads.
+
+        Parameters
+        ----------
+        cfg : DeepNATConfig
+            The model configuration (``cfg.num_classes`` filled in).
+
+        Returns
+        -------
+        DeepNAT or DeepNATCascade
+            With :data:`COORDINATE_CHANNELS` coordinate inputs for ``cfg.coordinates``.
 
         Raises
         ------
@@ -227,7 +250,18 @@ class DeepNATFamily(Family):
         return DeepNATCascade(num_classes=cfg.num_classes, **shared)  # type: ignore[arg-type]
 
     def describe(self, config: Config) -> str:
-        """Patch, tasks, coordinates, variant and jitter, e.g. ``DeepNAT (24^3 patches, 7 tasks, ..., hierarchical)``."""
+        """Patch, tasks, coordinates, variant and jitter, e.g. ``DeepNAT (24^3 patches, 7 tasks, ..., hierarchical)``.
+
+        Parameters
+        ----------
+        config : Config
+            The whole configuration (``model``; ``training.augment`` for the jitter).
+
+        Returns
+        -------
+        str
+            One line; widths other than the paper's and the reference space are named too.
+        """
         cfg = config.model
         coordinates = _COORDINATE_NAMES[cfg.coordinates]
         if cfg.coordinates in ("spectral", "both") and cfg.spectral_grid_mm != 2.0:
@@ -253,6 +287,28 @@ class DeepNATFamily(Family):
     ) -> DeepNATInputs:
         """The padded image and the coordinates of every voxel (``atlas`` unused).
 
+        Parameters
+        ----------
+        cfg : DeepNATConfig
+            The model configuration (``coordinates``, ``spectral_grid_mm``).
+        image : ndarray of float32, shape (D, H, W)
+            The normalised image on the working grid (RAS+).
+        mask : ndarray of bool, shape (D, H, W)
+            Brain mask on the working grid: the coordinates' domain (zero outside).
+        affine : ndarray of float64, shape (4, 4)
+            Voxel -> mm of the working grid.
+        background : float
+            The normalised intensity outside the brain (padding value).
+        atlas : ProbabilisticAtlas or None
+            Unused.
+
+        Returns
+        -------
+        DeepNATInputs
+            The image padded by :data:`~brainseg.models.wachinger2018.PATCH_PADDING` (11 voxels before,
+            12 after), float32 ``(D + 23, H + 23, W + 23)``; the coordinates, float32 ``(K, D, H, W)``
+            with ``K`` = :data:`COORDINATE_CHANNELS` of ``cfg.coordinates``; the background.
+
         Raises
         ------
         InputError
@@ -269,7 +325,32 @@ class DeepNATFamily(Family):
     def case_sampler(
         self, cfg: DeepNATConfig, inputs: DeepNATInputs, classes: np.ndarray, mask: np.ndarray
     ) -> DeepNATSampler | DeepNATCascadeSampler:
-        """A :class:`DeepNATCascadeSampler` (``cfg.cascade``) or a :class:`DeepNATSampler`, with the config's caps."""
+        """A :class:`DeepNATCascadeSampler` (``cfg.cascade``) or a :class:`DeepNATSampler`, with the config's caps.
+
+        Parameters
+        ----------
+        cfg : DeepNATConfig
+            The model configuration (``cascade``, ``tasks``, and the ``'deepnat'`` pools' caps
+            ``fg_bg_per_image``, ``per_structure``, ``double_classes``).
+        inputs : DeepNATInputs
+            From :meth:`case_inputs` for the same image.
+        classes : ndarray of uint8, shape (D, H, W)
+            Reference class indices on the working grid.
+        mask : ndarray of bool, shape (D, H, W)
+            Brain mask on the working grid.
+
+        Returns
+        -------
+        DeepNATSampler or DeepNATCascadeSampler
+            Draws the case's examples (section 3).
+
+        Raises
+        ------
+        ValueError
+            If the image, ``classes`` and ``mask`` do not share a grid.
+        InputError
+            For the hierarchy, if the case has no structure voxel.
+        """
         caps = dict(
             fg_bg_per_image=cfg.fg_bg_per_image, per_structure=cfg.per_structure, double_classes=cfg.double_classes
         )
@@ -279,7 +360,30 @@ class DeepNATFamily(Family):
     def loss(
         self, network: nn.Module, batch: dict[str, torch.Tensor], targets: torch.Tensor, tc: TrainingConfig
     ) -> torch.Tensor:
-        """Summed per-task cross entropies (section 2.3): of both networks for the hierarchy (:func:`cascade_loss`)."""
+        """Summed per-task cross entropies (section 2.3): of both networks for the hierarchy (:func:`cascade_loss`).
+
+        Parameters
+        ----------
+        network : DeepNAT or DeepNATCascade
+            From :meth:`build_network`, in training mode.
+        batch : dict of str to Tensor
+            The sampler's inputs: ``'patches'`` float32 ``(B, 1, 24, 24, 24)`` (and ``'coordinates'``
+            ``(B, K)``); for the hierarchy also ``'structure_patches'`` (and ``'structure_coordinates'``).
+        targets : Tensor of int64, shape (B, T), or (B, T, 2) for the hierarchy
+            Class indices per head (:func:`multitask_cross_entropy`, :func:`cascade_loss`).
+        tc : TrainingConfig
+            Unused.
+
+        Returns
+        -------
+        Tensor
+            Scalar.
+
+        Raises
+        ------
+        ValueError
+            If the logits and targets do not have the shapes above.
+        """
         if isinstance(network, DeepNATCascade):
             return cascade_loss(network, batch, targets)
         return multitask_cross_entropy(network(**batch), targets)
@@ -304,6 +408,36 @@ class DeepNATFamily(Family):
         ``probabilities``, the labels come from int8 fully connected layers with every doubtful voxel
         checked in float32 (:func:`~brainseg.inference.dense3d_int8.segment_dense3d_int8`), where this
         torch has an int8 product on the CPU and the network runs there.
+
+        Parameters
+        ----------
+        network : DeepNAT or DeepNATCascade
+            In eval mode.
+        inputs : DeepNATInputs
+            From :meth:`case_inputs`.
+        mask : ndarray of bool, shape (D, H, W)
+            Brain mask on the working grid; voxels outside are background (class 0).
+        probabilities : bool
+            Also return the class probabilities (then the float32 path is taken).
+        probability_dtype : numpy dtype
+            Their storage type.
+        progress : bool
+            Show a progress bar.
+        logit_bias : ndarray of float, shape (num_classes,), optional
+            The sampling prior's correction, applied as above.
+
+        Returns
+        -------
+        classes : ndarray of uint8, shape (D, H, W)
+            Class indices, 0 outside the mask.
+        probabilities : ndarray of ``probability_dtype``, shape (num_classes, D, H, W), or None
+            The Eq. 3 probabilities, when asked.
+
+        Raises
+        ------
+        ValueError
+            If the network is in training mode, the shapes disagree, or the network has more than 256
+            classes (the class map is uint8).
         """
         network_: DeepNATModel = network  # type: ignore[assignment]
         coordinates = inputs.coordinates if len(inputs.coordinates) else None
@@ -337,6 +471,16 @@ class DeepNATFamily(Family):
         E.g. ``'Cartesian + spectral, hierarchical, 7 tasks'``; ``', jitter'`` is appended for
         ``training.augment``, and a network narrower or wider than the paper's gets its widths
         appended (not the paper's network).
+
+        Parameters
+        ----------
+        config : Config
+            The whole configuration (``model``; ``training.augment``).
+
+        Returns
+        -------
+        str
+            The row label.
         """
         cfg = config.model
         coordinates = {"none": "no coordinates", "cartesian": "Cartesian", "spectral": "spectral"}.get(

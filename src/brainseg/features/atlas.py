@@ -83,6 +83,11 @@ class ProbabilisticAtlas:
         floor : float
             Floor applied at lookup.
 
+        Returns
+        -------
+        ProbabilisticAtlas
+            On the grid of the maps, with one box (empty for a class that never occurs) per class.
+
         Raises
         ------
         ValueError
@@ -173,6 +178,11 @@ class ProbabilisticAtlas:
 
         Rows that are all zero (outside the grid) get the background-only prior.
 
+        Parameters
+        ----------
+        quantised : ndarray of uint8, shape (N, C)
+            Stored frequencies from :meth:`quantised`.
+
         Returns
         -------
         ndarray of float32, shape (N, C)
@@ -230,7 +240,13 @@ class ProbabilisticAtlas:
         return out
 
     def save(self, path: str | Path) -> None:
-        """Write an ``.npz`` file (compressed, no pickled objects)."""
+        """Write an ``.npz`` file (compressed, no pickled objects).
+
+        Parameters
+        ----------
+        path : str or Path
+            The file to write (atomically; overwritten if present).
+        """
         arrays = {"shape": np.array(self.shape), "boxes": self.boxes, "floor": np.array(self.floor)}
         arrays.update({f"class_{c:03d}": v for c, v in enumerate(self.values)})
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -239,6 +255,15 @@ class ProbabilisticAtlas:
     @classmethod
     def load(cls, path: str | Path) -> ProbabilisticAtlas:
         """Read an atlas written by :meth:`save` (``allow_pickle=False``).
+
+        Parameters
+        ----------
+        path : str or Path
+            An ``.npz`` file written by :meth:`save`.
+
+        Returns
+        -------
+        ProbabilisticAtlas
 
         Raises
         ------

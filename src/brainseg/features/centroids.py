@@ -99,10 +99,41 @@ class RegionCentroids:
 
     @classmethod
     def of(cls, class_map: np.ndarray, affine: np.ndarray, num_regions: int) -> RegionCentroids:
-        """The centroids of a class map (:func:`region_centroids`)."""
+        """The centroids of a class map (:func:`region_centroids`).
+
+        Parameters
+        ----------
+        class_map : ndarray of int, shape (D, H, W)
+            Class indices, 0 = background.
+        affine : ndarray of float, shape (4, 4)
+            Voxel -> mm.
+        num_regions : int
+            ``K``: classes ``1 .. K`` are regions.
+
+        Returns
+        -------
+        RegionCentroids
+
+        Raises
+        ------
+        ValueError
+            If fewer than two regions have voxels.
+        """
         return cls(*region_centroids(class_map, affine, num_regions))
 
     def distances(self, points_mm: np.ndarray) -> np.ndarray:
-        """Scaled distances ``(N, K)`` float32 from points ``(N, 3)`` in mm: mm distances / :attr:`scale_mm`."""
+        """Scaled distances ``(N, K)`` float32 from points ``(N, 3)`` in mm: mm distances / :attr:`scale_mm`.
+
+        Parameters
+        ----------
+        points_mm : ndarray of float, shape (N, 3)
+            Points (e.g. voxel centres) in mm.
+
+        Returns
+        -------
+        ndarray of float32, shape (N, K)
+            Euclidean distance to each centroid (absent regions' included) divided by :attr:`scale_mm`
+            (section 3.1.2, with the division explained in the module notes).
+        """
         points = np.asarray(points_mm, float).reshape(-1, 3)
         return (cdist(points, self.centroids) / self.scale_mm).astype(np.float32)

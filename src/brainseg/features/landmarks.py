@@ -56,7 +56,20 @@ def landmark_grid(shape: tuple[int, int, int], affine: np.ndarray, n: int = 7) -
 
 
 def voxel_centres_mm(indices: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """World coordinates (mm) of voxel indices ``(N, 3)`` -> ``(N, 3)`` float64."""
+    """World coordinates (mm) of voxel indices ``(N, 3)`` -> ``(N, 3)`` float64.
+
+    Parameters
+    ----------
+    indices : ndarray, shape (N, 3)
+        Voxel indices (integer or fractional).
+    affine : ndarray of float, shape (4, 4)
+        Voxel index -> world mm.
+
+    Returns
+    -------
+    ndarray of float64, shape (N, 3)
+        Positions in mm.
+    """
     indices = np.asarray(indices, dtype=np.float64).reshape(-1, 3)
     return indices @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
 
@@ -89,6 +102,18 @@ def landmark_distances(points_mm: np.ndarray, landmarks_mm: np.ndarray) -> np.nd
 
 def rbf(distances_mm: np.ndarray, alpha: float = 0.01) -> np.ndarray:
     """Radial basis normalisation ``exp(-alpha d**2)`` (paper section 3.3; alpha in mm^-2).
+
+    Parameters
+    ----------
+    distances_mm : ndarray of float, any shape
+        Distances in mm (e.g. :func:`landmark_distances`' (N, L) float32).
+    alpha : float
+        Decay rate in mm^-2 (0.01 in the paper).
+
+    Returns
+    -------
+    ndarray, shape of ``distances_mm``
+        Values in (0, 1]; float32 for float32 distances, else float64.
 
     Examples
     --------

@@ -49,7 +49,23 @@ class SpatialInputs:
     support: np.ndarray | None = None
 
     def patches_3d(self, voxels: np.ndarray) -> np.ndarray:
-        """15 x 15 x 15 patches centred on voxels ``(N, 3)`` -> ``(N, 1, 15, 15, 15)`` float32."""
+        """15 x 15 x 15 patches centred on voxels ``(N, 3)`` -> ``(N, 1, 15, 15, 15)`` float32.
+
+        Parameters
+        ----------
+        voxels : ndarray of int, shape (N, 3)
+            Voxel indices on the unpadded grid, inside it (``padded_image`` is padded by :data:`HALF_3D`).
+
+        Returns
+        -------
+        ndarray of float32, shape (N, 1, 15, 15, 15)
+            The image around each voxel (3dBranch input), the background value beyond the grid.
+
+        Raises
+        ------
+        ValueError
+            If this object holds no ``padded_image``.
+        """
         if self.padded_image is None:
             raise ValueError("these spatial inputs hold no image for 3-D patches")
         steps = np.arange(2 * HALF_3D + 1)
@@ -169,6 +185,16 @@ def spatial_inputs_for(
     atlas : ProbabilisticAtlas, optional
         The reference atlas: the ProbBranch's input, and its support tells
         the DistBranch where brains land (see :class:`SpatialInputs`).
+
+    Returns
+    -------
+    SpatialInputs or None
+        None when the model reads no spatial prior (no reference space and no 3dBranch).
+
+    Raises
+    ------
+    ValueError
+        From :func:`make_spatial_inputs`, if the atlas grid differs from the image's.
     """
     if not (model.needs_reference or model.branch_3d_widths):
         return None

@@ -50,6 +50,15 @@ class SegmentInput:
 
     ``modalities`` are a multi-modal model's other images by name (manifest columns ``image_NAME``, or
     ``--modality NAME=PATH``), co-registered with ``image``.
+
+    Attributes
+    ----------
+    image : Path
+        The image file (may not exist: a missing file becomes a failed case).
+    name : str
+        Stem of the output file names (``NAME_seg.nii.gz`` and so on).
+    modalities : tuple of (str, Path)
+        ``(NAME, PATH)`` of each other modality; empty for a single-image model.
     """
 
     image: Path
@@ -59,7 +68,27 @@ class SegmentInput:
 
 @dataclass(frozen=True)
 class SegmentOutputs:
-    """Files written for one input (``probabilities`` None unless asked for)."""
+    """Files written for one input (``probabilities`` None unless asked for).
+
+    Attributes
+    ----------
+    image : Path
+        The input image.
+    label_map : Path
+        ``NAME_seg.nii.gz``, the label map.
+    volumes : Path
+        ``NAME_volumes.csv``, the structure volumes.
+    qc : Path
+        ``NAME_qc.png``, the quality-control picture.
+    brain_mask : Path
+        ``NAME_brain_mask.nii.gz``.
+    record : Path
+        ``NAME_seg.json``, the completion record (written last, see the module docstring).
+    probabilities : Path or None
+        ``NAME_probabilities.nii.gz``, or None when not asked for.
+    modalities : tuple of (str, Path)
+        The input's other modalities, as in :class:`SegmentInput`.
+    """
 
     image: Path
     label_map: Path
@@ -71,7 +100,13 @@ class SegmentOutputs:
     modalities: tuple[tuple[str, Path], ...] = ()
 
     def files(self) -> list[Path]:
-        """The outputs proper (not the record), in the order they are written."""
+        """The outputs proper (not the record), in the order they are written.
+
+        Returns
+        -------
+        list of Path
+            ``label_map``, ``brain_mask``, ``volumes``, ``qc`` and, when asked for, ``probabilities``.
+        """
         paths = [self.label_map, self.brain_mask, self.volumes, self.qc, self.probabilities]
         return [p for p in paths if p is not None]
 
@@ -175,7 +210,22 @@ def _read_list(path: Path) -> list[SegmentInput]:
 
 
 def output_paths(item: SegmentInput, output_dir: Path, probabilities: bool) -> SegmentOutputs:
-    """Where ``segment`` writes the outputs of one input."""
+    """Where ``segment`` writes the outputs of one input.
+
+    Parameters
+    ----------
+    item : SegmentInput
+        The input; its ``name`` is the stem of every output.
+    output_dir : Path
+        The output folder (not created or checked here).
+    probabilities : bool
+        Whether a probability map is written too.
+
+    Returns
+    -------
+    SegmentOutputs
+        ``output_dir / NAME_seg.nii.gz`` and so on.
+    """
     name = item.name
     return SegmentOutputs(
         item.image,
@@ -191,6 +241,20 @@ def output_paths(item: SegmentInput, output_dir: Path, probabilities: bool) -> S
 
 def plan_outputs(items: list[SegmentInput], output_dir: Path, probabilities: bool) -> list[SegmentOutputs]:
     """Output paths of every input, checked before anything runs.
+
+    Parameters
+    ----------
+    items : list of SegmentInput
+        The inputs, from :func:`expand_inputs`.
+    output_dir : Path
+        The output folder; need not exist yet.
+    probabilities : bool
+        Whether probability maps are written too.
+
+    Returns
+    -------
+    list of SegmentOutputs
+        One per input, in the order of ``items``.
 
     Raises
     ------
@@ -242,7 +306,21 @@ def write_record(outputs: SegmentOutputs, identity: dict[str, object], message: 
 
 
 def is_complete(outputs: SegmentOutputs, identity: dict[str, object]) -> bool:
-    """Whether the case's outputs from an earlier run are complete, valid and made the same way."""
+    """Whether the case's outputs from an earlier run are complete, valid and made the same way.
+
+    Parameters
+    ----------
+    outputs : SegmentOutputs
+        The case's planned outputs.
+    identity : dict
+        What this run would make them from (as given to :func:`write_record`).
+
+    Returns
+    -------
+    bool
+        True when the record exists with the same ``identity``, lists exactly the planned outputs, and every one
+        of them exists with the recorded sha256; False otherwise, also when the record is unreadable.
+    """
     try:
         record = json.loads(outputs.record.read_text())
         if record.get("identity") != identity:
@@ -257,14 +335,33 @@ def is_complete(outputs: SegmentOutputs, identity: dict[str, object]) -> bool:
 
 
 def remove_stale_temporaries(outputs: SegmentOutputs) -> None:
-    """Delete temporary files (``.NAME.*``) a killed run left beside this case's outputs."""
+    """Delete temporary files (``.NAME.*``) a killed run left beside this case's outputs.
+
+    Parameters
+    ----------
+    outputs : SegmentOutputs
+        The case's outputs; the temporaries of each of them and of its record are removed.
+    """
     for path in [*outputs.files(), outputs.record]:
         for tmp in path.parent.glob(f".{glob.escape(path.name)}.*"):
             tmp.unlink(missing_ok=True)
 
 
 def write_summary(path: str | Path, results: list[CaseResult]) -> Path:
-    """Write ``case,input,status,message,seconds`` rows atomically (one per input)."""
+    """Write ``case,input,status,message,seconds`` rows atomically (one per input).
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV file (usually ``OUTPUT_DIR/segment_summary.csv``); replaced if it exists.
+    results : list of CaseResult
+        One per input; the case is its label map's name without ``_seg.nii.gz``, seconds with one decimal.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["case", "input", "status", "message", "seconds"])

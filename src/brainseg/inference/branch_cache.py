@@ -106,11 +106,28 @@ class DistanceFeatureTable(PositionTable):
         self._index(support, rows, plane)
 
     def compute(self, voxels: np.ndarray) -> np.ndarray:
-        """The branch from the voxels' landmark distances (:func:`distance_features`)."""
+        """The branch from the voxels' landmark distances (:func:`distance_features`).
+
+        Parameters
+        ----------
+        voxels : ndarray of int, shape (N, 3)
+            Voxel indices on the reference grid.
+
+        Returns
+        -------
+        ndarray of float32, shape (N, branch.width)
+            The branch's exact output at each voxel.
+        """
         return distance_features(self.branch, voxels, self.affine, self.landmarks)
 
     def key(self) -> str:
-        """:func:`table_key` of the branch, landmarks, grid, support and plane."""
+        """:func:`table_key` of the branch, landmarks, grid, support and plane.
+
+        Returns
+        -------
+        str
+            24 hex digits, naming the cache file ``distbranch-KEY.npy``.
+        """
         return table_key(self.branch, self.affine, self.landmarks, self.support, self.plane)
 
     @classmethod
@@ -145,6 +162,11 @@ class DistanceFeatureTable(PositionTable):
         cls, branch: DistBranch, affine: np.ndarray, landmarks: np.ndarray, support: np.ndarray, plane: str = "axial"
     ) -> DistanceFeatureTable | None:
         """The table from the cache folder, built and written there first if missing.
+
+        Parameters
+        ----------
+        branch, affine, landmarks, support, plane
+            As in the class.
 
         Returns
         -------
@@ -199,7 +221,19 @@ class AtlasFeatureTable(PositionTable):
 
     @torch.no_grad()
     def compute(self, voxels: np.ndarray) -> np.ndarray:
-        """The branch of the atlas probabilities at the voxels (the per-voxel path of dense inference)."""
+        """The branch of the atlas probabilities at the voxels (the per-voxel path of dense inference).
+
+        Parameters
+        ----------
+        voxels : ndarray of int, shape (N, 3)
+            Voxel indices on the reference grid (the atlas' grid).
+
+        Returns
+        -------
+        ndarray of float32, shape (N, atlas.num_classes)
+            The branch's output (logit offsets, section 2.3) of the atlas' normalised class probabilities at
+            each voxel.
+        """
         voxels = np.asarray(voxels, np.int64).reshape(-1, 3)
         out = np.empty((len(voxels), self.width), np.float32)
         for start in range(0, len(voxels), self.batch):
@@ -209,7 +243,13 @@ class AtlasFeatureTable(PositionTable):
         return out
 
     def key(self) -> str:
-        """SHA-256 of the branch's weights, the atlas (grid, boxes, stored values, floor), support and plane."""
+        """SHA-256 of the branch's weights, the atlas (grid, boxes, stored values, floor), support and plane.
+
+        Returns
+        -------
+        str
+            Its first 24 hex digits, naming the cache file ``probbranch-KEY.npy``.
+        """
         digest = hashlib.sha256(self.plane.encode())
         _update_with_weights(digest, self.branch)
         atlas = self.atlas
@@ -225,7 +265,18 @@ class AtlasFeatureTable(PositionTable):
     def build(
         cls, branch: torch.nn.Module, atlas: ProbabilisticAtlas, support: np.ndarray, plane: str = "axial"
     ) -> AtlasFeatureTable:
-        """Compute the float32 rows of every support voxel."""
+        """Compute the float32 rows of every support voxel.
+
+        Parameters
+        ----------
+        branch, atlas, support, plane
+            As in the class.
+
+        Returns
+        -------
+        AtlasFeatureTable
+            Its rows in memory.
+        """
         table = cls(branch, atlas, support, None, plane)
         table.fill()
         return table
@@ -234,7 +285,19 @@ class AtlasFeatureTable(PositionTable):
     def cached(
         cls, branch: torch.nn.Module, atlas: ProbabilisticAtlas, support: np.ndarray, plane: str = "axial"
     ) -> AtlasFeatureTable | None:
-        """The table from the cache folder, built and written there first if missing (None: cache off)."""
+        """The table from the cache folder, built and written there first if missing (None: cache off).
+
+        Parameters
+        ----------
+        branch, atlas, support, plane
+            As in the class.
+
+        Returns
+        -------
+        AtlasFeatureTable or None
+            None when the cache is switched off (the caller then computes the branch per scan); a table kept
+            in memory when the folder cannot be written.
+        """
         if cache_dir() is None:  # before indexing the support: nothing to read or write
             return None
         table = cls(branch, atlas, support, None, plane)
@@ -251,7 +314,26 @@ def _update_with_weights(digest: hashlib._Hash, module: torch.nn.Module) -> None
 def table_key(
     branch: DistBranch, affine: np.ndarray, landmarks: np.ndarray, support: np.ndarray, plane: str = "axial"
 ) -> str:
-    """SHA-256 (first 24 hex digits) of everything a table's rows depend on, their order included."""
+    """SHA-256 (first 24 hex digits) of everything a table's rows depend on, their order included.
+
+    Parameters
+    ----------
+    branch : DistBranch
+        Its weights and settings (representation, convolutions, RBF and its ``alpha``) enter the key.
+    affine : ndarray of float, shape (4, 4)
+        Voxel -> mm of the reference grid.
+    landmarks : ndarray of float, shape (L, 3)
+        Landmark positions in mm.
+    support : ndarray of bool, shape (D, H, W)
+        The voxels with a stored row.
+    plane : {'axial', 'coronal', 'sagittal'}
+        The slices the rows are grouped by (their order).
+
+    Returns
+    -------
+    str
+        24 hex digits.
+    """
     digest = hashlib.sha256(plane.encode())
     _update_with_weights(digest, branch)
     for array in (np.asarray(affine, np.float64), np.asarray(landmarks, np.float64)):

@@ -96,6 +96,11 @@ def predict_patches(
     -------
     ndarray of float32, shape (N, num_classes)
         Softmax probabilities.
+
+    Raises
+    ------
+    ValueError
+        If the network needs ``spatial`` and it is missing, or ``logit_bias`` has the wrong shape.
     """
     _check_spatial(model, spatial)
     bias = _bias(model, logit_bias)
@@ -227,6 +232,13 @@ def predict_dense(
         Arg-max class index per voxel.
     probabilities : ndarray of ``probability_dtype``, shape (num_classes, D, H, W), or None
         Softmax probabilities (background = 1 outside the mask).
+
+    Raises
+    ------
+    ValueError
+        If the model is in training mode, the network needs ``spatial`` and it is missing, the stack was not
+        built for 25 x 25 patches, ``mask`` does not match the stack's shape, or ``logit_bias`` has the wrong
+        shape.
     """
     if model.training:
         raise ValueError("call model.eval() before dense inference")
@@ -354,6 +366,12 @@ def predict_dense_at(
     -------
     ndarray of float32, shape (N, num_classes)
         Softmax probabilities, in the order of ``indices``.
+
+    Raises
+    ------
+    ValueError
+        If the model is in training mode, the network needs ``spatial`` and it is missing, or ``logit_bias``
+        has the wrong shape.
     """
     if model.training:
         raise ValueError("call model.eval() before dense inference")

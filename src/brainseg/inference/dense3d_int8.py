@@ -63,6 +63,38 @@ def tile_runner(
 
     Without ``tile_size``, the tile side leaves room for the rim of ``r`` voxels on each side within the
     conv stage's budget, and for the sources' per-task probabilities (float32, ``T C`` per voxel).
+
+    Parameters
+    ----------
+    model : DeepNAT or DeepNATCascade
+        In eval mode.
+    image : ndarray of float32, shape (D, H, W)
+        Preprocessed intensities.
+    mask : ndarray of bool, shape (D, H, W)
+        Brain mask: the voxels to classify.
+    coordinates : ndarray of float32, shape (K, D, H, W), or None
+        Per-voxel coordinates; None or empty when the network takes none.
+    tile_size : int or None
+        Tile side along the first two axes in voxels, before growing; None: chosen from ``memory_bytes``.
+    memory_bytes : int
+        Budget of the conv stage of one tile, in bytes; without ``tile_size`` also the budget of a grown
+        tile's per-task probabilities.
+    background : float
+        Value of voxels outside the volume.
+    logit_bias : ndarray of float, shape (C,), or None
+        Added to every head's logits before the softmax.
+
+    Returns
+    -------
+    runner : DenseRunner
+        The dense pass, its :attr:`~DenseRunner.tile` reduced by ``2 r`` (at least 1) when chosen here.
+    reach : int
+        ``r``, the heads' largest offset along any axis, in voxels (0 for one task, 1 for 7 or 27).
+
+    Raises
+    ------
+    ValueError
+        If the model is in training mode, the shapes disagree or ``tile_size < 1`` (:class:`DenseRunner`).
     """
     runner = DenseRunner(model, image, mask, coordinates, tile_size, memory_bytes, background, 1, logit_bias)
     reach = int(np.abs(model.offsets).max())
@@ -74,13 +106,35 @@ def tile_runner(
 
 
 def tiles(runner: DenseRunner) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(lo, hi)`` of each tile's mask bounding box over the whole volume (:meth:`DenseRunner.tile_boxes`)."""
+    """``(lo, hi)`` of each tile's mask bounding box over the whole volume (:meth:`DenseRunner.tile_boxes`).
+
+    Parameters
+    ----------
+    runner : DenseRunner
+        The dense pass (:func:`tile_runner`).
+
+    Yields
+    ------
+    lo, hi : ndarray of int, shape (3,)
+        The bounding box ``[lo, hi)``, in voxels, of the brain voxels of each tile that holds any, slab by slab.
+    """
     for z0, z1 in runner.slabs():
         yield from runner.tile_boxes(z0, z1)
 
 
 def log_gap(means: torch.Tensor) -> torch.Tensor:
-    """``log m1 - log m2`` of each row's two largest probabilities ``(n, C) -> (n,)``; inf where ``m2 = 0``."""
+    """``log m1 - log m2`` of each row's two largest probabilities ``(n, C) -> (n,)``; inf where ``m2 = 0``.
+
+    Parameters
+    ----------
+    means : torch.Tensor
+        ``(n, C)`` float32 Eq. 3 probabilities, ``C >= 2``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n,)`` float32, >= 0 (NaN for a row of zeros).
+    """
     top = means.topk(2, dim=1).values
     return torch.log(top[:, 0]) - torch.log(top[:, 1])
 
@@ -133,7 +187,21 @@ class GrownTile:
         self.sources = rows  # (n, T): row of the source voxel, -1 where none (outside the mask or volume)
 
     def logits(self, heads: list, rows: np.ndarray) -> torch.Tensor:
-        """Combined per-task logits ``(n, T, C)`` (bias added) of the sources ``rows``, by the given heads."""
+        """Combined per-task logits ``(n, T, C)`` (bias added) of the sources ``rows``, by the given heads.
+
+        Parameters
+        ----------
+        heads : list of DenseHead
+            One per network of the model (float32 or int8), in :attr:`DenseRunner.members` order.
+        rows : ndarray of int, shape (n,)
+            Rows of :attr:`local`.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(n, T, C)`` float32 on the runner's device: the network's logits, or a hierarchy's combined
+            log-probabilities, plus the runner's logit bias.
+        """
         runner = self.runner
         local = torch.from_numpy(self.local[rows]).to(runner.device)
         coords = None
@@ -146,7 +214,21 @@ class GrownTile:
         return logits + runner.bias if runner.bias is not None else logits
 
     def probabilities(self, heads: list, voxel_batch: int) -> torch.Tensor:
-        """Per-task softmax of every source by ``heads``, flat ``(S T + 1, C)``: row ``s T + t``, a zero row last."""
+        """Per-task softmax of every source by ``heads``, flat ``(S T + 1, C)``: row ``s T + t``, a zero row last.
+
+        Parameters
+        ----------
+        heads : list of DenseHead
+            One per network of the model, as for :meth:`logits`.
+        voxel_batch : int
+            Sources per pass through the heads.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(S T + 1, C)`` float32 on the CPU; the last row, all zeros, stands for a missing source in
+            :meth:`means`.
+        """
         model = self.runner.model
         flat = torch.zeros((len(self.local) * model.tasks + 1, model.num_classes))
         for start in range(0, len(self.local), voxel_batch):
@@ -155,7 +237,17 @@ class GrownTile:
         return flat
 
     def replace(self, flat: torch.Tensor, rows: np.ndarray, heads: list) -> None:
-        """Overwrite the sources ``rows``' per-task softmax in ``flat`` with that of ``heads``."""
+        """Overwrite the sources ``rows``' per-task softmax in ``flat`` with that of ``heads``.
+
+        Parameters
+        ----------
+        flat : torch.Tensor
+            ``(S T + 1, C)`` float32, from :meth:`probabilities`; changed in place.
+        rows : ndarray of int, shape (n,)
+            Rows of :attr:`local`.
+        heads : list of DenseHead
+            One per network of the model, as for :meth:`logits`.
+        """
         tasks = self.runner.model.tasks
         probs = torch.softmax(self.logits(heads, rows), dim=2)
         flat[torch.from_numpy((rows[:, None] * tasks + np.arange(tasks)).reshape(-1))] = probs.reshape(
@@ -163,7 +255,20 @@ class GrownTile:
         )
 
     def means(self, flat: torch.Tensor, targets: np.ndarray) -> torch.Tensor:
-        """Eq. 3 means ``(n, C)`` of ``targets`` (indices into :attr:`targets`) from :meth:`probabilities`' ``flat``."""
+        """Eq. 3 means ``(n, C)`` of ``targets`` (indices into :attr:`targets`) from :meth:`probabilities`' ``flat``.
+
+        Parameters
+        ----------
+        flat : torch.Tensor
+            ``(S T + 1, C)`` float32, from :meth:`probabilities`.
+        targets : ndarray of int, shape (n,)
+            Indices into :attr:`targets`.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(n, C)`` float32: each target's mean over the heads whose source is a brain voxel of the volume.
+        """
         tasks = self.runner.model.tasks
         rows = self.sources[targets]
         index = np.where(rows >= 0, rows * tasks + np.arange(tasks), len(flat) - 1)

@@ -35,6 +35,18 @@ def conv_stage_bytes(tile_shape: tuple[int, int, int], widths: tuple[int, int, i
     with one copy each (the pooling's, or the convolution library's
     reordered input and output).
 
+    Parameters
+    ----------
+    tile_shape : tuple of 3 int
+        Output voxels of the tile along each axis.
+    widths : tuple of 3 int
+        The convolution widths ``(c1, c2, c3)`` (paper Table 1: 32, 64, 64).
+
+    Returns
+    -------
+    int
+        Bytes.
+
     Examples
     --------
     >>> round(conv_stage_bytes((16, 16, 180)) / 2**20)
@@ -132,7 +144,14 @@ class DenseHead:
 
 
 class DenseConvStage:
-    """DeepNAT's convolutions as a fully convolutional network (eval mode; batch norm folded in)."""
+    """DeepNAT's convolutions as a fully convolutional network (eval mode; batch norm folded in).
+
+    Parameters
+    ----------
+    model : DeepNAT
+        In eval mode (its batch norms' running statistics are folded into conv2 and conv3); the weights are
+        read once, at construction.
+    """
 
     def __init__(self, model: DeepNAT) -> None:
         self.w1, self.b1 = model.conv1.weight.detach(), model.conv1.bias.detach()  # type: ignore[union-attr]
@@ -158,6 +177,11 @@ class ConvCells:
     ``rows`` is ``(M, c3)`` (voxel-major), so that a cell of many voxels is a
     gather of whole rows; a channel-major ``(c3, M)`` map would be gathered
     column by column (about 2.6 times slower, measured on one thread).
+
+    Parameters
+    ----------
+    conv3 : torch.Tensor
+        A :class:`DenseConvStage` output ``(c3, L0 + 5, L1 + 5, L2 + 5)`` float32.
     """
 
     def __init__(self, conv3: torch.Tensor) -> None:
@@ -168,7 +192,20 @@ class ConvCells:
         self.cell_offsets = 2 * cells @ torch.tensor(self.strides, device=conv3.device)  # (27,), flat, C order
 
     def features(self, local: torch.Tensor) -> torch.Tensor:
-        """Flat conv3 features ``(N, c3 * 27)``, channel-major like the patch network, at local voxels ``(N, 3)``."""
+        """Flat conv3 features ``(N, c3 * 27)``, channel-major like the patch network, at local voxels ``(N, 3)``.
+
+        Parameters
+        ----------
+        local : torch.Tensor
+            ``(N, 3)`` integer voxel indices local to the tile: voxel ``u`` is the patch whose first voxel is
+            region voxel ``u`` (see :class:`DenseConvStage`).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(N, c3 * 27)`` float32, the patch network's :meth:`DeepNAT.features` of those patches up to
+            float32 rounding.
+        """
         first = local.to(torch.int64) @ torch.tensor(self.strides, device=local.device)  # (N,)
         cells = self.rows[(first[:, None] + self.cell_offsets[None]).reshape(-1)]  # (N * 27, c3)
         return cells.view(len(local), -1, self.channels).transpose(1, 2).reshape(len(local), -1)

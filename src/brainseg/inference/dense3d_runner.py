@@ -174,14 +174,33 @@ class DenseRunner:
         self.tile = int(tile_size)
 
     def slabs(self) -> list[tuple[int, int]]:
-        """Ranges ``[z0, z1)`` of the slabs of tiles along the first axis, covering the mask."""
+        """Ranges ``[z0, z1)`` of the slabs of tiles along the first axis, covering the mask.
+
+        Returns
+        -------
+        list of (int, int)
+            ``[z0, z1)`` in voxels, :attr:`tile` thick (the last one may be thinner), over the mask's bounding
+            box; empty when the mask is.
+        """
         if self.box is None:
             return []
         lo, hi = self.box[0]
         return [(z, min(z + self.tile, hi)) for z in range(lo, hi, self.tile)]
 
     def tile_boxes(self, z0: int, z1: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(lo, hi)``: the mask bounding box ``[lo, hi)`` of each tile of the slab ``[z0, z1)`` that holds brain."""
+        """``(lo, hi)``: the mask bounding box ``[lo, hi)`` of each tile of the slab ``[z0, z1)`` that holds brain.
+
+        Parameters
+        ----------
+        z0, z1 : int
+            The slab ``[z0, z1)`` along the first axis, in voxels (from :meth:`slabs`).
+
+        Yields
+        ------
+        lo, hi : ndarray of int, shape (3,)
+            Voxel indices of the brain voxels' bounding box in each ``[z0, z1) x [y, y + tile)`` tile,
+            tile by tile along the second axis; tiles without brain are skipped.
+        """
         assert self.box is not None
         for y in range(self.box[1][0], self.box[1][1], self.tile):
             block = self.mask[z0:z1, y : y + self.tile]
@@ -192,7 +211,21 @@ class DenseRunner:
                 yield lo, hi
 
     def slab(self, z0: int, z1: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """Per-task probabilities ``(n, T, C)`` float32 of the mask voxels ``(n, 3)`` of a slab, by chunks."""
+        """Per-task probabilities ``(n, T, C)`` float32 of the mask voxels ``(n, 3)`` of a slab, by chunks.
+
+        Parameters
+        ----------
+        z0, z1 : int
+            The slab ``[z0, z1)`` along the first axis, in voxels (from :meth:`slabs`).
+
+        Yields
+        ------
+        voxels : ndarray of int64, shape (n, 3)
+            Voxel indices of at most :attr:`voxel_batch` mask voxels of one tile.
+        probabilities : torch.Tensor
+            ``(n, T, C)`` float32 on the CPU: each head's softmax (logit bias added; a hierarchy's
+            combined log-probabilities renormalised) at the voxel the patch is centred on.
+        """
         for lo, hi in self.tile_boxes(z0, z1):
             yield from self._tile(lo, hi)
 

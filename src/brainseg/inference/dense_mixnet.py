@@ -169,11 +169,36 @@ def view_probabilities(
     plane's network (``slice_batch`` at a time; padded to even sides when the InitUnit pools, then
     cropped back). ``logit_bias`` ``(C,)`` is added to the logits before the softmax.
 
+    Parameters
+    ----------
+    network : MixNetViews
+        In eval mode.
+    inputs : MixNetInputs
+        The image cropped to the brain, with as many modalities as the network reads.
+    mask : ndarray of bool, shape (D, H, W)
+        Brain mask on the working grid; it must lie inside the box ``inputs`` was cropped to.
+    plane : {'axial', 'coronal', 'sagittal'}
+        The view, one of ``network.planes``.
+    logit_bias : ndarray of float, shape (C,), optional
+        Added to the logits before the softmax (the sampling prior's correction).
+    slice_batch : int
+        Slices per network pass.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    ndarray of float32, shape (C, N)
+        ``N = mask.sum()``, brain voxels in ``np.argwhere(mask)`` order.
+
     Raises
     ------
     ValueError
         If the network is in training mode, ``plane`` is not one of its views, the mask does not fit,
-        ``logit_bias`` has the wrong shape or ``slice_batch`` < 1.
+        ``logit_bias`` has the wrong shape, ``slice_batch`` < 1, the network has more than 256 classes or
+        another number of modalities than ``inputs``.
+    KeyError
+        If ``plane`` is not a plane name at all.
     """
     inside, number = _prepare(network, inputs, mask, slice_batch)
     out = np.zeros((int(inside.sum()), network.num_classes), np.float32)
@@ -230,7 +255,8 @@ def predict_mixnet(
     ------
     ValueError
         If the network is in training mode, the mask does not fit the inputs, the weights or
-        ``logit_bias`` have the wrong shape, or ``slice_batch`` < 1.
+        ``logit_bias`` have the wrong shape, ``slice_batch`` < 1, the network has more than 256 classes
+        or another number of modalities than ``inputs``.
     """
     inside, number = _prepare(network, inputs, mask, slice_batch)
     weights = network.view_weights if weights is None else tuple(float(w) for w in weights)

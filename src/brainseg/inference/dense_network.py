@@ -105,7 +105,23 @@ class DenseBaseNet:
         )
 
     def branch_maps(self, j: int, region: torch.Tensor) -> torch.Tensor:
-        """Dense branch ``j`` then its share of the mixing convolution: ``(H', W', M)``."""
+        """Dense branch ``j`` then its share of the mixing convolution: ``(H', W', M)``.
+
+        Parameters
+        ----------
+        j : int
+            The branch (scale) index, into :attr:`scales` and :attr:`branches`.
+        region : Tensor of float32, shape (1, 1, H, W)
+            The slice's image region the branch reads, at full resolution (the branch's convolutions are
+            dilated by its scale ``s = scales[j]``).
+
+        Returns
+        -------
+        Tensor of float32, shape (H', W', M)
+            Per output position, the branch's 2-D features times its block of the 1 x 1 mixing weights (no
+            mixing bias: it is added after the gather, :meth:`head`); ``H' = H - SPAN * s`` (``SPAN = 13``; likewise
+            ``W'``), ``M`` the mixing convolution's output channels.
+        """
         s = self.scales[j]
         (w1, b1), (w2, b2), (w3, b3) = self.branches[j]
         x = torch.relu_(F.conv2d(region, w1, b1, dilation=s))
@@ -122,6 +138,24 @@ class DenseBaseNet:
         ``extras`` holds what :meth:`GanayeNet.classify` takes: ``features_3d``, either ``prob_features``
         (the ProbBranch's output, from :class:`~brainseg.inference.branch_cache.AtlasFeatureTable`) or
         ``atlas``, and either ``dist_features`` or ``distances``. ``mixed`` is overwritten.
+
+        Parameters
+        ----------
+        mixed : Tensor of float32, shape (N, 9, M)
+            Per voxel and cell (row-major over the 3 x 3 cells), the mixing outputs summed over the branches,
+            without the mixing bias; overwritten (bias and ReLU in place).
+        extras : dict of str to Tensor
+            The priors' inputs of the ``N`` voxels, as above; those the network lacks are ignored.
+
+        Returns
+        -------
+        Tensor of float32, shape (N, num_classes)
+            Logits, without the sampling prior's logit bias.
+
+        Raises
+        ------
+        ValueError
+            From :meth:`GanayeNet._check`, if ``extras`` lacks an input the network needs.
         """
         return self._fully_connected(self._cells(mixed), extras, int8=False)
 
@@ -135,11 +169,29 @@ class DenseBaseNet:
         ``margin`` apart is computed again in float32. Its label can differ from the float32 head's only
         where int8 rounding moves some logit by more than ``margin / 2``.
 
+        Needs the int8 layers: only for an object built with ``int8=True`` where :attr:`int8` is not None.
+
+        Parameters
+        ----------
+        mixed : Tensor of float32, shape (N, 9, M)
+            As in :meth:`head`; overwritten.
+        extras : dict of str to Tensor
+            As in :meth:`head`.
+        bias : Tensor of float32, shape (num_classes,)
+            The sampling prior's logit shift (zeros for none), added to the logits before the arg-max.
+        margin : float
+            Logit gap (nats) below which a voxel is recomputed in float32.
+
         Returns
         -------
         classes : Tensor of int64, shape (N,)
         recomputed : int
             Voxels computed again in float32.
+
+        Raises
+        ------
+        ValueError
+            From :meth:`GanayeNet._check`, if ``extras`` lacks an input the network needs.
         """
         x = self._cells(mixed)
         logits = self._fully_connected(x, extras, int8=True).add_(bias)

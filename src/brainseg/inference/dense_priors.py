@@ -54,6 +54,21 @@ def fold_batch_norm(
     """A convolution's weight and bias with its batch normalisation (if any; eval mode) folded in.
 
     Shared by the dense predictors of every family (:mod:`brainseg.inference.dense3d` too).
+
+    Parameters
+    ----------
+    conv : nn.Conv2d or nn.Conv3d
+        The convolution; it needs a bias unless ``norm`` is a batch normalisation.
+    norm : nn.Module
+        The layer after it: a ``BatchNorm2d`` or ``BatchNorm3d`` (its running statistics are folded in), or
+        anything else (e.g. ``nn.Identity``: nothing to fold).
+
+    Returns
+    -------
+    weight : Tensor of float32, shape of ``conv.weight``
+        Detached, contiguous.
+    bias : Tensor of float32, shape (out_channels,)
+        Detached, contiguous.
     """
     weight, bias = conv.weight, conv.bias
     if isinstance(norm, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
@@ -64,7 +79,20 @@ def fold_batch_norm(
 
 
 class BrainRows:
-    """Row numbers of a mask's voxels: per-voxel arrays of the whole brain are stored once, in this order."""
+    """Row numbers of a mask's voxels: per-voxel arrays of the whole brain are stored once, in this order.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (D, H, W)
+        The brain mask.
+
+    Attributes
+    ----------
+    voxels : ndarray of int64, shape (N, 3)
+        The mask's voxels in C order (``np.argwhere``): row ``r`` is voxel ``voxels[r]``.
+    index : ndarray of int64, shape (D, H, W)
+        Each mask voxel's row, -1 elsewhere.
+    """
 
     def __init__(self, mask: np.ndarray) -> None:
         self.voxels = np.argwhere(mask)
@@ -72,7 +100,24 @@ class BrainRows:
         self.index[tuple(self.voxels.T)] = np.arange(len(self.voxels))
 
     def rows(self, voxels: np.ndarray, what: str) -> np.ndarray:
-        """Rows ``(N,)`` of voxels ``(N, 3)``; ValueError naming ``what`` if one lies outside the mask."""
+        """Rows ``(N,)`` of voxels ``(N, 3)``; ValueError naming ``what`` if one lies outside the mask.
+
+        Parameters
+        ----------
+        voxels : ndarray of int, shape (N, 3)
+            Voxel indices on the mask's grid.
+        what : str
+            What is being looked up, named in the error message.
+
+        Returns
+        -------
+        ndarray of int64, shape (N,)
+
+        Raises
+        ------
+        ValueError
+            If a voxel lies outside the mask.
+        """
         rows = self.index[voxels[:, 0], voxels[:, 1], voxels[:, 2]]
         if (rows < 0).any():
             raise ValueError(f"{what} asked for voxels outside the brain mask")
@@ -80,7 +125,15 @@ class BrainRows:
 
 
 class DenseAtlas:
-    """The atlas' stored values at every brain voxel, looked up once (uint8, normalised per slice)."""
+    """The atlas' stored values at every brain voxel, looked up once (uint8, normalised per slice).
+
+    Parameters
+    ----------
+    spatial : SpatialInputs
+        Holds the atlas (must not be None), on the grid of ``brain``.
+    brain : BrainRows
+        The brain voxels; :attr:`values` is ``(N, C)`` uint8 in its row order.
+    """
 
     def __init__(self, spatial: SpatialInputs, brain: BrainRows) -> None:
         assert spatial.atlas is not None
@@ -88,7 +141,23 @@ class DenseAtlas:
         self.values = self.atlas.quantised(brain.voxels)
 
     def at(self, voxels: np.ndarray) -> torch.Tensor:
-        """Atlas probabilities ``(N, C)`` float32 at brain voxels ``(N, 3)``."""
+        """Atlas probabilities ``(N, C)`` float32 at brain voxels ``(N, 3)``.
+
+        Parameters
+        ----------
+        voxels : ndarray of int, shape (N, 3)
+            Brain voxels (ProbBranch input, Ganaye et al. 2018, section 2.3).
+
+        Returns
+        -------
+        Tensor of float32, shape (N, C)
+            :meth:`~brainseg.features.atlas.ProbabilisticAtlas.normalise` of the stored values.
+
+        Raises
+        ------
+        ValueError
+            From :meth:`BrainRows.rows`, if a voxel lies outside the brain mask.
+        """
         return torch.from_numpy(self.atlas.normalise(self.values[self.brain.rows(voxels, "atlas values")]))
 
 
@@ -96,6 +165,17 @@ def max_pool3_stride1(x: torch.Tensor, offset: int) -> torch.Tensor:
     """2 x 2 x 2 max pooling of ``(N, C, D, H, W)`` with stride 1 and dilation ``offset``, as three pairwise maxima.
 
     Much faster than ``max_pool3d`` with stride 1 on the CPU; used by both families' dense predictors.
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, C, D, H, W)
+        Feature maps.
+    offset : int
+        Dilation, voxels: the two voxels compared along each axis are ``offset`` apart.
+
+    Returns
+    -------
+    Tensor, shape (N, C, D - offset, H - offset, W - offset), dtype of ``x``
     """
     for axis in (2, 3, 4):
         n = x.shape[axis] - offset
@@ -118,7 +198,33 @@ def _dense_branch_3d(layers: list[tuple[torch.Tensor, torch.Tensor]], region: to
 
 
 class Dense3dBranch:
-    """3dBranch features of every brain voxel, computed fully convolutionally in chunks of slices."""
+    """3dBranch features of every brain voxel, computed fully convolutionally in chunks of slices.
+
+    Ganaye et al. (2018, section 2)'s 3dBranch on every brain voxel's 15 x 15 x 15 patch at once, batch
+    normalisation folded in (:func:`fold_batch_norm`), over the brain's bounding box, :attr:`CHUNK` slices of
+    the first axis at a time.
+
+    Parameters
+    ----------
+    branch : ConvBranch3d
+        The trained 3dBranch (eval mode).
+    spatial : SpatialInputs
+        Holds ``padded_image`` (built with ``patches_3d=True``).
+    mask : ndarray of bool, shape (D, H, W)
+        The brain mask, the one ``brain`` was made from.
+    brain : BrainRows
+        Row order of :attr:`features`.
+
+    Attributes
+    ----------
+    features : Tensor of float32, shape (N, c2)
+        The 3dBranch output of each brain voxel, in ``brain``'s row order.
+
+    Raises
+    ------
+    ValueError
+        If ``spatial`` holds no padded image, or ``mask`` is empty.
+    """
 
     CHUNK = 24  # output slices per chunk along the first axis (each chunk recomputes 14 slices of margin)
 
@@ -146,5 +252,20 @@ class Dense3dBranch:
             self.features[torch.from_numpy(rows)] = maps.permute(1, 2, 3, 0)[torch.from_numpy(inside)]
 
     def at(self, voxels: np.ndarray) -> torch.Tensor:
-        """3dBranch features ``(N, c2)`` float32 at brain voxels ``(N, 3)``."""
+        """3dBranch features ``(N, c2)`` float32 at brain voxels ``(N, 3)``.
+
+        Parameters
+        ----------
+        voxels : ndarray of int, shape (N, 3)
+            Brain voxels.
+
+        Returns
+        -------
+        Tensor of float32, shape (N, c2)
+
+        Raises
+        ------
+        ValueError
+            From :meth:`BrainRows.rows`, if a voxel lies outside the brain mask.
+        """
         return self.features[torch.from_numpy(self.brain.rows(voxels, "3dBranch features"))]

@@ -48,7 +48,21 @@ def cache_dir() -> Path | None:
 
 
 def support_voxels(support: np.ndarray, plane: str) -> np.ndarray:
-    """Support voxels ``(N, 3)`` (RAS+ indices) slice by slice of ``plane``: the order of a table's rows."""
+    """Support voxels ``(N, 3)`` (RAS+ indices) slice by slice of ``plane``: the order of a table's rows.
+
+    Parameters
+    ----------
+    support : ndarray of bool, shape (D, H, W)
+        The voxels with a stored row.
+    plane : {'axial', 'coronal', 'sagittal'}
+        The slices the rows are grouped by (:data:`brainseg.sampling.patches.PLANE_AXIS`).
+
+    Returns
+    -------
+    ndarray of int64, shape (support.sum(), 3)
+        Voxel indices ``(d, h, w)``, sorted by their index along the plane's axis, then in C order of
+        the two other axes.
+    """
     axis = PLANE_AXIS[plane]
     in_plane = np.argwhere(np.moveaxis(np.asarray(support, bool), axis, 0))  # (slice, a, b), C order
     return np.insert(np.delete(in_plane, 0, axis=1), axis, in_plane[:, 0], axis=1)
@@ -84,7 +98,20 @@ class RowFile:
         self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
 
     def block(self, first: int, last: int) -> np.ndarray:
-        """Rows ``first .. last - 1`` as an array ``(last - first, width)``."""
+        """Rows ``first .. last - 1`` as an array ``(last - first, width)``.
+
+        Parameters
+        ----------
+        first : int
+            First row read (0-based).
+        last : int
+            One past the last row read (at most ``shape[0]``).
+
+        Returns
+        -------
+        ndarray, shape (last - first, width), the file's dtype
+            A fresh array read from the file.
+        """
         width = self.shape[1]
         count = (last - first) * width
         data = np.fromfile(self.path, self.dtype, count, offset=self.offset + first * width * self.dtype.itemsize)
@@ -98,8 +125,10 @@ class PositionTable:
     :func:`support_voxels` order (one slice's rows are one block), in memory or in a cache file, and
     the exact computation (:meth:`compute`) for voxels outside the support. A subclass sets
     :attr:`kind` (the cache file's prefix), :attr:`width` and implements :meth:`compute` and :meth:`key`.
+    The class has no constructor of its own: a subclass's ``__init__`` calls ``self._index(support, rows,
+    plane)``, which sets the attributes below.
 
-    Parameters
+    Attributes
     ----------
     support : ndarray of bool, shape (D, H, W)
         The voxels with a stored row.
@@ -108,11 +137,19 @@ class PositionTable:
         :meth:`load_or_build` provides them.
     plane : {'axial', 'coronal', 'sagittal'}
         The slices the rows are grouped by.
+    index : ndarray of int32, shape (D, H, W)
+        Each support voxel's row in ``rows`` (its rank in :func:`support_voxels` order), -1 elsewhere.
+    kind : str
+        Prefix of the cache file's name (class attribute).
+    width : int
+        Features per row (class attribute).
+    batch : int
+        Voxels per :meth:`compute` call while filling the rows (class attribute, :data:`BATCH`).
 
     Raises
     ------
     ValueError
-        If ``rows`` does not have one row of :attr:`width` features per support voxel.
+        From ``_index``, if ``rows`` does not have one row of :attr:`width` features per support voxel.
     """
 
     kind = "position"
@@ -132,15 +169,50 @@ class PositionTable:
         self.index = np.ascontiguousarray(np.moveaxis(index, 0, PLANE_AXIS[plane]))
 
     def compute(self, voxels: np.ndarray) -> np.ndarray:
-        """The exact outputs ``(N, width)`` float32 at voxels ``(N, 3)`` of the reference grid."""
+        """The exact outputs ``(N, width)`` float32 at voxels ``(N, 3)`` of the reference grid.
+
+        Parameters
+        ----------
+        voxels : ndarray of int, shape (N, 3)
+            Voxel indices on the reference grid.
+
+        Returns
+        -------
+        ndarray of float32, shape (N, width)
+
+        Raises
+        ------
+        NotImplementedError
+            Here; subclasses implement it.
+        """
         raise NotImplementedError
 
     def key(self) -> str:
-        """SHA-256 (first 24 hex digits) of everything the rows depend on, their order included."""
+        """SHA-256 (first 24 hex digits) of everything the rows depend on, their order included.
+
+        Returns
+        -------
+        str
+            24 hex digits, part of the cache file's name.
+
+        Raises
+        ------
+        NotImplementedError
+            Here; subclasses implement it.
+        """
         raise NotImplementedError
 
     def fill(self, dtype: type = np.float32) -> None:
-        """Compute the rows of every support voxel (exact, stored as ``dtype``)."""
+        """Compute the rows of every support voxel (exact, stored as ``dtype``).
+
+        Sets :attr:`rows` to an in-memory array ``(support.sum(), width)``, computed :attr:`batch` voxels at a
+        time by :meth:`compute`.
+
+        Parameters
+        ----------
+        dtype : type
+            Storage type of the rows (e.g. ``np.float32``; :meth:`load_or_build` reads only float32 cache files).
+        """
         voxels = support_voxels(self.support, self.plane)
         rows = np.empty((len(voxels), self.width), dtype)
         for start in range(0, len(voxels), self.batch):

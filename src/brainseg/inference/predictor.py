@@ -73,7 +73,26 @@ class Predictor:
 
     @classmethod
     def from_model_dir(cls, path: str | Path | None = None, num_threads: int | None = None) -> Predictor:
-        """Load a model folder (default: the model shipped with brainseg)."""
+        """Load a model folder (default: the model shipped with brainseg).
+
+        Parameters
+        ----------
+        path : str or Path, optional
+            A model folder or a shipped model's name (:func:`brainseg.model_folder.load_model_folder`);
+            None for the default model.
+        num_threads : int, optional
+            Torch threads for inference (process-wide, ``torch.set_num_threads``; default: torch's choice).
+
+        Returns
+        -------
+        Predictor
+
+        Raises
+        ------
+        InputError
+            From :func:`~brainseg.model_folder.load_model_folder`, if the folder or one of its files is missing
+            or the weights do not fit the configured network.
+        """
         return cls(load_model_folder(path), num_threads)
 
     def segment_prepared(
@@ -143,6 +162,14 @@ class Predictor:
     ) -> tuple[Any, np.ndarray, RegisteredImage | None]:
         """What the network reads for a prepared image: on its 1 mm grid, or registered to the reference.
 
+        Parameters
+        ----------
+        prepared : PreparedImage
+            From :func:`brainseg.preprocessing.pipeline.prepare_image` with the model's normalisation.
+        matrix : ndarray of float, shape (4, 4), optional
+            Reference-space models: a known transform template mm -> the scan's 1 mm-grid mm (skips the
+            registration); ignored by other models.
+
         Returns
         -------
         inputs
@@ -151,6 +178,12 @@ class Predictor:
             Brain mask on the working grid.
         registered : RegisteredImage or None
             For reference-space models; maps results back with :meth:`RegisteredImage.to_native`.
+
+        Raises
+        ------
+        InputError
+            If ``prepared`` holds another number of modalities than the model reads (checked before any
+            registration).
         """
         cfg = self.model.config.model
         reference = self.model.reference
@@ -228,5 +261,24 @@ class Predictor:
         return Segmentation(label_map, probability_map, image.grid, image.spacing, self.model.labels)
 
     def predict_file(self, path: str | Path, **kwargs: object) -> Segmentation:
-        """Load an image file and segment it; see :meth:`predict`."""
+        """Load an image file and segment it; see :meth:`predict`.
+
+        Parameters
+        ----------
+        path : str or Path
+            A NIfTI or MGZ image (:func:`brainseg.io.load_volume`).
+        **kwargs
+            Keyword arguments of :meth:`predict` (``mask``, ``probabilities``, ``progress``, ``matrix``,
+            ``crf``, ``others``).
+
+        Returns
+        -------
+        Segmentation
+
+        Raises
+        ------
+        InputError
+            If the file cannot be read or fails the validation gate (:func:`brainseg.io.load_volume`), or as
+            :meth:`predict`.
+        """
         return self.predict(load_volume(path), **kwargs)  # type: ignore[arg-type]

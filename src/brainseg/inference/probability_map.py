@@ -77,7 +77,18 @@ class ProbabilityMap:
         return out
 
     def astype(self, dtype: type) -> np.ndarray:
-        """The whole array in ``dtype`` (see the class notes on memory)."""
+        """The whole array in ``dtype`` (see the class notes on memory).
+
+        Parameters
+        ----------
+        dtype : numpy dtype
+            Type of the returned array (e.g. ``np.float32``).
+
+        Returns
+        -------
+        ndarray of ``dtype``, shape (C, D, H, W)
+            A new array on the input voxels, background (class 0 probability 1) outside the index's brain.
+        """
         return np.asarray(self, dtype=dtype)
 
     def save(self, path: str | Path, grid: Grid) -> Path:

@@ -149,10 +149,19 @@ def _other_images(outputs: SegmentOutputs, modalities: tuple[str, ...]) -> list[
 def check_modalities(planned: list[SegmentOutputs], modalities: tuple[str, ...]) -> None:
     """Refuse inputs that lack a multi-modal model's other images, or give images a T1 model cannot read.
 
+    Parameters
+    ----------
+    planned : list of SegmentOutputs
+        The planned cases, each with its other modalities (``outputs.modalities``).
+    modalities : tuple of str
+        The model's modalities, the first being the main image's
+        (:attr:`~brainseg.model_folder.LoadedModel.modalities`).
+
     Raises
     ------
     InputError
-        Naming the missing modality and how to give it (``--modality`` or a manifest column).
+        Naming the missing modality and how to give it (``--modality`` or a manifest column), or the
+        images the model does not read.
     """
     for outputs in planned:
         given = dict(outputs.modalities)
@@ -197,6 +206,19 @@ def _write_outputs(
 
 def crf_settings_of(defaults: CRFParameters, changes: dict[str, str | float] | None) -> CRFParameters:
     """The model folder's CRF settings with ``changes`` applied (``--crf-param NAME=VALUE``).
+
+    Parameters
+    ----------
+    defaults : CRFParameters
+        The model folder's settings.
+    changes : dict of str to str or float, or None
+        Field name of :class:`~brainseg.postprocessing.dense_crf.CRFParameters` -> new value, converted to
+        the field's type (``int`` or ``float``).
+
+    Returns
+    -------
+    CRFParameters
+        A new object; ``defaults`` is unchanged.
 
     Raises
     ------

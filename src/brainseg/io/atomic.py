@@ -28,6 +28,17 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     suffix : str
         Suffix of the temporary name (libraries such as nibabel choose the
         format from it).
+
+    Yields
+    ------
+    Path
+        The temporary file to write, ``.NAME.<random><suffix>`` in ``path``'s folder (created empty).
+
+    Raises
+    ------
+    OSError
+        If creating, writing, flushing or renaming the file fails, with ``path`` as its file name where the
+        error named the temporary file (or no file).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +81,25 @@ def _umask() -> int:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (newlines as given)."""
+    """Write ``text`` to ``path`` atomically (newlines as given).
+
+    Parameters
+    ----------
+    path : str or Path
+        The file to write (missing parent folders are created).
+    text : str
+        Its content, encoded with the locale's default encoding.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    OSError
+        As :func:`atomic_path` (e.g. disk full); ``path`` is then left as it was.
+    """
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:
             f.write(text)
@@ -78,7 +107,25 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in ``chunk``-byte blocks."""
+    """Hex sha256 of a file's bytes, read in ``chunk``-byte blocks.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    chunk : int
+        Bytes read at a time (default 1 MiB).
+
+    Returns
+    -------
+    str
+        The digest, 64 lowercase hexadecimal digits.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be opened or read.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

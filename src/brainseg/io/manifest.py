@@ -57,6 +57,16 @@ class Case:
     def images_of(self, names: tuple[str, ...] | list[str]) -> list[Path]:
         """The images of a model's modalities other than the first (``names[1:]``), in order.
 
+        Parameters
+        ----------
+        names : tuple or list of str
+            The model's modalities in channel order; ``names[0]`` is the case's ``image``.
+
+        Returns
+        -------
+        list of Path
+            One image per name after the first.
+
         Raises
         ------
         InputError
@@ -75,6 +85,18 @@ class Case:
 
 def read_manifest(path: str | Path) -> list[Case]:
     """Read a manifest CSV; relative paths are taken relative to the CSV's folder.
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV, with columns ``case_id``, ``image`` and optionally ``label_map``, ``mask`` and
+        ``image_NAME`` (:data:`MODALITY_PREFIX`).
+
+    Returns
+    -------
+    list of Case
+        One per row, in file order; an empty ``label_map`` or ``mask`` cell gives None, an empty
+        ``image_NAME`` cell no entry in ``modalities``.
 
     Raises
     ------
@@ -126,6 +148,11 @@ def write_manifest(path: str | Path, cases: list[Case], *, relative: bool = Fals
     relative : bool
         Write paths relative to the CSV's folder (a manifest that moves with
         the data, e.g. committed beside a config); absolute paths otherwise.
+
+    Returns
+    -------
+    Path
+        ``path``.
     """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -156,6 +183,22 @@ def scan_folder(
     Images match ``image_pattern`` (a regular expression with a ``case_id``
     group); the label map and mask share the case id with ``label_suffix`` and
     ``mask_suffix`` and the same extension.
+
+    Parameters
+    ----------
+    folder : str or Path
+        The data folder (not searched recursively).
+    image_pattern : str
+        Regular expression matched at the start of each file name (:func:`re.match`), with a group
+        ``case_id``; default: MICCAI 2012's ``ID_SS.nii[.gz]``.
+    label_suffix, mask_suffix : str
+        The label map and brain mask are ``<case_id><suffix>`` with the image's extension (``.nii.gz`` or
+        ``.nii``).
+
+    Returns
+    -------
+    list of Case
+        In file-name order; ``label_map`` and ``mask`` are None where that file does not exist.
 
     Raises
     ------
@@ -251,6 +294,16 @@ def _matches(pattern: str, what: str) -> dict[str, Path]:
 
 def check_same_grid(image: Path, label_map: Path) -> None:
     """Refuse a label map that is not on its image's grid (headers only; no voxel read).
+
+    Shapes must be equal and the voxel-to-world matrices agree within 1e-3. Files nibabel cannot read
+    pass (their loading reports them).
+
+    Parameters
+    ----------
+    image : Path
+        The image file.
+    label_map : Path
+        The label map (or brain mask) file that should share its grid.
 
     Raises
     ------
@@ -352,12 +405,27 @@ def scan_bids(root: str | Path, derivatives: str | None = None, suffix: str = "d
     compared. The case id is the image's entities (``sub-01_ses-1``).
     Images without a label map are listed without one.
 
+    Parameters
+    ----------
+    root : str or Path
+        The BIDS dataset's root folder.
+    derivatives : str, optional
+        Name of the folder under ``root/derivatives`` holding the label maps; None searches all of
+        ``root/derivatives`` (none there: no label maps).
+    suffix : str
+        BIDS suffix of the label maps.
+
+    Returns
+    -------
+    list of Case
+        In case-id order, without masks.
+
     Raises
     ------
     InputError
-        If ``root`` holds no T1w image, a label map matches no image or a
-        second one for the same image (each such file is named), or is not on
-        its image's grid.
+        If ``root`` is not a folder or holds no T1w image, the named derivatives folder does not exist, a
+        label map matches no image or a second one for the same image (each such file is named), or is not
+        on its image's grid.
     """
     root = Path(root)
     if not root.is_dir():

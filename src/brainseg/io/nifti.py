@@ -31,19 +31,53 @@ _RAS = axcodes2ornt("RAS")
 
 @dataclass(frozen=True)
 class Grid:
-    """The voxel grid of a file on disk: shape and affine (voxel ijk -> RAS+ mm)."""
+    """The voxel grid of a file on disk: shape and affine (voxel ijk -> RAS+ mm).
+
+    Attributes
+    ----------
+    shape : tuple of 3 int
+        Voxels along the file's own (not reoriented) array axes.
+    affine : ndarray of float64, shape (4, 4)
+        The file's voxel index (i, j, k) -> RAS+ world coordinates in mm.
+    """
 
     shape: tuple[int, int, int]
     affine: np.ndarray
 
     def to_canonical(self, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Reorient ``data`` (this grid's shape) to RAS+; returns (array, affine)."""
+        """Reorient ``data`` (this grid's shape) to RAS+; returns (array, affine).
+
+        Parameters
+        ----------
+        data : ndarray, shape ``self.shape`` (first three axes spatial)
+            Voxel values in the file's axis order; any dtype.
+
+        Returns
+        -------
+        array : ndarray, shape (D, H, W) (then ``data``'s further axes)
+            ``data`` with its spatial axes permuted and flipped to RAS+ order (same dtype; possibly a
+            non-contiguous view of ``data``).
+        affine : ndarray of float64, shape (4, 4)
+            Voxel index of ``array`` -> RAS+ mm.
+        """
         transform = ornt_transform(io_orientation(self.affine), _RAS)
         canonical = apply_orientation(data, transform)
         return canonical, self.affine @ inv_ornt_aff(transform, self.shape)
 
     def from_canonical(self, data: np.ndarray) -> np.ndarray:
-        """Bring a RAS+ array (last three axes spatial) back onto this grid's orientation."""
+        """Bring a RAS+ array (last three axes spatial) back onto this grid's orientation.
+
+        Parameters
+        ----------
+        data : ndarray, shape (D, H, W) or (..., D, H, W)
+            Values in canonical RAS+ order (e.g. a label map, or probabilities with classes first); any dtype.
+
+        Returns
+        -------
+        ndarray, shape ``self.shape`` or (..., *self.shape)
+            The same values and dtype in the file's axis order (the leading axes unchanged); the shape is
+            ``self.shape`` only if ``data`` has this grid's canonical shape, which is not checked here.
+        """
         transform = ornt_transform(_RAS, io_orientation(self.affine))
         if data.ndim == 3:
             return apply_orientation(data, transform)
@@ -93,12 +127,35 @@ def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
 
 
 def is_volume_path(path: str | Path) -> bool:
-    """Whether the name ends in a supported suffix (.nii, .nii.gz, .mgz)."""
+    """Whether the name ends in a supported suffix (.nii, .nii.gz, .mgz).
+
+    Parameters
+    ----------
+    path : str or Path
+        A file name or path (not looked at on disk); the suffix is compared case-insensitively.
+
+    Returns
+    -------
+    bool
+        True for ``.nii``, ``.nii.gz`` and ``.mgz`` names.
+    """
     return str(path).lower().endswith(SUFFIXES)
 
 
 def output_stem(path: str | Path) -> str:
-    """File name without the volume suffix: ``sub-01_T1w.nii.gz`` -> ``sub-01_T1w``."""
+    """File name without the volume suffix: ``sub-01_T1w.nii.gz`` -> ``sub-01_T1w``.
+
+    Parameters
+    ----------
+    path : str or Path
+        A file name or path; the suffix is matched case-insensitively.
+
+    Returns
+    -------
+    str
+        The file name (no folder) without its ``.nii.gz``, ``.nii`` or ``.mgz``; other names lose
+        their last suffix (:attr:`pathlib.PurePath.stem`).
+    """
     name = Path(path).name
     for suffix in SUFFIXES:
         if name.lower().endswith(suffix):
@@ -190,6 +247,14 @@ def save_volume(
     -------
     Path
         The written path.
+
+    Raises
+    ------
+    ValueError
+        If ``data``'s spatial shape does not fit ``grid``.
+    OSError
+        If the file cannot be written (:func:`~brainseg.io.atomic.atomic_path`); ``path`` is then left as it
+        was.
     """
     path = Path(path)
     out = grid.from_canonical(np.asarray(data))

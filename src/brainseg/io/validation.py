@@ -137,7 +137,14 @@ class CheckedHeader:
 
 
 def available_memory_bytes() -> int | None:
-    """Memory available to a new process in bytes (``MemAvailable`` of /proc/meminfo), or None if unknown."""
+    """Memory available to a new process in bytes (``MemAvailable`` of /proc/meminfo), or None if unknown.
+
+    Returns
+    -------
+    int or None
+        Bytes; where /proc/meminfo is unreadable or lacks ``MemAvailable``, the free physical pages
+        (``os.sysconf``) times the page size; None where neither is known.
+    """
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -48,7 +48,23 @@ def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
 def volumetric_similarity(prediction: np.ndarray, reference: np.ndarray) -> float:
     """Volumetric similarity 1 - ||P| - |R|| / (|P| + |R|) of two binary masks.
 
-    Returns NaN when both masks are empty.
+    Returns NaN when both masks are empty. One of the three MRBrainS18 challenge metrics (with Dice and
+    HD95); it compares the volumes only, not where the voxels are.
+
+    Parameters
+    ----------
+    prediction, reference : ndarray, same shape
+        Binary masks (any dtype; non-zero voxels are in the mask).
+
+    Returns
+    -------
+    float
+        In [0, 1]; 0 when exactly one mask is empty, NaN when both are.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ.
     """
     _check(prediction, reference)
     a, b = int(np.count_nonzero(prediction)), int(np.count_nonzero(reference))

@@ -22,7 +22,29 @@ METRICS = ("dice", "hausdorff", "hd95", "msd", "volumetric_similarity")
 
 @dataclass(frozen=True)
 class StructureScore:
-    """Scores of one structure of one case. Distances in mm; see :mod:`brainseg.metrics.distance`."""
+    """Scores of one structure of one case. Distances in mm; see :mod:`brainseg.metrics.distance`.
+
+    Attributes
+    ----------
+    case_id : str
+        The case the structure belongs to ("" when not given).
+    label : int
+        The structure's protocol label number.
+    name : str
+        The structure's name in the label table.
+    dice : float
+        Dice coefficient 2|P & R| / (|P| + |R|); NaN if the structure is absent from both maps.
+    hausdorff : float
+        Symmetric Hausdorff distance in mm; NaN if absent from both maps, ``inf`` if absent from one.
+    hd95 : float
+        Larger of the two directed 95th-percentile surface distances in mm; NaN or ``inf`` as ``hausdorff``.
+    msd : float
+        Mean surface distance in mm (Ganaye et al. 2018, section 3.2); NaN or ``inf`` as ``hausdorff``.
+    volumetric_similarity : float
+        1 - ||P| - |R|| / (|P| + |R|); NaN if the structure is absent from both maps.
+    prediction_voxels, reference_voxels : int
+        Voxels of the structure in the prediction and in the reference.
+    """
 
     case_id: str
     label: int
@@ -65,6 +87,11 @@ def evaluate_label_maps(
     -------
     list of StructureScore
         One per structure, in class order.
+
+    Raises
+    ------
+    ValueError
+        If the two maps' shapes differ.
     """
     if prediction.shape != reference.shape:
         raise ValueError(f"prediction shape {prediction.shape} != reference shape {reference.shape}")
@@ -102,6 +129,18 @@ def summarize(scores: list[StructureScore]) -> dict[str, float]:
     Structures absent from both maps (NaN) and, for distances, structures
     absent from one map (inf) are left out of the means; ``missing`` counts
     the latter.
+
+    Parameters
+    ----------
+    scores : list of StructureScore
+        Rows of one or more cases.
+
+    Returns
+    -------
+    dict of str to float
+        The mean of each of ``dice``, ``hausdorff``, ``hd95``, ``msd`` and ``volumetric_similarity`` (NaN if no
+        finite value; distances in mm), plus ``missing`` (structures whose Hausdorff distance is ``inf``) and
+        ``structures`` (the number of rows), both int.
     """
     out: dict[str, float] = {}
     for metric in METRICS:
@@ -114,7 +153,16 @@ def summarize(scores: list[StructureScore]) -> dict[str, float]:
 
 
 def write_scores_csv(path: str | Path, scores: list[StructureScore]) -> None:
-    """Write one row per structure and a final ``mean`` row."""
+    """Write one row per structure and a final ``mean`` row.
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV file, written atomically (replaced if it exists).
+    scores : list of StructureScore
+        The rows; the columns are the fields of :class:`StructureScore`, and the ``mean`` row holds
+        :func:`summarize`'s means (``case_id`` "mean", ``name`` "all", label and voxel counts empty).
+    """
     import io
 
     buf = io.StringIO()
@@ -129,7 +177,15 @@ def write_scores_csv(path: str | Path, scores: list[StructureScore]) -> None:
 
 
 def write_scores_json(path: str | Path, scores: list[StructureScore]) -> None:
-    """Write ``{"structures": [...], "mean": {...}}`` (NaN and inf as null)."""
+    """Write ``{"structures": [...], "mean": {...}}`` (NaN and inf as null).
+
+    Parameters
+    ----------
+    path : str or Path
+        The JSON file, written atomically (replaced if it exists).
+    scores : list of StructureScore
+        One ``structures`` entry each; ``mean`` is :func:`summarize` of them.
+    """
 
     def clean(v: object) -> object:
         return None if isinstance(v, float) and not math.isfinite(v) else v

@@ -95,7 +95,18 @@ class GaussianNoise(nn.Module):
         self.sigma = float(sigma)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x + N(0, sigma^2)`` while training, ``x`` unchanged in eval mode."""
+        """``x + N(0, sigma^2)`` while training, ``x`` unchanged in eval mode.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Any shape and floating dtype (here the centroid distances ``(B, K)`` float32).
+
+        Returns
+        -------
+        torch.Tensor
+            The same shape and dtype as ``x``.
+        """
         if self.training and self.sigma > 0:
             return x + self.sigma * torch.randn_like(x)
         return x
@@ -128,7 +139,18 @@ class PlanarPathway(nn.Module):
         self.second = nn.Conv2d(first.out_channels, int(width), 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, 29, 29)`` -> ``(B, c2 * 16)``."""
+        """``(B, 1, 29, 29)`` -> ``(B, c2 * 16)``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            One 2-D patch per voxel, ``(B, 1, P, P)`` float32 (paper: P = 29).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, c2 * s * s)`` float32, ``s = ((P - 4) // 2 - 4) // 2`` (4 for P = 29), channel-major.
+        """
         x = F.max_pool2d(F.relu(self.first(x)), 2)
         x = F.max_pool2d(F.relu(self.second(x)), 2)
         return torch.flatten(x, 1)
@@ -237,6 +259,18 @@ class BrebissonNet(nn.Module):
     def merged_features(self, **inputs: torch.Tensor) -> torch.Tensor:
         """The concatenated pathway outputs ``(B, num_merged)`` (see the class notes for the inputs).
 
+        Parameters
+        ----------
+        **inputs : torch.Tensor
+            One float32 tensor per name in :attr:`pathways` (shapes in the class notes); other names are
+            ignored.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, num_merged)`` float32: the pathways' features in the order of :data:`PATHWAYS` (the "merge" of
+            paper Fig. 1). The centroid distances pass through :class:`GaussianNoise`, active in training only.
+
         Raises
         ------
         ValueError
@@ -270,7 +304,23 @@ class BrebissonNet(nn.Module):
             raise ValueError(f"expected {name} of shape (B, {', '.join(map(str, shape))}), got {tuple(x.shape)}")
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, num_classes)`` of the inputs named by :attr:`pathways`."""
+        """Logits ``(B, num_classes)`` of the inputs named by :attr:`pathways`.
+
+        Parameters
+        ----------
+        **inputs : torch.Tensor
+            One float32 tensor per name in :attr:`pathways` (shapes in the class notes).
+
+        Returns
+        -------
+        torch.Tensor
+            Logits ``(B, num_classes)`` float32 (no softmax).
+
+        Raises
+        ------
+        ValueError
+            If an input of a chosen pathway is missing or has the wrong shape (:meth:`merged_features`).
+        """
         return self.out(self.merge(self.merged_features(**inputs)))
 
 
@@ -313,12 +363,40 @@ class BrebissonTwoStage(nn.Module):
         self.pathways = full.pathways
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-        """The full network's logits ``(B, num_classes)``."""
+        """The full network's logits ``(B, num_classes)``.
+
+        Parameters
+        ----------
+        **inputs : torch.Tensor
+            The full network's inputs, one float32 tensor per name in :attr:`pathways` (centroid distances
+            included; shapes in :class:`BrebissonNet`'s notes).
+
+        Returns
+        -------
+        torch.Tensor
+            Logits ``(B, num_classes)`` float32 of the full network.
+
+        Raises
+        ------
+        ValueError
+            If an input of the full network's pathways is missing or has the wrong shape.
+        """
         return self.full(**inputs)
 
 
 def paper_parameter_count(model: BrebissonNet) -> int:
     """Trainable parameters counted as the paper counts them: a shared first layer once per patch using it.
+
+    Parameters
+    ----------
+    model : BrebissonNet
+        The network counted.
+
+    Returns
+    -------
+    int
+        Its trainable parameters plus, for each of the ``orthogonal`` and ``compressed`` pathways it reads, two
+        more copies of the shared first layer (paper section 4: 30,565,555 for the paper's widths).
 
     Examples
     --------

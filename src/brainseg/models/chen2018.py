@@ -153,7 +153,19 @@ class InitUnit(nn.Module):
         self.pool = bool(pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in_channels, H, W)`` -> ``(B, out_channels, H', W')``."""
+        """``(B, in_channels, H, W)`` -> ``(B, out_channels, H', W')``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Slices ``(B, in_channels, H, W)`` float32.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, out_channels, H', W')`` float32, not activated; ``(H', W') = (ceil(H/2), ceil(W/2))`` when
+            pooling, else ``(H, W)``.
+        """
         x = self.conv(x)
         return F.max_pool2d(x, 2, stride=2, ceil_mode=True) if self.pool else x
 
@@ -199,7 +211,19 @@ class DilateResUnit(nn.Module):
         self.project = nn.Conv2d(in_channels, out_channels, 1, bias=False) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, c_in, H, W)`` -> ``(B, c_out, H, W)``."""
+        """``(B, c_in, H, W)`` -> ``(B, c_out, H, W)``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Features ``(B, c_in, H, W)`` float32 (not activated: the unit starts with batch norm and ReLU).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, c_out, H, W)`` float32: the bottleneck's output plus the shortcut (identity, or the 1 x 1
+            projection of the activated input), not activated.
+        """
         a = F.relu(self.norm1(x))
         r = self.reduce(a)
         r = self.dilated(F.relu(self.norm2(r)))
@@ -254,7 +278,19 @@ class PyramidPooling(nn.Module):
         self.out_channels = in_channels + len(self.bins) * filters
 
     def branches(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The branches alone: ``(B, c, H, W)`` -> one ``(B, p, H, W)`` per bin count, in ``bins`` order."""
+        """The branches alone: ``(B, c, H, W)`` -> one ``(B, p, H, W)`` per bin count, in ``bins`` order.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The pooled map ``(B, c, H, W)`` float32.
+
+        Returns
+        -------
+        list of torch.Tensor
+            One ``(B, p, H, W)`` float32 per bin count (average pool to ``n x n``, 1 x 1 conv, ReLU, bilinear
+            back to ``H x W``); empty when ``bins`` is.
+        """
         size = x.shape[-2:]
         parts = []
         for n, conv in zip(self.bins, self.convs):
@@ -263,7 +299,18 @@ class PyramidPooling(nn.Module):
         return parts
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, c, H, W)`` -> ``(B, c + len(bins) p, H, W)``."""
+        """``(B, c, H, W)`` -> ``(B, c + len(bins) p, H, W)``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The pooled map ``(B, c, H, W)`` float32.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, c + len(bins) p, H, W)`` float32: ``x`` followed by :meth:`branches`.
+        """
         return torch.cat([x, *self.branches(x)], dim=1)
 
 
@@ -312,7 +359,25 @@ class OutputUnit(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """``(B, c, h, w)`` merged features -> logits ``(B, C, H, W)``."""
+        """``(B, c, h, w)`` merged features -> logits ``(B, C, H, W)``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Merged features ``(B, c, h, w)`` float32, before the ReLU.
+        size : (int, int)
+            The slices' ``(H, W)`` in pixels; ``(h, w)`` is ``(H, W)`` or ``(ceil(H/2), ceil(W/2))``.
+
+        Returns
+        -------
+        torch.Tensor
+            Logits ``(B, C, H, W)`` float32.
+
+        Raises
+        ------
+        ValueError
+            If ``(h, w)`` is neither ``(H, W)`` nor ``(ceil(H/2), ceil(W/2))``.
+        """
         return self.conv(self.pyramid(self._upscaled(x, size)))
 
     def logits_at(self, x: torch.Tensor, size: tuple[int, int], pixels: torch.Tensor) -> torch.Tensor:
@@ -520,7 +585,23 @@ class MixNet(nn.Module):
         return feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, C, H, W)`` float32 of slices ``x`` ``(B, M, H, W)`` float32 (see :meth:`features`)."""
+        """Logits ``(B, C, H, W)`` float32 of slices ``x`` ``(B, M, H, W)`` float32 (see :meth:`features`).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Co-registered modality slices ``(B, M, H, W)`` float32.
+
+        Returns
+        -------
+        torch.Tensor
+            Logits ``(B, C, H, W)`` float32 (no softmax).
+
+        Raises
+        ------
+        ValueError
+            If ``x`` is not ``(B, M, H, W)`` with this network's ``M`` (:meth:`features`).
+        """
         merged = torch.cat(list(self.features(x).values()), dim=1)
         return self.output(merged, (x.shape[-2], x.shape[-1]))
 
@@ -529,6 +610,18 @@ class MixNet(nn.Module):
 
         ``pixels`` are flat indices into ``(B, H, W)``; the result equals ``forward(x)`` at them up to
         float rounding (:meth:`OutputUnit.logits_at`: the last convolution runs at those pixels only).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Co-registered modality slices ``(B, M, H, W)`` float32.
+        pixels : torch.Tensor
+            ``(n,)`` integer flat indices into ``(B, H, W)`` (``b H W + i W + j``), each in ``[0, B H W)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Logits ``(n, C)`` float32, in the order of ``pixels``.
 
         Raises
         ------

@@ -199,7 +199,20 @@ class ConvBranch3d(nn.Module):
         self.norm1, self.norm2, self.norm3 = norm(c1), norm(c2), norm(c2)
 
     def forward(self, x: torch.Tensor, dense: bool = False) -> torch.Tensor:
-        """Run on patches ``(B, 1, 15, 15, 15)`` -> ``(B, c2)``, or densely on a region."""
+        """Run on patches ``(B, 1, 15, 15, 15)`` -> ``(B, c2)``, or densely on a region.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Patches ``(B, 1, 15, 15, 15)`` float32 or, in dense mode, image regions ``(B, 1, D, H, W)``.
+        dense : bool
+            Dense mode: pooling with stride 1 and the later layers dilated (see the class notes).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, c2)`` float32 for patches, ``(B, c2, D - 13, H - 13, W - 13)`` float32 dense.
+        """
         d = 2 if dense else 1
         x = F.relu(self.norm1(self.conv1(x)))
         x = F.max_pool3d(x, 2, stride=1) if dense else F.max_pool3d(x, 2)
@@ -243,6 +256,11 @@ class DistBranch(nn.Module):
         Filters per kernel size.
     width : int
         Output features (units of the branch's fully connected layer).
+
+    Raises
+    ------
+    ValueError
+        If ``representation`` is not one of the three or ``landmarks`` < 1.
 
     Notes
     -----
@@ -293,7 +311,23 @@ class DistBranch(nn.Module):
         self.fc = nn.Linear(flat, self.width)
 
     def forward(self, distances: torch.Tensor) -> torch.Tensor:
-        """Map distances ``(B, n**3)`` in mm to features ``(B, width)``."""
+        """Map distances ``(B, n**3)`` in mm to features ``(B, width)``.
+
+        Parameters
+        ----------
+        distances : torch.Tensor
+            ``(B, n**3)`` float32 distances in mm from each voxel to the landmarks.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, width)`` float32 features, after a ReLU.
+
+        Raises
+        ------
+        ValueError
+            If ``distances`` is not ``(B, n**3)``.
+        """
         n = self.n
         if distances.ndim != 2 or distances.shape[1] != n**3:
             raise ValueError(f"expected distances of shape (B, {n**3}), got {tuple(distances.shape)}")
@@ -330,7 +364,18 @@ class ProbBranch(nn.Module):
         self.layers = nn.Sequential(nn.Linear(c, c), nn.ReLU(), nn.Linear(c, c), nn.ReLU(), nn.Linear(c, c))
 
     def forward(self, atlas: torch.Tensor) -> torch.Tensor:
-        """``(B, l)`` atlas probabilities -> ``(B, l)`` logit offsets."""
+        """``(B, l)`` atlas probabilities -> ``(B, l)`` logit offsets.
+
+        Parameters
+        ----------
+        atlas : torch.Tensor
+            ``(B, l)`` float32 atlas class probabilities at the voxels (rows sum to 1).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, l)`` float32 offsets added to the logits (section 2.3).
+        """
         return self.layers(atlas)
 
 
@@ -365,6 +410,11 @@ class GanayeNet(nn.Module):
         Build the auxiliary classifiers (a fully connected layer each) on the
         BaseNet features (first hidden layer) and on the DistBranch features
         (section 3.3); used by :meth:`forward_with_auxiliary` in training.
+
+    Raises
+    ------
+    ValueError
+        If ``num_classes`` < 2 or ``fc_widths`` is empty.
 
     Notes
     -----
@@ -428,13 +478,40 @@ class GanayeNet(nn.Module):
         return tuple(names)
 
     def branch_features(self, patches: torch.Tensor) -> torch.Tensor:
-        """Run every 2-D branch on its patch and concatenate, ``(B, sum c2, 3, 3)``."""
+        """Run every 2-D branch on its patch and concatenate, ``(B, sum c2, 3, 3)``.
+
+        Parameters
+        ----------
+        patches : torch.Tensor
+            ``(B, S, 25, 25)`` float32, one channel per scale in :attr:`scales` order.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, S c2, 3, 3)`` float32, the branches' outputs concatenated along the channels.
+
+        Raises
+        ------
+        ValueError
+            If ``patches`` is not 4-D with one channel per scale.
+        """
         if patches.ndim != 4 or patches.shape[1] != len(self.scales):
             raise ValueError(f"expected patches of shape (B, {len(self.scales)}, 25, 25), got {tuple(patches.shape)}")
         return torch.cat([b(patches[:, i : i + 1]) for i, b in enumerate(self.branches)], dim=1)
 
     def mixed_features(self, features: torch.Tensor) -> torch.Tensor:
-        """1 x 1 mixing of branch features ``(B, C, 3, 3)`` -> flat ``(B, M * 9)`` (channel-major)."""
+        """1 x 1 mixing of branch features ``(B, C, 3, 3)`` -> flat ``(B, M * 9)`` (channel-major).
+
+        Parameters
+        ----------
+        features : torch.Tensor
+            :meth:`branch_features` output ``(B, C, 3, 3)`` float32.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, M * 9)`` float32, ``M`` = ``mix_channels``, after a ReLU.
+        """
         return torch.flatten(F.relu(self.mix(features)), 1)
 
     def _check(self, name: str, value: torch.Tensor | None) -> torch.Tensor:
@@ -500,7 +577,31 @@ class GanayeNet(nn.Module):
         atlas: torch.Tensor | None = None,
         patches_3d: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Logits and auxiliary logits for a batch (see the class notes for shapes)."""
+        """Logits and auxiliary logits for a batch (see the class notes for shapes).
+
+        Parameters
+        ----------
+        patches : torch.Tensor
+            ``(B, S, 25, 25)`` float32 2-D patches, one per scale.
+        distances : torch.Tensor, optional
+            ``(B, n**3)`` float32 landmark distances in mm; required with a DistBranch.
+        atlas : torch.Tensor, optional
+            ``(B, num_classes)`` float32 atlas probabilities; required with a ProbBranch.
+        patches_3d : torch.Tensor, optional
+            ``(B, 1, 15, 15, 15)`` float32 3-D patches; required with a 3dBranch.
+
+        Returns
+        -------
+        logits : torch.Tensor
+            ``(B, num_classes)`` float32.
+        auxiliary : dict of str to torch.Tensor
+            ``'base'`` and ``'dist'`` auxiliary logits ``(B, num_classes)`` (section 3.3), when built.
+
+        Raises
+        ------
+        ValueError
+            If ``patches`` has the wrong shape or a branch's input is missing.
+        """
         features_3d = self.branch_3d(self._check("patches_3d", patches_3d)) if self.branch_3d is not None else None
         flat = self.mixed_features(self.branch_features(patches))
         return self.classify(flat, distances, atlas, features_3d)
@@ -512,7 +613,29 @@ class GanayeNet(nn.Module):
         atlas: torch.Tensor | None = None,
         patches_3d: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Classify patch centres -> logits ``(B, num_classes)``."""
+        """Classify patch centres -> logits ``(B, num_classes)``.
+
+        Parameters
+        ----------
+        patches : torch.Tensor
+            ``(B, S, 25, 25)`` float32 2-D patches, one per scale.
+        distances : torch.Tensor, optional
+            ``(B, n**3)`` float32 landmark distances in mm; required with a DistBranch.
+        atlas : torch.Tensor, optional
+            ``(B, num_classes)`` float32 atlas probabilities; required with a ProbBranch.
+        patches_3d : torch.Tensor, optional
+            ``(B, 1, 15, 15, 15)`` float32 3-D patches; required with a 3dBranch.
+
+        Returns
+        -------
+        torch.Tensor
+            Logits ``(B, num_classes)`` float32 (no softmax).
+
+        Raises
+        ------
+        ValueError
+            If ``patches`` has the wrong shape or a branch's input is missing.
+        """
         return self.forward_with_auxiliary(patches, distances, atlas, patches_3d)[0]
 
 

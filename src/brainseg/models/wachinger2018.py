@@ -334,6 +334,25 @@ class DeepNAT(nn.Module):
         """Per-task logits ``(N, T, C)`` of patches ``(N, 1, 24, 24, 24)`` and coordinates ``(N, K)``.
 
         See :meth:`features` and :meth:`head` for the shapes and errors.
+
+        Parameters
+        ----------
+        patches : torch.Tensor
+            ``(N, 1, 24, 24, 24)`` float32 intensity patches, the classified voxel at index
+            :data:`PATCH_CENTRE` along each axis.
+        coordinates : torch.Tensor, optional
+            ``(N, K)`` float32 coordinates of the patch centres; required when ``K > 0``, None or empty when
+            ``K = 0``.
+
+        Returns
+        -------
+        torch.Tensor
+            Logits ``(N, T, C)`` float32, head ``t`` in ``[:, t]``.
+
+        Raises
+        ------
+        ValueError
+            If a shape is wrong or ``coordinates`` is missing or unexpected.
         """
         return self.head(self.features(patches), coordinates)
 
@@ -454,6 +473,23 @@ class DeepNATCascade(nn.Module):
         """Combined log-probabilities ``(N, T, C)`` of patches ``(N, 1, 24, 24, 24)`` and coordinates ``(N, K)``.
 
         See :func:`cascade_log_probabilities`; the shapes and errors are :class:`DeepNAT`'s.
+
+        Parameters
+        ----------
+        patches : torch.Tensor
+            ``(N, 1, 24, 24, 24)`` float32 intensity patches, read by both networks.
+        coordinates : torch.Tensor, optional
+            ``(N, K)`` float32 coordinates of the patch centres; required when ``K > 0``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(N, T, C)`` float32 log-probabilities (section 2.2's hierarchy), class 0 the background.
+
+        Raises
+        ------
+        ValueError
+            If a shape is wrong or ``coordinates`` is missing or unexpected.
         """
         return cascade_log_probabilities(self.foreground(patches, coordinates), self.structures(patches, coordinates))
 

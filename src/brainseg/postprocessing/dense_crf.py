@@ -415,6 +415,26 @@ def mean_field_energy(
 
     With the Potts model ``E_Q[mu k] = sum_{i<j} k(i, j) (1 - sum_l Q_i(l) Q_j(l))``; mean field
     minimises this energy (KL(Q || P) up to the log partition function).
+
+    Parameters
+    ----------
+    q : ndarray of float, shape (N, C)
+        Marginals of every voxel (``N = D * H * W``, voxels in C order), e.g. from
+        :func:`brute_force_mean_field`.
+    probabilities : ndarray of float, shape (C, D, H, W)
+        The model's probabilities; the unary is ``-log`` of them (clipped at 1e-8).
+    image : ndarray of float, shape (D, H, W)
+        Normalised intensities.
+    spacing : tuple of 3 float
+        Voxel size, mm.
+    params : CRFParameters, optional
+        Weights and widths of the kernels (default :class:`CRFParameters`); ``top_k`` and ``prune_margin``
+        are ignored.
+
+    Returns
+    -------
+    float
+        The free energy, nats (the kernels over every voxel pair are built explicitly: ``O(N^2)`` memory).
     """
     params = params or CRFParameters()
     num_classes = probabilities.shape[0]

@@ -277,6 +277,19 @@ class PermutohedralLattice:
         entries in it and their lattice positions (``4 (d + 1) + 8`` bytes per entry, int32 positions), so that each call
         only splats, blurs and slices. Parameters as :meth:`filter`.
 
+        Parameters
+        ----------
+        channels : Tensor of int64, shape (N, k)
+            Channel of each value the filter will be called with. Values of channels outside
+            ``[0, num_channels)`` are left out.
+        num_channels : int, optional
+            Number of channels ``C`` (default: the maximum of ``channels`` + 1, or 1 if it is empty).
+        out_channels : Tensor of int64, shape (N, k'), optional
+            Channels to read back at each point (default: ``channels``); those outside
+            ``[0, num_channels)`` read 0.
+        channel_chunk : int, optional
+            Channels filtered together (default :data:`CHANNEL_CHUNK`).
+
         Returns
         -------
         LatticeFilter
@@ -360,6 +373,17 @@ class LatticeFilter:
 
     Calling it with values ``(N, k)`` float32 returns the filtered ``(N, k')`` float32, as
     :meth:`PermutohedralLattice.filter` would for the plan's channels.
+
+    Parameters
+    ----------
+    lattice : PermutohedralLattice
+        The lattice of the ``N`` points.
+    out_shape : tuple of 2 int
+        ``(N, k')``, the shape of ``out_channels``.
+    k : int
+        Values per point of the input, ``channels.shape[1]``.
+    steps : list of _Step
+        Per chunk of channels, the entries that splat and slice and their lattice positions.
 
     Raises
     ------

@@ -95,11 +95,37 @@ class ClassPrior:
         return bias.astype(np.float32)
 
     def with_strength(self, strength: float) -> ClassPrior:
-        """The same frequencies with another strength."""
+        """The same frequencies with another strength.
+
+        Parameters
+        ----------
+        strength : float
+            The new :attr:`strength` (finite).
+
+        Returns
+        -------
+        ClassPrior
+
+        Raises
+        ------
+        InputError
+            If ``strength`` is not finite.
+        """
         return ClassPrior(self.brain, self.sampling, float(strength))
 
     def save(self, path: str | Path) -> Path:
-        """Write JSON (atomically)."""
+        """Write JSON (atomically).
+
+        Parameters
+        ----------
+        path : str or Path
+            The file (``class_prior.json`` in a model folder); missing parent folders are created.
+
+        Returns
+        -------
+        Path
+            ``path``.
+        """
         data = {"strength": self.strength, "brain": self.brain.tolist(), "sampling": self.sampling.tolist()}
         return atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
@@ -107,10 +133,19 @@ class ClassPrior:
     def load(cls, path: str | Path) -> ClassPrior:
         """Read what :meth:`save` wrote.
 
+        Parameters
+        ----------
+        path : str or Path
+            A file written by :meth:`save`.
+
+        Returns
+        -------
+        ClassPrior
+
         Raises
         ------
         InputError
-            If the file is not such a JSON.
+            If the file is missing, unreadable or not such a JSON (or its frequencies are invalid).
         """
         try:
             data = json.loads(Path(path).read_text())

@@ -73,10 +73,26 @@ class IntensityNormalization:
         return zscore_in_mask(image, mask)
 
     def save(self, path: str | Path) -> None:
-        """Write as JSON."""
+        """Write as JSON.
+
+        Parameters
+        ----------
+        path : str or Path
+            The file to write (``normalization.json``); overwritten if present.
+        """
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> IntensityNormalization:
-        """Read from JSON."""
+        """Read from JSON.
+
+        Parameters
+        ----------
+        path : str or Path
+            A file written by :meth:`save`.
+
+        Returns
+        -------
+        IntensityNormalization
+        """
         return cls(**json.loads(Path(path).read_text()))

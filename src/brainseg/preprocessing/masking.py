@@ -22,6 +22,11 @@ def brain_mask(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     -------
     ndarray of bool, shape (D, H, W)
         Non-zero voxels with interior holes filled, or ``mask != 0``.
+
+    Raises
+    ------
+    ValueError
+        If ``mask`` is given and its shape differs from the image's.
     """
     if mask is not None:
         if mask.shape != image.shape:
@@ -32,6 +37,18 @@ def brain_mask(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
 
 def brain_bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
     """Slices of the smallest box holding every mask voxel, grown by ``margin`` voxels.
+
+    Parameters
+    ----------
+    mask : ndarray, shape (D, H, W)
+        Brain mask (non-zero = brain).
+    margin : int
+        Voxels added on each side of each axis; the box is clipped to the volume.
+
+    Returns
+    -------
+    tuple of slice
+        One slice per axis, ``(D, H, W)`` order, usable as ``image[box]``.
 
     Raises
     ------

@@ -122,12 +122,33 @@ class PreparedImage:
         Nearest neighbour, confined to the input's brain mask (background
         outside it): nearest-neighbour resampling would otherwise spill labels
         past the brain.
+
+        Parameters
+        ----------
+        label_map : ndarray of int, shape (D, H, W)
+            Labels on the 1 mm grid (the grid of :attr:`image`).
+
+        Returns
+        -------
+        ndarray, shape ``source_shape``, dtype of ``label_map``
+            Label 0 outside ``source_mask``; ``label_map`` itself when the input was not resampled.
         """
         index = self.source_index()
         return label_map if index is None else take_nearest(label_map, index)
 
     def from_source_grid(self, label_map: np.ndarray) -> np.ndarray:
-        """Bring a label map on the input grid onto the 1 mm grid (nearest neighbour)."""
+        """Bring a label map on the input grid onto the 1 mm grid (nearest neighbour).
+
+        Parameters
+        ----------
+        label_map : ndarray of int, shape ``source_shape``
+            Labels on the canonical input grid.
+
+        Returns
+        -------
+        ndarray, shape (D, H, W), dtype of ``label_map``
+            Labels on the 1 mm grid; ``label_map`` itself when the input was not resampled.
+        """
         if not self.resampled:
             return label_map
         return resample_image(label_map, self.source_spacing, order=0).astype(label_map.dtype)

@@ -68,7 +68,13 @@ class AffineRegistration:
     metric: float
 
     def inverse(self) -> np.ndarray:
-        """Moving RAS+ mm -> reference RAS+ mm."""
+        """Moving RAS+ mm -> reference RAS+ mm.
+
+        Returns
+        -------
+        ndarray of float64, shape (4, 4)
+            The inverse of :attr:`matrix`.
+        """
         return np.linalg.inv(self.matrix)
 
 
@@ -429,7 +435,18 @@ def resample_to_reference(
 
 
 def rotation_angle_deg(matrix: np.ndarray) -> float:
-    """Angle in degrees of the rotation closest to the linear part of a 4 x 4 affine (polar decomposition)."""
+    """Angle in degrees of the rotation closest to the linear part of a 4 x 4 affine (polar decomposition).
+
+    Parameters
+    ----------
+    matrix : ndarray, shape (4, 4)
+        An affine; only its upper-left 3 x 3 block is read.
+
+    Returns
+    -------
+    float
+        Rotation angle in degrees, in [0, 180].
+    """
     u, _, vt = np.linalg.svd(np.asarray(matrix)[:3, :3])
     rotation = u @ vt
     return float(np.degrees(np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1.0, 1.0))))

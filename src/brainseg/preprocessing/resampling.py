@@ -18,12 +18,39 @@ TOLERANCE_MM = 1e-3
 
 
 def needs_resampling(spacing: tuple[float, ...], target_mm: float = 1.0) -> bool:
-    """Whether any voxel size differs from ``target_mm`` by more than 1 um."""
+    """Whether any voxel size differs from ``target_mm`` by more than 1 um.
+
+    Parameters
+    ----------
+    spacing : tuple of float
+        Voxel size per axis, mm.
+    target_mm : float
+        Voxel size of the isotropic grid, mm.
+
+    Returns
+    -------
+    bool
+    """
     return any(abs(s - target_mm) > TOLERANCE_MM for s in spacing)
 
 
 def isotropic_shape(shape: tuple[int, ...], spacing: tuple[float, ...], target_mm: float = 1.0) -> tuple[int, ...]:
-    """Shape of the ``target_mm`` grid covering the same field of view."""
+    """Shape of the ``target_mm`` grid covering the same field of view.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Shape of the input grid, voxels.
+    spacing : tuple of float
+        Voxel size of the input grid per axis, mm.
+    target_mm : float
+        Voxel size of the isotropic grid, mm.
+
+    Returns
+    -------
+    tuple of int
+        ``round(n * s / target_mm)`` voxels per axis, at least 1.
+    """
     return tuple(max(int(round(n * s / target_mm)), 1) for n, s in zip(shape, spacing))
 
 
@@ -75,6 +102,18 @@ def anti_aliasing_sigma(spacing: tuple[float, ...], target_mm: float = 1.0) -> t
     (the rule of :func:`skimage.transform.resize`'s anti-aliasing), so detail
     finer than the new grid can hold does not alias into it; other axes get 0.
 
+    Parameters
+    ----------
+    spacing : tuple of float
+        Voxel size of the input grid per axis, mm.
+    target_mm : float
+        Voxel size of the isotropic grid, mm.
+
+    Returns
+    -------
+    tuple of float
+        One sigma per axis, in input voxels.
+
     Examples
     --------
     >>> anti_aliasing_sigma((0.5, 1.0, 2.0))
@@ -98,6 +137,8 @@ def resample_label_map(
         Voxel size of the target grid, mm.
     shape : tuple of 3 int
         Shape of the target grid.
+    target_mm : float
+        Voxel size of the isotropic grid, mm.
 
     Returns
     -------

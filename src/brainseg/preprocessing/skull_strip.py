@@ -81,13 +81,25 @@ class SkullStripping:
     reason: str
 
     def describe(self) -> str:
-        """One line for the log and the CSV header."""
+        """One line for the log and the CSV header.
+
+        Returns
+        -------
+        str
+            The mode, whether deepbet extracted the brain (with its version), the reason and the
+            brain-mask volume in ml.
+        """
         done = f"brain extracted with deepbet {deepbet_version()}" if self.extracted else "input used as skull-stripped"
         return f"skull-strip {self.mode}: {done} ({self.reason}); brain mask {self.brain_ml:.0f} ml"
 
 
 def deepbet_version() -> str:
-    """Installed deepbet version, or ``'not installed'``."""
+    """Installed deepbet version, or ``'not installed'``.
+
+    Returns
+    -------
+    str
+    """
     try:
         return metadata.version("deepbet")
     except metadata.PackageNotFoundError:

@@ -18,6 +18,11 @@ __all__ = ["label_colors", "qc_figure", "save_qc_png"]
 def label_colors(max_label: int) -> np.ndarray:
     """A fixed, well-spread RGB colour per label number (golden-angle hues); label 0 black.
 
+    Parameters
+    ----------
+    max_label : int
+        The largest label number to colour.
+
     Returns
     -------
     ndarray of uint8, shape (max_label + 1, 3)
@@ -86,6 +91,11 @@ def qc_figure(
     ndarray of uint8, shape (rows, cols, 3)
         Panels side by side, neurological convention (left on the left),
         anterior/superior up.
+
+    Raises
+    ------
+    ValueError
+        If ``label_map`` or ``outline`` does not have ``image``'s shape.
     """
     if image.shape != label_map.shape:
         raise ValueError(f"image shape {image.shape} != label map shape {label_map.shape}")
@@ -118,7 +128,20 @@ def qc_figure(
 
 
 def save_qc_png(path: str | Path, figure: np.ndarray) -> Path:
-    """Write an RGB figure as PNG atomically."""
+    """Write an RGB figure as PNG atomically.
+
+    Parameters
+    ----------
+    path : str or Path
+        The PNG file (replaced if it exists; missing parent folders are created).
+    figure : ndarray of uint8, shape (rows, cols, 3)
+        From :func:`qc_figure`.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(figure).save(tmp, format="PNG")
     return Path(path)

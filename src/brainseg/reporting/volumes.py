@@ -25,6 +25,11 @@ def voxel_volume_mm3(affine: np.ndarray) -> float:
     affine : ndarray, shape (4, 4)
         Voxel index -> mm.
 
+    Returns
+    -------
+    float
+        mm^3.
+
     Examples
     --------
     >>> import numpy as np
@@ -86,6 +91,11 @@ def write_volumes_csv(
         Lines written first, each prefixed with ``# `` (what was done: brainseg
         version, model, input, skull stripping). Read the file with
         ``pandas.read_csv(path, comment="#")`` or :func:`read_volumes_csv`.
+
+    Returns
+    -------
+    Path
+        ``path``. Volumes are written with 3 decimals (mm^3).
     """
     path = Path(path)
     buf = io.StringIO()
@@ -100,6 +110,11 @@ def write_volumes_csv(
 
 def read_volumes_csv(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
     """Read a volumes CSV written by :func:`write_volumes_csv`.
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV file.
 
     Returns
     -------

@@ -149,6 +149,20 @@ class OrthogonalPatches:
     def cube(self, voxels: np.ndarray, size: int = 13) -> np.ndarray:
         """The ``size^3`` patches centred on voxels, shape ``(N, 1, size, size, size)`` float32.
 
+        The 3-D patch of de Brébisson and Montana (2015, §3.1.1; their 13^3).
+
+        Parameters
+        ----------
+        voxels : ndarray of int, shape (N, 3)
+            Indices in the full volume, inside the brain's bounding box.
+        size : int
+            Side ``Q`` of the cube in voxels, odd and at most ``2 margin + 1``.
+
+        Returns
+        -------
+        ndarray of float32, shape (N, 1, Q, Q, Q)
+            Axes in RAS+ order; samples outside the brain's bounding box are :attr:`background`.
+
         Raises
         ------
         ValueError

@@ -62,14 +62,45 @@ class MultiScaleStack:
 
 
 def to_plane(volume: np.ndarray, plane: str) -> np.ndarray:
-    """Move the slice axis of ``plane`` first: ``(D, H, W)`` -> ``(S, A, B)`` (a view)."""
+    """Move the slice axis of ``plane`` first: ``(D, H, W)`` -> ``(S, A, B)`` (a view).
+
+    Parameters
+    ----------
+    volume : ndarray, shape (D, H, W, ...)
+        Any array whose first three axes are RAS+ (later axes are left in place).
+    plane : {'sagittal', 'coronal', 'axial'}
+        Its slice axis (:data:`PLANE_AXIS`) is moved first.
+
+    Returns
+    -------
+    ndarray, shape (S, A, B, ...)
+        A view of ``volume``, same dtype.
+
+    Raises
+    ------
+    ValueError
+        If ``plane`` is not one of the three planes.
+    """
     if plane not in PLANE_AXIS:
         raise ValueError(f"plane must be one of {sorted(PLANE_AXIS)}, got {plane!r}")
     return np.moveaxis(volume, PLANE_AXIS[plane], 0)
 
 
 def from_plane(stack: np.ndarray, plane: str) -> np.ndarray:
-    """Inverse of :func:`to_plane` for arrays whose last three axes are ``(S, A, B)``."""
+    """Inverse of :func:`to_plane` for arrays whose last three axes are ``(S, A, B)``.
+
+    Parameters
+    ----------
+    stack : ndarray, shape (..., S, A, B)
+        Leading axes (e.g. channels) are kept in place.
+    plane : {'sagittal', 'coronal', 'axial'}
+        The plane ``stack``'s slices lie in.
+
+    Returns
+    -------
+    ndarray, shape (..., D, H, W)
+        A view of ``stack`` in RAS+ order, same dtype.
+    """
     return np.moveaxis(stack, -3, -3 + PLANE_AXIS[plane])
 
 
@@ -120,7 +151,21 @@ def build_stack(
 
 
 def patch_origin(scale: int, half: int = HALF) -> int:
-    """Offset from a voxel to its scale-``scale`` patch's first sample, in voxels."""
+    """Offset from a voxel to its scale-``scale`` patch's first sample, in voxels.
+
+    Parameters
+    ----------
+    scale : int
+        Scale factor ``s`` (>= 1).
+    half : int
+        Patch half-width ``h`` in samples.
+
+    Returns
+    -------
+    int
+        ``-s h - (s - 1) // 2``: the first in-plane voxel of the first sample's ``s x s`` block, relative to the
+        centre voxel (the same along both in-plane axes).
+    """
     return -scale * half - (scale - 1) // 2
 
 

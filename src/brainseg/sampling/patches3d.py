@@ -366,11 +366,37 @@ class DeepNATSampler(_Examples):
         ``'deepnat'``: the pool's proportions; otherwise :meth:`VoxelSampler.class_frequencies`. The
         other heads' targets, the drawn voxels' neighbours, differ from them only at structure
         borders; jitter moves the patches, not the targets.
+
+        Parameters
+        ----------
+        num_classes : int
+            Length of the result (background included).
+        mode : {'uniform', 'balanced', 'mixed', 'deepnat'}
+            The sampling mode (``training.sampling``).
+
+        Returns
+        -------
+        ndarray of float64, shape (num_classes,)
+            Sums to 1.
+
+        Raises
+        ------
+        InputError
+            If ``mode`` is not in :data:`SAMPLING`.
         """
         return self.voxels.frequencies(num_classes, mode)
 
     def draw(self, n: int, rng: np.random.Generator, tc: TrainingConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """``n`` voxels drawn by ``tc.sampling``: network inputs (jittered when ``tc.augment``) and targets.
+
+        Parameters
+        ----------
+        n : int
+            Examples to draw (with replacement).
+        rng : numpy.random.Generator
+            The random source of the draw and of the jitter.
+        tc : TrainingConfig
+            Its ``sampling`` mode and ``augment`` (jitter) are read; see :func:`check_training`.
 
         Returns
         -------
@@ -443,10 +469,22 @@ class DeepNATCascadeSampler(_Examples):
         network 2's structure frequencies (``'deepnat'``: the pools' proportions), both of the
         drawn voxels themselves (see the module docstring for this reading).
 
+        Parameters
+        ----------
+        num_classes : int
+            Length of the result (background included).
+        mode : {'uniform', 'balanced', 'mixed', 'deepnat'}
+            The sampling mode (``training.sampling``), used by both networks.
+
         Returns
         -------
         ndarray of float64, shape (num_classes,)
             Sums to 1.
+
+        Raises
+        ------
+        InputError
+            If ``mode`` is not in :data:`SAMPLING`.
         """
         q1 = self.foreground.frequencies(2, mode)
         out = q1[1] * self.structures.frequencies(num_classes, mode)
@@ -455,6 +493,15 @@ class DeepNATCascadeSampler(_Examples):
 
     def draw(self, n: int, rng: np.random.Generator, tc: TrainingConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """``n`` examples of each network, drawn by ``tc.sampling`` (jittered when ``tc.augment``).
+
+        Parameters
+        ----------
+        n : int
+            Examples to draw for each network (with replacement).
+        rng : numpy.random.Generator
+            The random source of the draws and of the jitter.
+        tc : TrainingConfig
+            Its ``sampling`` mode and ``augment`` (jitter) are read; see :func:`check_training`.
 
         Returns
         -------

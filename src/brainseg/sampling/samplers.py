@@ -134,7 +134,29 @@ class VoxelSampler:
         return self._by_class[lo + (rng.random(n) * (hi - lo)).astype(np.int64)]
 
     def sample(self, n: int, rng: np.random.Generator, mode: str = "uniform") -> np.ndarray:
-        """Draw ``n`` voxel indices, shape (n, 3), int32, with replacement."""
+        """Draw ``n`` voxel indices, shape (n, 3), int32, with replacement.
+
+        Parameters
+        ----------
+        n : int
+            Voxels to draw.
+        rng : numpy.random.Generator
+            The random source.
+        mode : {'uniform', 'balanced', 'mixed'}
+            ``'uniform'``: uniformly in the sampled region; ``'balanced'``: a class uniformly among those
+            present, then one of its voxels uniformly; ``'mixed'``: ``n // 2`` uniform draws followed by
+            ``n - n // 2`` balanced ones (in that order, not shuffled).
+
+        Returns
+        -------
+        ndarray of int32, shape (n, 3)
+            Voxel indices in the order of the ``classes`` array's axes.
+
+        Raises
+        ------
+        ValueError
+            If ``mode`` is unknown.
+        """
         if mode == "uniform":
             return self.indices[rng.integers(len(self.indices), size=n)]
         if mode == "balanced":

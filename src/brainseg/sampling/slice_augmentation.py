@@ -140,7 +140,23 @@ def left_right_permutation(labels: LabelTable | Sequence[str]) -> np.ndarray:
 
 
 def choose_transform(rng: np.random.Generator, can_flip: bool) -> str:
-    """One of :data:`AUGMENTATIONS`, uniformly (without ``flip`` unless ``can_flip``)."""
+    """One of :data:`AUGMENTATIONS`, uniformly (without ``flip`` unless ``can_flip``).
+
+    Chen and Merhof (2018, section 3.2) apply each augmentation separately; here a crop gets at most one.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The random source.
+    can_flip : bool
+        Whether ``flip`` is among the choices (the crop has a left-right axis and a class permutation).
+
+    Returns
+    -------
+    str
+        ``'none'``, ``'elastic'``, ``'scale'``, ``'rotate'``, ``'translate'`` or ``'flip'``: probability 1/6 each
+        with ``can_flip``, else 1/5 each for the first five.
+    """
     choices = AUGMENTATIONS if can_flip else AUGMENTATIONS[:-1]
     return choices[int(rng.integers(len(choices)))]
 

@@ -30,7 +30,25 @@ PLANE_AXIS: dict[str, int] = {plane: 3 - sum(axes) for plane, axes in ORTHOGONAL
 
 
 def box(volume: np.ndarray, low: Sequence[int], size: Sequence[int], fill: float | int | bool) -> np.ndarray:
-    """``volume[low : low + size]`` (any number of axes), ``fill`` where the box leaves the volume."""
+    """``volume[low : low + size]`` (any number of axes), ``fill`` where the box leaves the volume.
+
+    Parameters
+    ----------
+    volume : ndarray, shape (N_1, ..., N_k)
+        Any array (a slice, a volume).
+    low : sequence of k int
+        Index of the box's first element along each axis, in voxels (pixels); may be negative or beyond the
+        array.
+    size : sequence of k int
+        The box's side along each axis, in voxels (pixels).
+    fill : float, int or bool
+        Value of the box's elements outside ``volume`` (cast to ``volume``'s dtype).
+
+    Returns
+    -------
+    ndarray, shape ``size``
+        A new array of ``volume``'s dtype.
+    """
     low, size = np.asarray(low, np.int64), tuple(int(s) for s in size)
     out = np.full(size, fill, dtype=volume.dtype)
     lo, hi = np.maximum(low, 0), np.minimum(low + size, volume.shape)
@@ -42,7 +60,22 @@ def box(volume: np.ndarray, low: Sequence[int], size: Sequence[int], fill: float
 
 
 def slice_along(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """Slice ``index`` along ``axis`` of a 3-D array (a view; the two other axes in array order)."""
+    """Slice ``index`` along ``axis`` of a 3-D array (a view; the two other axes in array order).
+
+    Parameters
+    ----------
+    volume : ndarray, shape (D, H, W)
+        The array (any dtype).
+    axis : int
+        0, 1 or 2 (:data:`PLANE_AXIS` of a plane).
+    index : int
+        The slice's index along ``axis``.
+
+    Returns
+    -------
+    ndarray, 2-D
+        A view of ``volume``, same dtype: ``(H, W)``, ``(D, W)`` or ``(D, H)`` for axis 0, 1 or 2.
+    """
     return volume[(slice(None),) * axis + (int(index),)]
 
 
@@ -94,6 +127,18 @@ class SliceSampler:
         Slices are not voxels: the exact expectation of the crops' labelled pixels is not computed, so
         the sampling prior's correction is nil.
 
+        Parameters
+        ----------
+        num_classes : int
+            Length of the result (background included).
+        mode : str
+            The sampling mode; only ``'uniform'`` is accepted.
+
+        Returns
+        -------
+        ndarray of float64, shape (num_classes,)
+            The classes' shares of the brain mask's voxels; sums to 1.
+
         Raises
         ------
         InputError
@@ -115,6 +160,23 @@ class SliceSampler:
         at inference; targets are -1 outside the brain mask. With ``tc.augment`` each crop then gets at
         most one transform (:func:`~brainseg.sampling.slice_augmentation.augment_crop`, resampled from
         the whole slice; flips only with :attr:`left_right` and in planes with a left-right axis).
+
+        Parameters
+        ----------
+        n : int
+            Crops to draw.
+        rng : numpy.random.Generator
+            The random source of the draws and of the augmentation.
+        tc : TrainingConfig
+            Its ``sampling``, ``augment``, ``augment_scale`` and ``augment_rotation_deg`` are read.
+
+        Returns
+        -------
+        inputs : dict of str to ndarray
+            ``'slices'``: float32 ``(n, M, crop, crop)``, the crops of every modality; ``'plane'``: int64 ``(n,)``,
+            each crop's index into :attr:`planes`.
+        targets : ndarray of int16, shape (n, crop, crop)
+            Class indices, -1 (ignored by the loss) outside the brain mask and beyond the slice.
 
         Raises
         ------

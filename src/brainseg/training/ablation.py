@@ -69,7 +69,24 @@ class AblationRow:
     structure_dice: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def stat(self, metric: str) -> tuple[float, float]:
-        """Mean and (population) standard deviation over cases of a per-case metric."""
+        """Mean and (population) standard deviation over cases of a per-case metric.
+
+        Parameters
+        ----------
+        metric : str
+            A key of every case's entry in :attr:`per_case`: ``'dice'``, ``'hausdorff'``, ``'msd'`` (mm), or
+            ``'error_rate'`` where recorded.
+
+        Returns
+        -------
+        mean, std : float
+            Over the validation cases (NaN when there are none).
+
+        Raises
+        ------
+        KeyError
+            If a case has no ``metric``.
+        """
         values = np.array([case[metric] for case in self.per_case.values()], float)
         return float(values.mean()), float(values.std())
 
@@ -79,6 +96,16 @@ def row_label(config: Config) -> str:
 
     Its family's :meth:`~brainseg.families.Family.row_label`, with ``", bfloat16 steps"`` appended when
     ``training.precision`` is not float32 (a setting of every family).
+
+    Parameters
+    ----------
+    config : Config
+        The row's configuration.
+
+    Returns
+    -------
+    str
+        E.g. ``"BaseNet"`` or ``"BaseNet, bfloat16 steps"``.
     """
     label = family_of(config.model).row_label(config)
     if config.training.precision != "float32":
@@ -340,6 +367,22 @@ def format_table(
     its table has no such figure). With ``paper_error_rates`` (a family whose paper reports error
     rates, :attr:`~brainseg.families.Family.paper_error_rates`) two columns follow: the row's
     validation error rate (mean ± std over subjects; "n/a" for rows scored without it) and the paper's.
+
+    Parameters
+    ----------
+    rows : sequence of AblationRow
+        One table row each, in order.
+    budget : str
+        A sentence printed below the table (the training budget); none if empty.
+    paper_results : mapping of str to (float or None, float or None, float or None, int or None), optional
+        By row label: the paper's Dice, Hausdorff distance (mm), MSD (mm) and parameter count.
+    paper_error_rates : mapping of str to float, optional
+        By row label: the paper's error rate; when given (non-empty), the two error-rate columns are added.
+
+    Returns
+    -------
+    str
+        The Markdown table (and the budget line), ending in a newline. Distances in mm, training time in minutes.
 
     Examples
     --------

@@ -203,6 +203,22 @@ def _fmt(value: float, spec: str) -> str:
 def format_structure_table(summaries: Sequence[StructureSummary], reference: str, cases: int | None = None) -> str:
     """A Markdown table of :func:`summarize_structures`: median and mean Dice over structures, Wilcoxon p.
 
+    The comparison of Wachinger et al. (2018, Fig. 4) as a table.
+
+    Parameters
+    ----------
+    summaries : sequence of StructureSummary
+        One table row each, in order.
+    reference : str
+        Name (config stem) of the reference row: its difference and p-value columns read "(reference)" and "–".
+    cases : int, optional
+        Number of validation cases, named in the note below the table.
+
+    Returns
+    -------
+    str
+        The Markdown table and a note on how it was computed, ending in a newline.
+
     Examples
     --------
     >>> s = [StructureSummary("a", "A", 3, 0.8, 0.75, 3, 0.0, float("nan")),
@@ -235,6 +251,11 @@ def format_structure_table(summaries: Sequence[StructureSummary], reference: str
 
 def read_structure_dice(path: str | Path) -> dict[str, dict[str, float]]:
     """Per case and structure Dice from a ``validation.csv`` (:func:`brainseg.metrics.report.write_scores_csv`).
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV file.
 
     Returns
     -------

@@ -71,7 +71,22 @@ def draw_batch(
 
 
 def step_generator(seed: int, epoch: int, step: int) -> np.random.Generator:
-    """The generator of one training step's batch, seeded by ``(seed, epoch, step)`` (0-based)."""
+    """The generator of one training step's batch, seeded by ``(seed, epoch, step)`` (0-based).
+
+    Parameters
+    ----------
+    seed : int
+        ``training.seed``.
+    epoch : int
+        0-based epoch.
+    step : int
+        0-based step within the epoch.
+
+    Returns
+    -------
+    numpy.random.Generator
+        ``numpy.random.default_rng([seed, epoch, step])``: the same stream whichever worker draws the step.
+    """
     return np.random.default_rng([seed, epoch, step])
 
 
@@ -130,7 +145,26 @@ class BatchWorkers:
         self._pool, _WORKER_STATE = None, None
 
     def batches(self, keys: Sequence[tuple[int, int, int]]) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-        """The batches of ``keys`` (``(seed, epoch, step)``), in order, at most :data:`AHEAD` per worker in flight."""
+        """The batches of ``keys`` (``(seed, epoch, step)``), in order, at most :data:`AHEAD` per worker in flight.
+
+        Parameters
+        ----------
+        keys : sequence of (int, int, int)
+            ``(seed, epoch, step)`` of each batch; each is drawn by :func:`draw_batch` with
+            ``training.batch_size`` examples from :func:`step_generator` of its key.
+
+        Yields
+        ------
+        batch : dict of str to Tensor
+            The family's network inputs, ``training.batch_size`` rows each.
+        targets : Tensor of int64, shape (batch_size,) or (batch_size, ...)
+            Class indices of the examples, in the rows' order.
+
+        Raises
+        ------
+        RuntimeError
+            If used outside the ``with`` block (raised on the first ``next``, as this is a generator).
+        """
         if self._pool is None:
             raise RuntimeError("BatchWorkers used outside its with block")
         keys = iter(keys)
@@ -149,6 +183,19 @@ def epoch_batches(
     cases: Sequence[TrainingCase], tc: TrainingConfig, epoch: int, steps: int, workers: BatchWorkers | None = None
 ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
     """One epoch's ``steps`` batches (0-based ``epoch``), drawn in the loop or by ``workers``.
+
+    Parameters
+    ----------
+    cases : sequence of TrainingCase
+        Loaded training cases, each with its family's sampler (unused with ``workers``, which hold their own).
+    tc : TrainingConfig
+        ``seed``, ``batch_size`` and the sampling and augmentation settings.
+    epoch : int
+        0-based epoch.
+    steps : int
+        Batches in the epoch.
+    workers : BatchWorkers, optional
+        Entered worker processes to draw the batches; None: drawn lazily in the loop.
 
     Returns
     -------

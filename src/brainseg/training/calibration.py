@@ -173,6 +173,18 @@ def prior_from_training_cases(model: LoadedModel, progress: bool = False) -> Cla
     model's reference space when it has one), so the frequencies are those
     of the grid the network was trained on.
 
+    Parameters
+    ----------
+    model : LoadedModel
+        The model folder; its config's manifest, training cases and ``training.sampling`` are read.
+    progress : bool
+        Show a progress bar over the training cases.
+
+    Returns
+    -------
+    ClassPrior
+        :func:`~brainseg.training.setup.sampling_prior` of the training cases.
+
     Raises
     ------
     InputError
@@ -201,12 +213,30 @@ def calibrate_prior(
     A folder without ``class_prior.json`` (trained by brainseg < 0.2) gets
     one from :func:`prior_from_training_cases` first.
 
+    Parameters
+    ----------
+    model_dir : str or Path
+        The model folder; ``class_prior.json``, ``prior_calibration.csv`` and the checksums are (re)written.
+    strengths : sequence of float
+        Candidate strengths of the prior's correction (non-empty).
+    case_ids : sequence of str, optional
+        Cases to score; default: the validation cases of the model's config.
+    progress : bool
+        Show progress bars.
+
     Returns
     -------
     strength : float
         The chosen strength (written into ``class_prior.json``).
     scores : list of StrengthScores
         Every candidate's figures (also written to ``prior_calibration.csv``).
+
+    Raises
+    ------
+    InputError
+        If the folder, the manifest, a case or its label map cannot be read, or there are no cases to score.
+    ValueError
+        If ``strengths`` is empty.
     """
     model = load_model_folder(model_dir)
     if model.prior is None:

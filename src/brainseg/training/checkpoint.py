@@ -34,6 +34,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
     ``state`` may hold tensors, state dicts and plain Python values only, so
     that :func:`load_checkpoint` never needs to unpickle arbitrary objects.
+
+    Parameters
+    ----------
+    path : str or Path
+        The checkpoint file (replaced if it exists; missing parent folders are created).
+    state : dict of str to object
+        What the trainer keeps: the network's and optimiser's state dicts, progress, and the
+        :func:`resume_settings` and :func:`path_digests` it may be resumed with.
     """
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -41,6 +49,16 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with ``torch.load(weights_only=True)``: tensors and plain values only, no code runs.
+
+    Parameters
+    ----------
+    path : str or Path
+        A file written by :func:`save_checkpoint`.
+
+    Returns
+    -------
+    dict of str to object
+        The saved state, tensors on the CPU; it holds at least ``'network'``.
 
     Raises
     ------
@@ -75,6 +93,16 @@ def resume_settings(config: Config) -> str:
 
     Leaves out the CRF settings (inference only), :data:`RESUMABLE_CHANGES`, and
     :data:`LATER_SETTINGS` at their defaults.
+
+    Parameters
+    ----------
+    config : Config
+        The run's configuration.
+
+    Returns
+    -------
+    str
+        JSON with sorted keys (values JSON cannot hold written with ``str``).
     """
     values = config_to_dict(config)
     values.pop("crf", None)  # an inference setting: checkpoints written before it existed stay resumable
@@ -111,7 +139,19 @@ def content_digest(value: str) -> str | None:
 
 
 def path_digests(config: Config) -> dict[str, str | None]:
-    """:func:`content_digest` of each of the config's :data:`~brainseg.config.PATH_SETTINGS`."""
+    """:func:`content_digest` of each of the config's :data:`~brainseg.config.PATH_SETTINGS`.
+
+    Parameters
+    ----------
+    config : Config
+        The run's configuration; its ``training`` section holds the path settings.
+
+    Returns
+    -------
+    dict of str to (str or None)
+        Setting name -> hex SHA-256 of the file's or folder's contents; None where the setting names no
+        existing file or folder.
+    """
     values = config_to_dict(config)["training"]
     return {key: content_digest(str(values.get(key) or "")) for key in PATH_SETTINGS}
 

@@ -102,6 +102,19 @@ def load_prepared_case(
 
     ``modalities`` are the model's (:func:`prepare_case`).
 
+    Parameters
+    ----------
+    case : Case
+        A manifest entry.
+    labels : LabelTable
+        Maps the label map's protocol numbers to class indices (numbers not in the table become background).
+    normalization : IntensityNormalization
+        The model's intensity normalisation.
+    with_labels : bool
+        Load the label map too; False for an unlabelled case (``classes`` is then None).
+    modalities : sequence of str
+        The model's modalities, the first read from ``case.image`` (:func:`prepare_case`).
+
     Returns
     -------
     prepared : PreparedImage
@@ -142,6 +155,12 @@ def load_training_case(
     reference : Reference, optional
         Required by reference-space models; its stored transform of the case
         is used when there is one (else the case is registered now).
+
+    Returns
+    -------
+    TrainingCase
+        On the case's own 1 mm grid, or on the reference template's grid (classes resampled by nearest
+        neighbour and set to background outside the registered brain mask) for reference-space models.
 
     Raises
     ------

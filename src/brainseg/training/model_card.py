@@ -67,7 +67,9 @@ def evaluate_validation(
     predictor = Predictor(model)
     scores: list[StructureScore] = []
     for case_id in tc.validation_cases:
-        case = by_id[case_id]
+        case = by_id.get(case_id)
+        if case is None:
+            raise InputError(f"{tc.manifest}: validation case {case_id} is not in the manifest; add it or drop it")
         if case.label_map is None:
             raise InputError(f"validation case {case_id}: the manifest gives no label_map")
         image = load_volume(case.image)
@@ -89,7 +91,18 @@ def evaluate_validation(
 
 
 def describe_model(config: Config) -> str:
-    """One line naming a configuration's network, inputs, losses and augmentation (its family's description)."""
+    """One line naming a configuration's network, inputs, losses and augmentation (its family's description).
+
+    Parameters
+    ----------
+    config : Config
+        A model's configuration.
+
+    Returns
+    -------
+    str
+        :meth:`~brainseg.families.Family.describe` of the configuration's family.
+    """
     return family_of(config.model).describe(config)
 
 
@@ -116,11 +129,22 @@ def write_model_card(
     error_rates : dict of str to float, optional
         With ``scores``: the cases' error rates (:func:`evaluate_validation`), shown beside them.
 
+    Returns
+    -------
+    Path
+        ``model_dir / "model_card.md"``, written atomically; its hand-written sections (``## Known limitations``,
+        ``## Lineage``) are carried over from the card it replaces.
+
+    Raises
+    ------
+    InputError
+        If the model folder, or (when ``scores`` is not given) a validation case or its label map, cannot be read.
+
     Notes
     -----
     A ``refinement.md`` in the folder (:mod:`brainseg.training.refinement`: the passes of an iterative
     inference, scored) and a ``view_fusion.md`` (:mod:`brainseg.training.view_fusion`: MixNet's views alone
-    and fused) are copied into the card.
+    and fused) are copied into the card, as is a ``true_centroids.md``.
     """
     model_dir = Path(model_dir)
     model = load_model_folder(model_dir)

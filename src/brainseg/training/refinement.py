@@ -150,6 +150,17 @@ def score_passes(
 def format_passes(scores: Sequence[PassScore]) -> str:
     """A Markdown table: per step, the mean over cases of mean Dice, error rate and changed fraction.
 
+    Parameters
+    ----------
+    scores : sequence of PassScore
+        From :func:`score_passes`.
+
+    Returns
+    -------
+    str
+        One row per step in increasing order (true centroids, first stage, pass 1, ...), with the number of
+        cases and the mean number of regions missing; ends in a newline.
+
     Examples
     --------
     >>> rows = [PassScore("a", 0, 0.5, 0.3, float("nan"), -1), PassScore("a", 1, 0.6, 0.2, 0.1, 2),
@@ -174,7 +185,26 @@ def format_passes(scores: Sequence[PassScore]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Score the passes of a model folder's validation cases; print and write ``refinement.md``."""
+    """Score the passes of a model folder's validation cases; print and write ``refinement.md``.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Command-line arguments without the program name (``MODEL_DIR [--cases ID ...] [--max-iterations N]
+        [--true-centroids] [--no-progress]``); default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The exit status, 0 (``true_centroids.md`` is written instead with ``--true-centroids``).
+
+    Raises
+    ------
+    InputError
+        If the model folder cannot be loaded, has no two-stage inference, or a case is unknown or unlabelled.
+    SystemExit
+        If the arguments are invalid (argparse).
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--cases", nargs="+", help="case ids (default: the config's validation cases)")

@@ -35,6 +35,11 @@ def training_label_table(tc: TrainingConfig, cases: list[Case]) -> LabelTable:
         The training and validation cases; an ``'auto'`` table has a class
         for every label number their label maps hold.
 
+    Returns
+    -------
+    LabelTable
+        The resolved table, or for ``'auto'`` one built from the label numbers counted in the cases.
+
     Raises
     ------
     InputError
@@ -56,6 +61,11 @@ def training_device(name: str) -> torch.device:
     ----------
     name : str
         ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or another torch device string.
+
+    Returns
+    -------
+    torch.device
+        A CPU or an available CUDA device.
 
     Raises
     ------
@@ -86,6 +96,14 @@ def initialise_from(network: torch.nn.Module, model_dir: str | Path) -> int:
     columns first and starts the new ones at zero. A ProbBranch the source
     lacks starts with its last layer at zero, so the network initially
     computes what the source did; one the source has is copied like the rest.
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+        The network to initialise, changed in place; tensors the source lacks (or whose shapes cannot be
+        matched) keep their values.
+    model_dir : str or Path
+        A trained model folder (its ``weights.safetensors``).
 
     Returns
     -------
@@ -132,9 +150,27 @@ def sampling_prior(cases: list[TrainingCase], num_classes: int, mode: str) -> Cl
     ``mode`` (:meth:`~brainseg.sampling.samplers.VoxelSampler.class_frequencies`).
     The strength starts at 0 (no correction) until chosen on validation data.
 
+    Parameters
+    ----------
+    cases : list of TrainingCase
+        Loaded training cases, each with its family's sampler.
+    num_classes : int
+        Classes, background included.
+    mode : str
+        ``training.sampling``, a mode of the cases' samplers.
+
     Returns
     -------
     ClassPrior
+        Brain and sampling frequencies, each float64 ``(num_classes,)``, strength 0.
+
+    Raises
+    ------
+    ValueError
+        If ``mode`` is not one of the samplers' modes, for families whose sampler is a
+        :class:`~brainseg.sampling.samplers.VoxelSampler`'s.
+    InputError
+        The same, for the DeepNAT and MixNet samplers.
     """
     brain = np.mean([c.sampler.class_frequencies(num_classes, "uniform") for c in cases], axis=0)
     sampling = np.mean([c.sampler.class_frequencies(num_classes, mode) for c in cases], axis=0)

@@ -64,6 +64,19 @@ def validate(
     resampled reference labels (a quick check during training; model cards
     score on the input grid).
 
+    Parameters
+    ----------
+    network : torch.nn.Module
+        The network being trained; it is put in eval mode (and left there).
+    cases : list of TrainingCase
+        Loaded validation cases, with their family's inputs, brain masks and reference classes.
+    num_classes : int
+        Classes, background included.
+    family : Family
+        The model's family, whose dense inference segments each case.
+    progress : bool
+        Show progress bars.
+
     Returns
     -------
     dict
@@ -325,5 +338,25 @@ def train(
 
 
 def with_overrides(config: Config, **training: object) -> Config:
-    """A copy of ``config`` with some training settings replaced."""
+    """A copy of ``config`` with some training settings replaced.
+
+    Parameters
+    ----------
+    config : Config
+        Left unchanged.
+    **training : object
+        :class:`~brainseg.config.TrainingConfig` fields and their new values, e.g. ``epochs=2``.
+
+    Returns
+    -------
+    Config
+        The copy (its model and other sections shared with ``config``).
+
+    Raises
+    ------
+    TypeError
+        If a keyword names no training setting.
+    InputError
+        If the new settings are refused by :class:`~brainseg.config.TrainingConfig`'s checks.
+    """
     return replace(config, training=replace(config.training, **training))

@@ -73,13 +73,36 @@ class FusionScore:
         return sum(w > 0 for w in self.weights)
 
     def mean(self, what: str) -> float:
-        """Mean of a :class:`StructureScore` field over structures and cases (finite values)."""
+        """Mean of a :class:`StructureScore` field over structures and cases (finite values).
+
+        Parameters
+        ----------
+        what : str
+            A numeric field: ``'dice'``, ``'hausdorff'``, ``'hd95'``, ``'msd'`` (mm), ``'volumetric_similarity'``.
+
+        Returns
+        -------
+        float
+            NaN when no value is finite (NaN and inf are left out).
+        """
         values = [getattr(s, what) for s in self.scores]
         finite = [v for v in values if math.isfinite(v)]
         return float(np.mean(finite)) if finite else float("nan")
 
     def by_structure(self, what: str) -> dict[str, float]:
-        """Mean of a field per structure name, over cases (finite values)."""
+        """Mean of a field per structure name, over cases (finite values).
+
+        Parameters
+        ----------
+        what : str
+            A numeric :class:`StructureScore` field, as in :meth:`mean`.
+
+        Returns
+        -------
+        dict of str to float
+            Structure name -> mean over cases, in the order the structures first appear; NaN where no value is
+            finite.
+        """
         out: dict[str, list[float]] = {}
         for s in self.scores:
             out.setdefault(s.name, []).append(getattr(s, what))
@@ -88,6 +111,17 @@ class FusionScore:
 
 def candidate_weights(planes: Sequence[str]) -> list[tuple[float, ...]]:
     """The default weightings: each view alone, equal weights, each view doubled, and the paper's 1:1:4.
+
+    Parameters
+    ----------
+    planes : sequence of str
+        The network's planes, in order; 1:1:4 (Chen and Merhof 2018, section 2.3) is added only for
+        ``('sagittal', 'coronal', 'axial')``.
+
+    Returns
+    -------
+    list of tuple of float
+        One weight per plane each, duplicates removed; with one plane only ``[(1.0,)]``.
 
     Examples
     --------
@@ -176,7 +210,18 @@ def score_fusions(
 
 
 def choose_fusion(scores: Sequence[FusionScore]) -> FusionScore | None:
-    """The fused weighting (two views or more) with the highest mean Dice; None when there is none."""
+    """The fused weighting (two views or more) with the highest mean Dice; None when there is none.
+
+    Parameters
+    ----------
+    scores : sequence of FusionScore
+        From :func:`score_fusions`.
+
+    Returns
+    -------
+    FusionScore or None
+        The first of the best when several tie.
+    """
     fused = [s for s in scores if s.views > 1]
     return max(fused, key=lambda s: s.mean("dice")) if fused else None
 
@@ -189,6 +234,20 @@ def _name(score: FusionScore, planes: Sequence[str]) -> str:
 
 def format_fusions(scores: Sequence[FusionScore], planes: Sequence[str], chosen: FusionScore | None = None) -> str:
     """A Markdown table: per weighting, mean Dice / HD95 / VS, and per structure when there are at most 8.
+
+    Parameters
+    ----------
+    scores : sequence of FusionScore
+        One row each, in order; the structure columns are those of the first.
+    planes : sequence of str
+        The network's planes, naming a single view's row (``"coronal alone"``).
+    chosen : FusionScore, optional
+        The row marked "(chosen)" (compared by identity).
+
+    Returns
+    -------
+    str
+        The table, ending in a newline; HD95 in mm.
 
     Examples
     --------
@@ -291,7 +350,25 @@ def write_view_fusion(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Score the weightings on the validation cases; print and write ``view_fusion.md`` and ``.csv``."""
+    """Score the weightings on the validation cases; print and write ``view_fusion.md`` and ``.csv``.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Command-line arguments without the program name (``MODEL_DIR [--weights 1,1,4 ...] [--cases ID ...]
+        [--write] [--no-progress]``); default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The exit status: 0, or 2 after printing the message of an :class:`~brainseg.errors.InputError`
+        (malformed weights, not a MixNet folder, unknown or unlabelled case) to stderr.
+
+    Raises
+    ------
+    SystemExit
+        If the arguments are invalid (argparse).
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--weights", action="append", type=str, help="a weighting, e.g. 1,1,4 (repeatable)")

@@ -70,7 +70,22 @@ class Reference:
         return self.template.shape  # type: ignore[return-value]
 
     def save(self, path: str | Path, *, with_transforms: bool = True) -> Path:
-        """Write the reference folder (each file atomically)."""
+        """Write the reference folder (each file atomically).
+
+        Parameters
+        ----------
+        path : str or Path
+            The folder; created if missing. Writes :data:`TEMPLATE` (stored as scaled int16), :data:`INFO`,
+            :data:`ATLAS` when there is an atlas, and :data:`TRANSFORMS` with ``with_transforms``.
+        with_transforms : bool
+            Also write ``transforms.json`` (matrices rounded to 8 decimals). Without it an existing
+            ``transforms.json`` in the folder is left as it is.
+
+        Returns
+        -------
+        Path
+            ``path``.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         img = nib.Nifti1Image(self.template.astype(np.float32), self.affine)
@@ -89,6 +104,14 @@ class Reference:
 def copy_reference(source: str | Path, destination: str | Path) -> None:
     """Copy what a model folder needs of the reference folder ``source`` (not the transforms).
 
+    Parameters
+    ----------
+    source : str or Path
+        A reference folder.
+    destination : str or Path
+        The folder to copy into (created if missing); each of :data:`MODEL_FILES` that ``source`` holds is
+        copied atomically, overwriting.
+
     Raises
     ------
     InputError
@@ -105,7 +128,18 @@ def copy_reference(source: str | Path, destination: str | Path) -> None:
 
 
 def load_transforms(path: str | Path) -> dict[str, np.ndarray]:
-    """The stored transforms of a reference folder, per case id (empty if none or no folder)."""
+    """The stored transforms of a reference folder, per case id (empty if none or no folder).
+
+    Parameters
+    ----------
+    path : str or Path
+        A reference folder.
+
+    Returns
+    -------
+    dict of str to ndarray of float64, shape (4, 4)
+        Per case id, template mm -> the case's 1 mm-grid mm.
+    """
     file = Path(path) / TRANSFORMS
     if not file.is_file():
         return {}
@@ -115,10 +149,21 @@ def load_transforms(path: str | Path) -> dict[str, np.ndarray]:
 def load_reference(path: str | Path) -> Reference:
     """Read a reference folder written by :meth:`Reference.save`.
 
+    Parameters
+    ----------
+    path : str or Path
+        A reference folder.
+
+    Returns
+    -------
+    Reference
+        With the atlas (None if the folder has none), the stored transforms and the build info (empty if
+        ``reference.json`` is missing).
+
     Raises
     ------
     InputError
-        If the folder or its template is missing or unreadable.
+        If the folder or its template is missing, or its atlas is unreadable.
     """
     path = Path(path)
     if not (path / TEMPLATE).is_file():

@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 def moving_image(prepared: PreparedImage) -> np.ndarray:
     """The prepared image with background 0, as registration and the template expect.
 
+    Parameters
+    ----------
+    prepared : PreparedImage
+        From :func:`brainseg.preprocessing.pipeline.prepare_image`.
+
     Returns
     -------
     ndarray of float32, shape of ``prepared.mask``
@@ -112,11 +117,34 @@ class RegisteredImage:
         return out
 
     def to_native(self, classes: np.ndarray) -> np.ndarray:
-        """Class map on the template grid -> the scan's 1 mm grid (nearest neighbour, brain mask only)."""
+        """Class map on the template grid -> the scan's 1 mm grid (nearest neighbour, brain mask only).
+
+        Parameters
+        ----------
+        classes : ndarray of int, shape of the template
+            Labels on the template grid (probabilities of shape (C,) + template shape also pass through
+            :func:`~brainseg.preprocessing.pipeline.take_nearest`).
+
+        Returns
+        -------
+        ndarray, shape of ``prepared.mask`` (with the leading C axis if any), dtype of ``classes``
+            Label 0 outside the scan's brain mask or the template grid.
+        """
         return take_nearest(classes, self.native_index())
 
     def to_source_grid(self, classes: np.ndarray) -> np.ndarray:
-        """Class map on the template grid -> the canonical input grid."""
+        """Class map on the template grid -> the canonical input grid.
+
+        Parameters
+        ----------
+        classes : ndarray of int, shape of the template
+            Labels on the template grid.
+
+        Returns
+        -------
+        ndarray, shape ``prepared.source_shape``, dtype of ``classes``
+            Label 0 outside the input's brain mask.
+        """
         return self.prepared.to_source_grid(self.to_native(classes))
 
     def source_index(self) -> np.ndarray:
