@@ -103,3 +103,12 @@ def test_missing_columns_rejected(tmp_path):
     path.write_text("index\tlabel\n0\t0\n")
     with pytest.raises(ValueError, match="columns"):
         LabelTable.from_tsv(path)
+
+
+def test_a_table_file_named_like_a_shipped_table_is_found_under_base(tmp_path):
+    # the file check used to look in the working directory, not under ``base``
+    from brainseg.labels import resolve_label_table
+
+    LabelTable(labels=(0, 4), names=("background", "CSF")).to_tsv(tmp_path / "miccai2012")
+    assert resolve_label_table("miccai2012", base=tmp_path).num_classes == 2
+    assert resolve_label_table("miccai2012", base=tmp_path / "elsewhere").num_classes == 135

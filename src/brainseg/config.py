@@ -89,8 +89,9 @@ class TrainingConfig:
         ``poly_power`` is ignored. Chen and Merhof (2018, section 3.1): 0.2, 0.4, 0.6, 0.75, 0.8, 0.85,
         0.9, 0.95.
     sampling : str
-        ``'uniform'`` (voxels uniform in the brain mask) or ``'balanced'``
-        (class drawn uniformly, then a voxel of that class).
+        ``'uniform'`` (voxels uniform in the brain mask), ``'balanced'`` (class drawn uniformly, then a
+        voxel of that class) or ``'mixed'`` (half of each); DeepNAT also takes ``'deepnat'``, the paper's
+        capped pools (:mod:`brainseg.sampling.patches3d`). A family refuses a mode it does not draw.
     seed : int
         Seed of every random generator.
     num_threads : int

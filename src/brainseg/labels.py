@@ -442,9 +442,9 @@ def resolve_label_table(spec: str | Path, *, base: Path | None = None) -> LabelT
     InputError
         If the file is missing or not a label table.
     """
-    if str(spec) in SHIPPED_TABLES and not Path(spec).exists():
-        return LabelTable.shipped(str(spec))
     path = Path(spec)
     if base is not None and not path.is_absolute():
         path = base / path
+    if str(spec) in SHIPPED_TABLES and not path.exists():  # a file of that name, where relative paths point, wins
+        return LabelTable.shipped(str(spec))
     return LabelTable.from_tsv(path)

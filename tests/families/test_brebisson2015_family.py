@@ -271,3 +271,27 @@ def test_brebisson_trains_segments_evaluates_and_is_described(tmp_path, tiny_man
     assert "| case | mean Dice | mean HD (mm) | mean MSD (mm) | error rate |" in card
     assert "| error rate (structure voxels misclassified, mean over cases) |" in card
     assert "## Iterative inference, pass by pass" in card and "| pass 1 | 1 |" in card
+
+
+def test_even_scale_compressed_patches_need_scale_over_2_more_padding():
+    # an even s x s block reaches s // 2 voxels past its centre on the far side; the padding check used to
+    # count (s - 1) // 2, so a patch at the brain's edge could read past the padded array
+    from brainseg.sampling.orthogonal import OrthogonalPatches
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(9, 11, 7)).astype(np.float32)
+    mask = np.zeros(image.shape, bool)
+    mask[2:7, 3:9, 1:6] = True
+    patches = OrthogonalPatches.of(image, mask, background=-3.0, half=5, scale=1, cube=1)
+    assert patches.margin == 6
+    edges = np.array([[6, 8, 5], [2, 3, 1]])  # the bounding box's far and near corners
+    got = patches.planar(edges, half=2, scale=2)  # reaches 2 * 2 + 1 = 5 <= 6 voxels
+    x, y, z = edges[0]
+    # axial (x, y) sample (k, l) = mean of the 2 x 2 block from (x + 2 (k - 2), y + 2 (l - 2)), both past the box
+    assert got[0, 2, 4, 4] == pytest.approx(-3.0)
+    # the centre sample's block is x..x+1, y..y+1: only (x, y) is inside the crop, the rest is padding
+    assert got[0, 2, 2, 2] == pytest.approx((image[x, y, z] - 3 * 3.0) / 4, abs=1e-6)
+    x, y, z = edges[1]
+    assert got[1, 2, 2, 2] == pytest.approx(image[x : x + 2, y : y + 2, z].mean(), abs=1e-6)
+    with pytest.raises(ValueError, match="needs more padding than 6"):
+        patches.planar(edges, half=3, scale=2)  # reaches 2 * 3 + 1 = 7 > 6

@@ -92,6 +92,11 @@ def test_errors(image, mask):
     model.train()
     with pytest.raises(ValueError, match="eval"):
         predict_dense(model, stack, mask)
+    model.eval()
+    torch.manual_seed(0)
+    wide = BaseNet(num_classes=257, **SMALL).eval()  # class 256 would wrap to 0 in the uint8 class map
+    with pytest.raises(ValueError, match="at most 256 classes, the network has 257"):
+        predict_dense(wide, stack, mask)
 
 
 def test_empty_inputs(image):

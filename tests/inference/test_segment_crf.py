@@ -12,6 +12,7 @@ import torch
 
 from brainseg.cli.main import main
 from brainseg.config import BrebissonConfig, Config, DeepNATConfig, MixNetConfig, ModelConfig, load_config
+from brainseg.errors import InputError
 from brainseg.inference.predictor import Predictor
 from brainseg.io.nifti import load_volume
 from brainseg.labels import LabelTable
@@ -122,7 +123,7 @@ def test_cli_crf_writes_its_settings_and_refuses_bad_ones(basenet_dir, image_pat
     capsys.readouterr()
     for bad, message in [
         (["--crf", "--crf-param", "sigma=3"], "unknown setting"),
-        (["--crf", "--crf-param", "iterations=2.5"], "--crf-param"),
+        (["--crf", "--crf-param", "iterations=2.5"], "--crf-param: iterations must be a whole number, got '2.5'"),
         (["--crf", "--crf-param", "intensity_sigma=0"], "intensity_sigma"),
         (["--crf-param", "iterations=2"], "needs --crf"),
         (["--crf", "--crf-param", "iterations"], "NAME=VALUE"),
@@ -132,6 +133,17 @@ def test_cli_crf_writes_its_settings_and_refuses_bad_ones(basenet_dir, image_pat
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
         assert not out.exists() or not any(out.iterdir())
+
+
+def test_crf_settings_of_converts_and_refuses_fractional_counts():
+    # segment(crf_settings=...) takes numbers too; int(2.7) used to run 2 iterations without a word
+    from brainseg.inference.segment import crf_settings_of
+
+    changed = crf_settings_of(CRFParameters(), {"iterations": 4.0, "top_k": "3", "appearance_weight": "0.5"})
+    assert (changed.iterations, changed.top_k, changed.appearance_weight) == (4, 3, 0.5)
+    assert isinstance(changed.iterations, int) and isinstance(changed.top_k, int)
+    with pytest.raises(InputError, match="iterations must be a whole number, got 2.7"):
+        crf_settings_of(CRFParameters(), {"iterations": 2.7})
 
 
 def test_crf_parameters_round_trip_through_a_config(tmp_path):

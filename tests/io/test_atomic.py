@@ -24,3 +24,20 @@ def test_failure_keeps_old_file_and_removes_temp(tmp_path):
             raise RuntimeError("disk full")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_text_is_utf8_whatever_the_locale(tmp_path, monkeypatch):
+    # structure names are not all ASCII; the file must not depend on the locale's encoding
+    import locale
+
+    monkeypatch.setattr(locale, "getpreferredencoding", lambda do_setlocale=True: "latin-1")
+    target = tmp_path / "names.tsv"
+    atomic_write_text(target, "Hippocampus – Ammon’s horn\n")
+    assert target.read_bytes().decode("utf-8") == "Hippocampus – Ammon’s horn\n"
+
+
+def test_an_os_error_without_errno_keeps_its_message(tmp_path):
+    with pytest.raises(OSError, match="quota exceeded"):
+        with atomic_path(tmp_path / "out.txt"):
+            raise OSError("quota exceeded")
+    assert list(tmp_path.iterdir()) == []

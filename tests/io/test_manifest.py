@@ -62,6 +62,12 @@ def test_scan_folder_errors(tmp_path):
     _touch(tmp_path, "notes.txt")
     with pytest.raises(InputError, match="no image matches"):
         scan_folder(tmp_path)
+    # a bad --pattern used to end in a traceback (re.error, or IndexError once a file matched)
+    _touch(tmp_path, "1000_SS.nii.gz")
+    with pytest.raises(InputError, match=r"image pattern \(--pattern\) '\(\?P<case_id>' is not a regular expression"):
+        scan_folder(tmp_path, "(?P<case_id>")
+    with pytest.raises(InputError, match="has no .* group; put one around the case id"):
+        scan_folder(tmp_path, r"(\d+)_SS\.nii\.gz")
 
 
 def test_manifest_round_trip(data_folder, tmp_path):
@@ -117,6 +123,9 @@ def test_manifest_missing_or_bad_columns(tmp_path):
         read_manifest(path)
     path.write_text("")
     with pytest.raises(InputError, match="columns"):
+        read_manifest(path)
+    path.write_text("case_id,image\na,a.nii.gz\nb,\n")  # an empty image cell used to give a Case with image None
+    with pytest.raises(InputError, match="m.csv: row 3 has an empty case_id or image"):
         read_manifest(path)
 
 

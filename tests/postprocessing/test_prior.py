@@ -81,3 +81,12 @@ def test_dense_with_the_correction_equals_patches_with_it(rng):
     assert (plain.argmax(1) != reference.argmax(1)).any()  # the shift changes some labels
     with pytest.raises(ValueError, match="logit_bias"):
         predict_patches(model, stack, idx[:3], logit_bias=bias[:4])
+
+
+def test_calibration_refuses_no_strengths_before_segmenting_anything(tmp_path):
+    # an empty list used to segment every validation case and then fail in max() on nothing
+    from brainseg.errors import InputError
+    from brainseg.training.calibration import calibrate_prior
+
+    with pytest.raises(InputError, match="no prior strengths to try"):
+        calibrate_prior(tmp_path / "not_even_a_model_folder", [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from brainseg.errors import InputError
 from brainseg.sampling.samplers import VoxelSampler
 
 
@@ -74,8 +75,12 @@ def test_seeded_draws_repeat(classes, mask):
 
 def test_errors(classes, mask, rng):
     sampler = VoxelSampler(classes, mask)
-    with pytest.raises(ValueError, match="sampling mode"):
-        sampler.sample(10, rng, "stratified")
+    with pytest.raises(
+        InputError, match=r"training.sampling must be one of \('uniform', 'balanced', 'mixed'\), got 'x'"
+    ):
+        sampler.sample(10, rng, "x")  # an InputError: `brainseg train` prints one line, no traceback
+    with pytest.raises(InputError, match="training.sampling"):
+        sampler.class_frequencies(len(sampler.counts), "stratified")
     with pytest.raises(ValueError, match="shape"):
         VoxelSampler(classes, mask[:, :, :-1])
 

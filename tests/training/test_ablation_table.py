@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from brainseg.families.brebisson2015 import PAPER_ERROR_RATES
@@ -52,3 +54,16 @@ def test_row_label_names_bfloat16_steps():
 
     assert row_label(Config()) == "BaseNet"
     assert row_label(Config(training=TrainingConfig(precision="bfloat16"))) == "BaseNet, bfloat16 steps"
+
+
+def test_full_row_needs_auxiliary_losses_that_are_trained():
+    # the auxiliary classifiers built but weighted 0 are not the paper's "Full" row (describe() agrees)
+    import dataclasses
+
+    from brainseg.config import load_config
+    from brainseg.training.ablation import row_label
+
+    full = load_config(Path(__file__).resolve().parents[2] / "configs" / "ablation" / "full.yaml")
+    assert row_label(full) == "Full (+aux. losses, augmentation)"
+    unweighted = dataclasses.replace(full, training=dataclasses.replace(full.training, auxiliary_weights=(0.0, 0.0)))
+    assert row_label(unweighted) == "+Dist+Prob+3d"

@@ -33,6 +33,8 @@ def test_the_chosen_weighting_is_the_best_fused_one():
     alone, fair, better = score((1, 0, 0), 0.9), score((1, 1, 1), 0.6), score((1, 1, 2), 0.7)
     assert choose_fusion([alone, fair, better]) is better  # a view alone is never "fused", however good
     assert choose_fusion([alone]) is None
+    nothing = score((1, 1, 4), float("nan"))  # no structure scored: max() used to keep a NaN it met first
+    assert choose_fusion([nothing, fair]) is fair and choose_fusion([fair, nothing]) is fair
 
 
 def test_fusion_table_scores_as_evaluate_does_and_writes_the_chosen_weights(mixnet_dir, capsys):

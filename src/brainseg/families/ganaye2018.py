@@ -423,7 +423,14 @@ class GanayeFamily(Family):
         distbranch = f"{'conv' if m.distance_conv else 'no conv'}, {'rbf' if m.distance_rbf else 'no rbf'}"
         if parts == ["Dist"]:
             return f"+Dist ({distbranch})"
-        if m.branch_3d_widths and m.landmarks and m.prob_branch and m.auxiliary and t.augment:
+        if (
+            m.branch_3d_widths
+            and m.landmarks
+            and m.prob_branch
+            and m.auxiliary
+            and any(t.auxiliary_weights)
+            and t.augment
+        ):
             label = "Full (+aux. losses, augmentation)"
         else:
             label = "+" + "+".join(parts)

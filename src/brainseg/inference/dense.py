@@ -237,11 +237,13 @@ def predict_dense(
     ------
     ValueError
         If the model is in training mode, the network needs ``spatial`` and it is missing, the stack was not
-        built for 25 x 25 patches, ``mask`` does not match the stack's shape, or ``logit_bias`` has the wrong
-        shape.
+        built for 25 x 25 patches, ``mask`` does not match the stack's shape, ``logit_bias`` has the wrong
+        shape, or the network has more than 256 classes (the class map is uint8).
     """
     if model.training:
         raise ValueError("call model.eval() before dense inference")
+    if model.num_classes > 256:
+        raise ValueError(f"the class map is uint8: at most 256 classes, the network has {model.num_classes}")
     _check_spatial(model, spatial)
     _check_stack(stack)
     mask_p = to_plane(mask, stack.plane)

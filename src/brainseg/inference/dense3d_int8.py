@@ -252,7 +252,7 @@ class GrownTile:
         probs = torch.softmax(self.logits(heads, rows), dim=2)
         flat[torch.from_numpy((rows[:, None] * tasks + np.arange(tasks)).reshape(-1))] = probs.reshape(
             -1, probs.shape[2]
-        )
+        ).to(flat.device)  # the heads run on the runner's device, ``flat`` lives on the CPU
 
     def means(self, flat: torch.Tensor, targets: np.ndarray) -> torch.Tensor:
         """Eq. 3 means ``(n, C)`` of ``targets`` (indices into :attr:`targets`) from :meth:`probabilities`' ``flat``.

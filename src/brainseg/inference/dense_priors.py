@@ -133,10 +133,16 @@ class DenseAtlas:
         Holds the atlas (must not be None), on the grid of ``brain``.
     brain : BrainRows
         The brain voxels; :attr:`values` is ``(N, C)`` uint8 in its row order.
+
+    Raises
+    ------
+    ValueError
+        If ``spatial`` holds no atlas.
     """
 
     def __init__(self, spatial: SpatialInputs, brain: BrainRows) -> None:
-        assert spatial.atlas is not None
+        if spatial.atlas is None:
+            raise ValueError("the ProbBranch needs the atlas: build SpatialInputs with the reference's atlas")
         self.atlas, self.brain = spatial.atlas, brain
         self.values = self.atlas.quantised(brain.voxels)
 

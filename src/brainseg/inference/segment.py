@@ -231,7 +231,12 @@ def crf_settings_of(defaults: CRFParameters, changes: dict[str, str | float] | N
     if unknown:
         raise InputError(f"--crf-param: unknown setting(s) {unknown}; known: {sorted(fields)}")
     try:
-        typed = {k: int(v) if fields[k].type == "int" else float(v) for k, v in changes.items()}
+        typed = {k: float(v) for k, v in changes.items()}
+        for name, value in typed.items():
+            if fields[name].type == "int":
+                if not value.is_integer():  # int(2.7) would quietly run 2 iterations
+                    raise ValueError(f"{name} must be a whole number, got {changes[name]!r}")
+                typed[name] = int(value)
         return dataclasses.replace(defaults, **typed)
     except (TypeError, ValueError) as err:
         raise InputError(f"--crf-param: {err}") from None

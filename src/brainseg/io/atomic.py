@@ -52,7 +52,11 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         _fsync(path.parent)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
-        if err.filename in (None, tmp, str(tmp)):  # name the file the user asked for, not the temporary one
+        if err.errno is not None and err.filename in (
+            None,
+            tmp,
+            str(tmp),
+        ):  # name the file the user asked for, not the temporary one
             raise type(err)(err.errno, err.strerror, str(path)) from err
         raise
     except BaseException:
@@ -101,7 +105,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         As :func:`atomic_path` (e.g. disk full); ``path`` is then left as it was.
     """
     with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:  # structure names are not all ASCII
             f.write(text)
     return Path(path)
 

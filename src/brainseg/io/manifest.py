@@ -101,8 +101,8 @@ def read_manifest(path: str | Path) -> list[Case]:
     Raises
     ------
     InputError
-        If the file is missing, lacks the ``case_id`` and ``image`` columns, or
-        repeats a case id.
+        If the file is missing, lacks the ``case_id`` and ``image`` columns, has a row with an empty
+        ``case_id`` or ``image``, or repeats a case id.
     """
     path = Path(path)
     if not path.is_file():
@@ -130,6 +130,9 @@ def read_manifest(path: str | Path) -> list[Case]:
         )
         for r in rows
     ]
+    for number, case in enumerate(cases, start=2):  # row 1 is the header
+        if not case.case_id or case.image is None:
+            raise InputError(f"{path}: row {number} has an empty case_id or image; fill it in or delete the row")
     ids = [c.case_id for c in cases]
     if len(set(ids)) != len(ids):
         raise InputError(f"{path}: case ids must be unique")
@@ -203,12 +206,22 @@ def scan_folder(
     Raises
     ------
     InputError
-        If the folder does not exist or holds no matching image.
+        If the folder does not exist or holds no matching image, or if ``image_pattern`` is not a regular
+        expression or has no ``case_id`` group.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder")
-    regex = re.compile(image_pattern)
+    try:
+        regex = re.compile(image_pattern)
+    except re.error as err:
+        raise InputError(
+            f"image pattern (--pattern) {image_pattern!r} is not a regular expression ({err}); fix it"
+        ) from None
+    if "case_id" not in regex.groupindex:
+        raise InputError(
+            f"image pattern (--pattern) {image_pattern!r} has no (?P<case_id>...) group; put one around the case id"
+        )
     cases = []
     for image in sorted(folder.iterdir()):
         match = regex.match(image.name)

@@ -127,7 +127,7 @@ class OrthogonalPatches:
             If a voxel is outside the bounding box or the patch reaches past the padding.
         """
         local = self._local(voxels)
-        if scale * half + (scale - 1) // 2 >= self.margin + 1:
+        if scale * half + scale // 2 > self.margin:  # an even block reaches scale // 2 past its centre
             raise ValueError(f"a {2 * half + 1}-sample patch at scale {scale} needs more padding than {self.margin}")
         width = 2 * half + 1
         steps = scale * (np.arange(width) - half)  # block centres, relative to the voxel

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from brainseg.errors import InputError
+
 __all__ = ["VoxelSampler", "SAMPLING_MODES"]
 
 SAMPLING_MODES = ("uniform", "balanced", "mixed")
@@ -61,8 +63,8 @@ class VoxelSampler:
 
         Raises
         ------
-        ValueError
-            If ``mode`` is unknown.
+        InputError
+            If ``mode`` is unknown (a ``ValueError``; it names ``training.sampling``).
 
         Examples
         --------
@@ -80,7 +82,7 @@ class VoxelSampler:
             return balanced
         if mode == "mixed":
             return (uniform + balanced) / 2
-        raise ValueError(f"sampling mode must be one of {SAMPLING_MODES}, got {mode!r}")
+        raise InputError(f"training.sampling must be one of {SAMPLING_MODES}, got {mode!r}")
 
     def sample_pool(self, n: int, rng: np.random.Generator, pool_sizes: np.ndarray) -> np.ndarray:
         """Draw ``n`` voxels as from a pool of ``pool_sizes[c]`` voxels of each class ``c``, every member equally likely.
@@ -154,8 +156,8 @@ class VoxelSampler:
 
         Raises
         ------
-        ValueError
-            If ``mode`` is unknown.
+        InputError
+            If ``mode`` is unknown (a ``ValueError``; it names ``training.sampling``).
         """
         if mode == "uniform":
             return self.indices[rng.integers(len(self.indices), size=n)]
@@ -166,4 +168,4 @@ class VoxelSampler:
         if mode == "mixed":
             half = n // 2
             return np.concatenate([self.sample(half, rng, "uniform"), self.sample(n - half, rng, "balanced")])
-        raise ValueError(f"sampling mode must be one of {SAMPLING_MODES}, got {mode!r}")
+        raise InputError(f"training.sampling must be one of {SAMPLING_MODES}, got {mode!r}")

@@ -234,15 +234,16 @@ def calibrate_prior(
     Raises
     ------
     InputError
-        If the folder, the manifest, a case or its label map cannot be read, or there are no cases to score.
-    ValueError
-        If ``strengths`` is empty.
+        If ``strengths`` is empty, or the folder, the manifest, a case or its label map cannot be read, or
+        there are no cases to score.
     """
+    if not len(strengths):  # before any case is segmented
+        raise InputError("no prior strengths to try; give at least one (e.g. --strengths 0,0.5,1)")
     model = load_model_folder(model_dir)
     if model.prior is None:
         model.prior = prior_from_training_cases(model, progress)
     scores = score_strengths(model, strengths, case_ids, progress)
-    best = max(scores, key=lambda s: s.dice)
+    best = max(scores, key=lambda s: -np.inf if np.isnan(s.dice) else s.dice)  # a NaN never wins
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["strength", "dice", "volumetric_similarity", "too_large", "too_small", "chosen"])

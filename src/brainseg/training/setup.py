@@ -166,11 +166,8 @@ def sampling_prior(cases: list[TrainingCase], num_classes: int, mode: str) -> Cl
 
     Raises
     ------
-    ValueError
-        If ``mode`` is not one of the samplers' modes, for families whose sampler is a
-        :class:`~brainseg.sampling.samplers.VoxelSampler`'s.
     InputError
-        The same, for the DeepNAT and MixNet samplers.
+        If ``mode`` is not one of the cases' samplers' modes.
     """
     brain = np.mean([c.sampler.class_frequencies(num_classes, "uniform") for c in cases], axis=0)
     sampling = np.mean([c.sampler.class_frequencies(num_classes, mode) for c in cases], axis=0)

@@ -223,7 +223,7 @@ def choose_fusion(scores: Sequence[FusionScore]) -> FusionScore | None:
         The first of the best when several tie.
     """
     fused = [s for s in scores if s.views > 1]
-    return max(fused, key=lambda s: s.mean("dice")) if fused else None
+    return max(fused, key=lambda s: np.nan_to_num(s.mean("dice"), nan=-np.inf)) if fused else None  # NaN never wins
 
 
 def _name(score: FusionScore, planes: Sequence[str]) -> str:
