@@ -108,6 +108,17 @@ def test_save_image_keeps_float_values(tmp_path, volume, affine):
     np.testing.assert_array_equal(np.asarray(back.dataobj), volume)
 
 
+@pytest.mark.parametrize("suffix", [".nii.gz", ".mgz"])
+def test_scaled_uint8_probabilities_read_back_as_probabilities(tmp_path, affine, suffix):
+    # MGH has no scale factor: the slope used to be dropped there, so a .mgz held 0..255, not 0..1
+    grid = Grid((4, 3, 2), affine)
+    probabilities = np.linspace(0, 1, 24, dtype=np.float32).reshape(4, 3, 2)
+    stored = np.round(probabilities * 255)
+    back = nib.load(save_volume(tmp_path / f"p{suffix}", stored, grid, dtype=np.uint8, slope=1 / 255))
+    read = grid.to_canonical(np.asarray(back.get_fdata(), np.float32))[0]
+    np.testing.assert_allclose(read, probabilities, atol=0.5 / 255 + 1e-6)
+
+
 def test_save_channels_last(tmp_path, volume, affine):
     grid = Grid((10, 20, 30), affine)
     canonical, _ = grid.to_canonical(volume)

@@ -241,7 +241,8 @@ def save_volume(
         Stored data type (default: ``data.dtype``).
     slope : float, optional
         NIfTI ``scl_slope``: readers see ``stored * slope`` (e.g. 1/255 for
-        probabilities stored as uint8).
+        probabilities stored as uint8). MGH has no scale factor: a ``.mgz`` stores ``stored * slope``
+        as float32 instead, so readers see the same values.
 
     Returns
     -------
@@ -264,6 +265,8 @@ def save_volume(
         out = np.moveaxis(out, 0, -1)
     out = out.astype(dtype or out.dtype)
     if path.name.lower().endswith(".mgz"):
+        if slope is not None:  # MGH has no scale factor: store the values readers would see, as float32
+            out = out.astype(np.float32) * np.float32(slope)
         img: nib.spatialimages.SpatialImage = nib.MGHImage(out, grid.affine)
     else:
         img = nib.Nifti1Image(out, grid.affine)

@@ -308,8 +308,9 @@ def register_affine(
     the candidate with the better metric, so strongly tilted heads (tested to 45 degrees) are
     recovered without relying on the optimiser to find large rotations; a short refinement on
     the full-resolution images cropped to their non-zero boxes (:func:`crop_to_foreground`;
-    ``refine_iterations`` at ``refine_fraction`` sampling) ends it. Image gradients are computed at
-    the sampled points, not as gradient images.
+    ``refine_iterations`` at ``refine_fraction`` sampling) ends it. Image gradients come from
+    gradient images (SimpleITK's default): computing them at the sampled points was faster but less
+    accurate (``docs/speed.md``).
     On MICCAI 2012 training subjects this lands within 0.15 mm on average of the earlier
     full-resolution pyramid (4, 2, 1 mm, 200 iterations each) at about a third of its time
     (``docs/speed.md``).
