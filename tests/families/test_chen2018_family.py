@@ -175,6 +175,7 @@ def test_networks_per_plane_or_shared():
     views = _views()
     assert sorted(views.nets) == sorted(PLANES) and views.view_weights == (1 / 3,) * 3
     assert views.for_plane("coronal") is views.nets["coronal"] and views.for_plane(2) is views.nets["axial"]
+    assert views.for_plane(np.int64(0)) is views.nets["sagittal"]  # a NumPy index was taken for a name
     shared = _views(shared=True, weights=(1, 1, 4))
     assert list(shared.nets) == ["shared"] and shared.view_weights == (1 / 6, 1 / 6, 4 / 6)
     assert {id(shared.for_plane(p)) for p in PLANES} == {id(shared.nets["shared"])}

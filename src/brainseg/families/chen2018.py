@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Integral
 
 import numpy as np
 import torch
@@ -255,7 +256,7 @@ class MixNetViews(nn.Module):
         Parameters
         ----------
         plane : str or int
-            ``'sagittal'``, ``'coronal'`` or ``'axial'``, or a Python int indexing :attr:`planes`.
+            ``'sagittal'``, ``'coronal'`` or ``'axial'``, or an integer (Python or NumPy) indexing :attr:`planes`.
 
         Returns
         -------
@@ -269,7 +270,7 @@ class MixNetViews(nn.Module):
         IndexError
             If an index is out of range.
         """
-        name = self.planes[plane] if isinstance(plane, int) else plane
+        name = self.planes[int(plane)] if isinstance(plane, Integral) and not isinstance(plane, bool) else plane
         if name not in self.planes:
             raise ValueError(f"no network for plane {name!r}; the views are {self.planes}")
         return self.nets["shared" if self.shared else name]  # type: ignore[return-value]
