@@ -243,7 +243,7 @@ def calibrate_prior(
     if model.prior is None:
         model.prior = prior_from_training_cases(model, progress)
     scores = score_strengths(model, strengths, case_ids, progress)
-    best = max(scores, key=lambda s: -np.inf if np.isnan(s.dice) else s.dice)  # a NaN never wins
+    best = max(scores, key=lambda s: np.nan_to_num(s.dice, nan=-np.inf))  # a NaN never wins, as in choose_fusion
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["strength", "dice", "volumetric_similarity", "too_large", "too_small", "chosen"])
