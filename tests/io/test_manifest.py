@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from brainseg.errors import InputError
-from brainseg.io.manifest import Case, read_manifest, scan_folder, write_manifest
+from brainseg.io.discovery import scan_folder
+from brainseg.io.manifest import Case, read_manifest, write_manifest
 
 
 def _touch(folder: Path, *names: str) -> None:
@@ -135,7 +136,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
 from brainseg.cli.main import main  # noqa: E402
-from brainseg.io.manifest import pair_by_patterns, scan_bids  # noqa: E402
+from brainseg.io.discovery import pair_by_patterns, scan_bids  # noqa: E402
 
 
 def _nifti(path: Path, shape=(6, 7, 5), affine=None) -> Path:

@@ -62,11 +62,12 @@ def run(args: argparse.Namespace) -> int:
     InputError
         If ``--output`` is a folder, the arguments mix or lack the ways to name the data (FOLDER, ``--bids``,
         ``--images``; ``--labels`` or ``--masks`` without ``--images``), or the scan finds no usable cases
-        (:func:`brainseg.io.manifest.scan_folder`, :func:`~brainseg.io.manifest.scan_bids`,
-        :func:`~brainseg.io.manifest.pair_by_patterns`).
+        (:func:`brainseg.io.discovery.scan_folder`, :func:`~brainseg.io.discovery.scan_bids`,
+        :func:`~brainseg.io.discovery.pair_by_patterns`).
     """
     from brainseg.errors import InputError
-    from brainseg.io.manifest import pair_by_patterns, scan_bids, scan_folder, write_manifest
+    from brainseg.io.discovery import pair_by_patterns, scan_bids, scan_folder
+    from brainseg.io.manifest import write_manifest
 
     if args.output.is_dir():
         raise InputError(f"{args.output}: is a folder; give the CSV file to write")
