@@ -19,7 +19,7 @@ def test_every_shipped_model_loads():
     for name in SHIPPED_MODELS:
         model = load_model_folder(name)
         assert model.path == shipped_model_dir(name)
-        assert model.labels.num_classes == (26 if name == "deepnat" else 135)
+        assert model.labels.num_classes == {"deepnat": 26, "mixnet-tissue": 4}.get(name, 135)
         assert (model.path / "model_card.md").is_file()
     assert load_model_folder(None).path == default_model_dir() == shipped_model_dir("default")
 

@@ -132,6 +132,7 @@ SHIPPED_MODELS = {
     "deepnat": "deepnat_model",  # DeepNAT (Wachinger et al. 2018), one step, on 25 aseg structures
     "brebisson2015": "brebisson2015_model",  # de Brébisson & Montana (2015): two-stage, 134 structures
     "mixnet": "mixnet_model",  # MixNetv2 (Chen & Merhof 2018), one network for three views, 134 structures
+    "mixnet-tissue": "mixnet_tissue_model",  # the same on IBSR 18: CSF (ventricles), grey and white matter
 }
 
 

@@ -8,8 +8,9 @@ import argparse
 #: torch when the parser is built (tested to stay in step).
 MODEL_HELP = (
     "model folder, or a shipped model: 'default' (the full model), 'basenet' (faster), "
-    "'deepnat' (DeepNAT, 25 structures), 'brebisson2015' (de Brebisson & Montana, 134 structures) or "
-    "'mixnet' (MixNet, 134 structures; undertrained so far, see its model card)"
+    "'deepnat' (DeepNAT, 25 structures), 'brebisson2015' (de Brebisson & Montana, 134 structures), "
+    "'mixnet' (MixNet, 134 structures; undertrained so far, see its model card) or "
+    "'mixnet-tissue' (MixNet, 3 tissues: ventricular CSF, grey and white matter)"
 )
 
 
