@@ -24,5 +24,5 @@ def test_shipped_mixnet_is_one_mixnetv2_for_three_views_on_134_structures():
 @pytest.mark.slow
 def test_mixnet_segments_the_demo_subject(tmp_path):
     _, dice, volume_rows = segment_demo("mixnet", tmp_path)
-    assert np.nanmean(dice) > 0.57  # the model card's validation mean for this subject (0.610), less a margin
+    assert np.nanmean(dice) > 0.59  # the model card's validation mean for this subject (0.629), less a margin
     assert volume_rows == 134
