@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from shipped_helpers import segment_demo
+from shipped_helpers import assert_one_mixnetv2_for_three_views, segment_demo
 
-from brainseg.families.chen2018 import MixNetViews
 from brainseg.model_folder import load_model_folder
 
 
 def test_shipped_mixnet_is_one_mixnetv2_for_three_views_on_134_structures():
     model = load_model_folder("mixnet")
-    cfg = model.config.model
-    assert cfg.name == "mixnet" and cfg.version == 2 and cfg.shared_views
-    assert cfg.planes == ("sagittal", "coronal", "axial") and tuple(cfg.modalities) == ("t1",)
-    assert isinstance(model.network, MixNetViews) and list(model.network.nets) == ["shared"]
+    assert_one_mixnetv2_for_three_views(model)
     assert model.labels.num_classes == 135 and model.reference is None
     card = (model.path / "model_card.md").read_text()
     assert "MixNetv2, 3 views" in card and "unfinished" not in card

@@ -12,35 +12,23 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from shipped_helpers import DEMO
+from shipped_helpers import DEMO, assert_one_mixnetv2_for_three_views, segment_image
 
-from brainseg.cli.main import main
-from brainseg.families.chen2018 import MixNetViews
 from brainseg.metrics.overlap import dice_per_class
 from brainseg.model_folder import load_model_folder
-from brainseg.reporting import read_volumes_csv
 
 IBSR_11 = Path(__file__).resolve().parents[3] / "shared" / "data" / "ibsr18" / "Validation_Set" / "IBSR_11"
 
 
 def _segment(image: Path, tmp_path: Path) -> np.ndarray:
-    out = tmp_path / "out"
-    assert main(["segment", str(image), "-o", str(out), "--model", "mixnet-tissue", "--no-progress"]) == 0
-    stem = image.name.removesuffix(".nii.gz")
-    seg, source = nib.load(out / f"{stem}_seg.nii.gz"), nib.load(image)
-    assert seg.shape == source.shape[:3]  # IBSR's trailing singleton axis is not written back
-    np.testing.assert_allclose(seg.affine, source.affine)
-    _, rows = read_volumes_csv(out / f"{stem}_volumes.csv")
-    assert len(rows) == 3
-    return np.asarray(seg.dataobj)
+    predicted, volume_rows = segment_image("mixnet-tissue", image, tmp_path)
+    assert volume_rows == 3
+    return predicted
 
 
 def test_shipped_tissue_model_is_one_mixnetv2_for_three_views_on_three_tissues():
     model = load_model_folder("mixnet-tissue")
-    cfg = model.config.model
-    assert cfg.name == "mixnet" and cfg.version == 2 and cfg.shared_views
-    assert cfg.planes == ("sagittal", "coronal", "axial") and tuple(cfg.modalities) == ("t1",)
-    assert isinstance(model.network, MixNetViews) and list(model.network.nets) == ["shared"]
+    assert_one_mixnetv2_for_three_views(model)
     assert model.labels.labels == (0, 1, 2, 3) and model.reference is None
     assert [name.lower() for name in model.labels.names[1:]] == ["csf", "grey-matter", "white-matter"]
     card = (model.path / "model_card.md").read_text()
